@@ -1,0 +1,154 @@
+"""Streaming feature engine: the contract's stateful features, one transaction at a time.
+
+Contract:
+* ``add_label(terminal_id, tx_ts, is_fraud)`` when a label becomes known (labels topic);
+* ``update(tx) -> features`` for each transaction in stream order (timestamp, transaction_id);
+  the current transaction is part of its own customer windows, as in the batch engine;
+* state older than the longest window (plus the label delay for terminals) is evicted, so memory
+  is bounded by active customers/terminals x window;
+* ``snapshot()`` / ``restore()`` round-trip the whole state, so features after a restart equal
+  those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import pickle
+from dataclasses import dataclass, field
+
+from components import contract as c
+
+_SNAPSHOT_VERSION = 1
+_EVICT_EVERY = 10_000  # transactions between eviction sweeps: amortises the sweep cost
+
+
+@dataclass
+class _Customer:
+    # Times and running amount sums of the customer's transactions; ``head`` skips evicted ones
+    # so the prefix sums stay valid without rewriting the lists on every transaction.
+    ts: list[int] = field(default_factory=list)
+    csum: list[float] = field(default_factory=lambda: [0.0])
+    head: int = 0
+
+    def compact(self, horizon: int) -> None:
+        cut = bisect.bisect_right(self.ts, horizon, lo=self.head)
+        if cut > len(self.ts) // 2:
+            base = self.csum[cut]
+            self.ts = self.ts[cut:]
+            self.csum = [x - base for x in self.csum[cut:]]
+            self.head = 0
+        else:
+            self.head = cut
+
+
+@dataclass
+class _Terminal:
+    ts: list[int] = field(default_factory=list)  # labelled transactions' times, sorted
+    fraud: list[int] = field(default_factory=list)
+
+
+class StreamingFeatureEngine:
+    def __init__(self, label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS):
+        self.label_delay_days = label_delay_days
+        self._delay = label_delay_days * c.SECONDS_PER_DAY
+        self._customers: dict[str, _Customer] = {}
+        self._terminals: dict[str, _Terminal] = {}
+        self._watermark = 0
+        self._since_evict = 0
+
+    # -- labels --------------------------------------------------------------------------------
+    def add_label(self, terminal_id: str, tx_ts: int, is_fraud: int) -> None:
+        term = self._terminals.get(terminal_id)
+        if term is None:
+            term = self._terminals[terminal_id] = _Terminal()
+        if not term.ts or tx_ts >= term.ts[-1]:
+            term.ts.append(tx_ts)
+            term.fraud.append(int(is_fraud))
+        else:  # a late label: keep the lists sorted
+            i = bisect.bisect_right(term.ts, tx_ts)
+            term.ts.insert(i, tx_ts)
+            term.fraud.insert(i, int(is_fraud))
+
+    # -- transactions ----------------------------------------------------------------------------
+    def update(
+        self, customer_id: str, terminal_id: str, ts: int, amount: float
+    ) -> dict[str, float]:
+        """Features of this transaction (and add it to the customer's state)."""
+        cust = self._customers.get(customer_id)
+        if cust is None:
+            cust = self._customers[customer_id] = _Customer()
+        prev = cust.ts[-1] if len(cust.ts) > cust.head else None
+        cust.ts.append(ts)
+        cust.csum.append(cust.csum[-1] + amount)
+        right = len(cust.ts)
+        out: dict[str, float] = {}
+        for w, secs in c.CUSTOMER_WINDOWS.items():
+            left = bisect.bisect_right(cust.ts, ts - secs, lo=cust.head)
+            count = right - left
+            out[c.customer_count(w)] = float(count)
+            out[c.customer_mean_amount(w)] = (cust.csum[right] - cust.csum[left]) / count
+        gap = c.MAX_GAP_SECONDS if prev is None else min(ts - prev, c.MAX_GAP_SECONDS)
+        out[c.CUSTOMER_SECS_SINCE_PREV] = float(gap)
+
+        term = self._terminals.get(terminal_id)
+        end = ts - self._delay
+        hi = bisect.bisect_left(term.ts, end) if term else 0
+        for w, secs in c.TERMINAL_WINDOWS.items():
+            lo = bisect.bisect_left(term.ts, end - secs, hi=hi) if term else 0
+            count = hi - lo
+            frauds = sum(term.fraud[lo:hi]) if count else 0
+            out[c.terminal_count(w)] = float(count)
+            out[c.terminal_fraud_ratio(w)] = frauds / count if count else 0.0
+
+        if ts > self._watermark:
+            self._watermark = ts
+        self._since_evict += 1
+        if self._since_evict >= _EVICT_EVERY:
+            self.evict()
+        return {name: out[name] for name in c.STATEFUL_FEATURES}
+
+    def evict(self) -> None:
+        """Drop state no window can reach any more (relative to the newest time seen)."""
+        self._since_evict = 0
+        cust_horizon = self._watermark - c.MAX_GAP_SECONDS
+        for key in [k for k, v in self._customers.items() if v.ts[-1] <= cust_horizon]:
+            del self._customers[key]
+        for cust in self._customers.values():
+            cust.compact(cust_horizon)
+        term_horizon = self._watermark - self._delay - max(c.TERMINAL_WINDOWS.values())
+        for key, term in list(self._terminals.items()):
+            cut = bisect.bisect_left(term.ts, term_horizon)
+            if cut == len(term.ts):
+                del self._terminals[key]
+            elif cut:
+                del term.ts[:cut], term.fraud[:cut]
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def size(self) -> dict[str, int]:
+        return {"customers": len(self._customers), "terminals": len(self._terminals)}
+
+    def snapshot(self) -> bytes:
+        state = {
+            "version": _SNAPSHOT_VERSION,
+            "label_delay_days": self.label_delay_days,
+            "watermark": self._watermark,
+            "since_evict": self._since_evict,
+            "customers": {k: (v.ts, v.csum, v.head) for k, v in self._customers.items()},
+            "terminals": {k: (v.ts, v.fraud) for k, v in self._terminals.items()},
+        }
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, blob: bytes) -> StreamingFeatureEngine:
+        state = pickle.loads(blob)
+        if state.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(
+                f"feature snapshot version {state.get('version')} != {_SNAPSHOT_VERSION}"
+            )
+        eng = cls(state["label_delay_days"])
+        eng._watermark = state["watermark"]
+        eng._since_evict = state["since_evict"]
+        eng._customers = {k: _Customer(*v) for k, v in state["customers"].items()}
+        eng._terminals = {k: _Terminal(*v) for k, v in state["terminals"].items()}
+        return eng

@@ -1,0 +1,61 @@
+"""One typed settings object, parsed once from the environment (FRAUD_*) and overridden by flags.
+
+Nothing here runs at import time; ``Settings.from_env()`` is called by the CLI entry point.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from components import contract as c
+
+
+@dataclass(frozen=True)
+class Topics:
+    transactions: str = "transactions"
+    labels: str = "labels"
+    decisions: str = "decisions"
+    alerts: str = "alerts"
+    dead_letter: str = "transactions-dlq"
+    drift_events: str = "drift-events"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("data")
+    raw_data: Path = Path("data/raw/transactions.parquet")
+    model_base_path: Path = Path("models/fraud")
+    model_name: str = "fraud"
+    label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS
+    bootstrap_servers: str = "127.0.0.1:9092"
+    serving_url: str = "http://127.0.0.1:8501"
+    run_dir: Path = Path("runs")
+    topics: Topics = field(default_factory=Topics)
+
+    @classmethod
+    def from_env(cls, env: os._Environ | dict | None = None) -> Settings:
+        """FRAUD_<FIELD> overrides a default, e.g. FRAUD_BOOTSTRAP_SERVERS, FRAUD_MODEL_BASE_PATH."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"FRAUD_{f.name.upper()}")
+            if raw is None or f.name == "topics":
+                continue
+            kind = type(getattr(cls(), f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as err:
+                raise ValueError(f"FRAUD_{f.name.upper()}={raw!r}: {err}") from err
+        topics = Topics(
+            **{
+                t.name: env[f"FRAUD_TOPIC_{t.name.upper()}"]
+                for t in fields(Topics)
+                if f"FRAUD_TOPIC_{t.name.upper()}" in env
+            }
+        )
+        return cls(**values, topics=topics)
+
+    def with_overrides(self, **kwargs) -> Settings:
+        return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
