@@ -62,6 +62,137 @@ def _features_build(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _schema_infer(args: argparse.Namespace, settings: Settings) -> int:
+    from components.steps.ingest import ingest, resolve_windows
+    from components.steps.validate import compute_statistics, curate_schema, write_schema
+
+    windows = resolve_windows(
+        train_start=args.train_start,
+        train_end=args.train_end,
+        label_delay_days=settings.label_delay_days,
+    )
+    result = ingest(str(args.data), windows, settings.label_delay_days)
+    path = write_schema(curate_schema(compute_statistics(result.train)), args.output)
+    print(
+        f"wrote schema inferred from {len(result.train):,} rows to {path}: review it, then commit"
+    )
+    return 0
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected NAME=VALUE")
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def _pipeline_params(args: argparse.Namespace, settings: Settings) -> dict:
+    """Pipeline arguments from the flags, typed by the pipeline's own input spec."""
+    from pipelines.pipeline import create_pipeline
+
+    inputs = create_pipeline().component_spec.inputs or {}
+    given = {
+        "data_path": str(args.data) if args.data else None,
+        "train_start": args.train_start,
+        "train_end": args.train_end,
+        "eval_start": args.eval_start,
+        "eval_end": args.eval_end,
+        "as_of": args.as_of,
+        "train_days": args.train_days,
+        "eval_days": args.eval_days,
+        "model_base_path": str(args.model_base_path or settings.model_base_path),
+        "model_name": args.model_name or settings.model_name,
+        "label_delay_days": settings.label_delay_days,
+        **_parse_sets(args.set),
+    }
+    params = {}
+    casts = {"NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "STRING": str}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in inputs:
+            raise ValueError(f"unknown pipeline parameter {key!r}; known: {sorted(inputs)}")
+        kind = getattr(inputs[key], "type", "STRING")
+        try:
+            params[key] = casts.get(str(kind), str)(value)
+        except ValueError as err:
+            raise ValueError(f"pipeline parameter {key}={value!r}: {err}") from err
+    return params
+
+
+def _pipeline_run(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.runners import run_local
+
+    result = run_local(_pipeline_params(args, settings), args.pipeline_root)
+    if result.get("pushed"):
+        print(f"model pushed: version {result['version']} at {result['path']}")
+    else:
+        print("model NOT pushed: " + "; ".join(result.get("reasons", [])))
+    return 0
+
+
+def _pipeline_compile(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.runners import COMPILED_PATH, compile_pipeline
+
+    print(f"wrote {compile_pipeline(args.output or COMPILED_PATH, args.image)}")
+    return 0
+
+
+def _pipeline_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.runners import COMPILED_PATH, submit
+
+    run_id = submit(
+        args.host, _pipeline_params(args, settings), args.experiment, args.package or COMPILED_PATH
+    )
+    print(f"submitted run {run_id} to {args.host}")
+    return 0
+
+
+def _pipeline_schedule(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.runners import COMPILED_PATH, schedule
+
+    job = schedule(
+        args.host,
+        args.cron,
+        _pipeline_params(args, settings),
+        args.experiment,
+        package=args.package or COMPILED_PATH,
+    )
+    print(f"created recurring run {job} ({args.cron}) on {args.host}")
+    return 0
+
+
+def _score(args: argparse.Namespace, settings: Settings) -> int:
+    from components.batch_score import batch_score
+
+    out = batch_score(args.model, args.data, args.output, args.start, args.end)
+    counts = out["decision"].value_counts().to_dict()
+    print(f"scored {len(out):,} transactions -> {args.output}  decisions: {counts}")
+    return 0
+
+
+def _add_pipeline_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="raw transactions (default: the DVC dataset)")
+    p.add_argument("--train-start", help="first day of training (inclusive)")
+    p.add_argument("--train-end", help="end of training (exclusive)")
+    p.add_argument("--eval-start", help="evaluation window start (default: carved from training)")
+    p.add_argument("--eval-end")
+    p.add_argument("--as-of", help="relative windows ending label_delay days before this date")
+    p.add_argument("--train-days", type=int)
+    p.add_argument("--eval-days", type=int)
+    p.add_argument("--model-base-path", type=Path)
+    p.add_argument("--model-name")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any other pipeline parameter, e.g. --set epochs=10 --set min_auc=0.85",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraud", description="Real-time card fraud detection platform."
@@ -107,6 +238,46 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--output", type=Path, required=True)
     build.add_argument("--label-delay-days", type=int)
     build.set_defaults(func=_features_build)
+
+    schema = sub.add_parser("schema", help="the curated TFDV schema the pipeline validates against")
+    schema_sub = schema.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
+    infer = schema_sub.add_parser("infer", help="infer a schema from data (then edit by hand)")
+    infer.add_argument("--data", type=Path, default=Path("data/validated/transactions.parquet"))
+    infer.add_argument("--train-start", required=True)
+    infer.add_argument("--train-end", required=True)
+    infer.add_argument("--output", type=Path, default=Path("pipelines/schema/schema.pbtxt"))
+    infer.set_defaults(func=_schema_infer)
+
+    pipe = sub.add_parser("pipeline", help="the KFP training pipeline: run, compile, submit")
+    pipe_sub = pipe.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
+    run = pipe_sub.add_parser("run", help="run the pipeline locally (kfp.local, offline)")
+    _add_pipeline_params(run)
+    run.add_argument("--pipeline-root", type=Path, default=Path("runs/kfp"))
+    run.set_defaults(func=_pipeline_run)
+    comp = pipe_sub.add_parser("compile", help="write the pipeline's IR YAML")
+    comp.add_argument("--output", type=Path, default=None)
+    comp.add_argument("--image", help="component image (default FRAUD_COMPONENT_IMAGE or built-in)")
+    comp.set_defaults(func=_pipeline_compile)
+    for name, helptext, func in (
+        ("submit", "start a run on a Kubeflow Pipelines cluster", _pipeline_submit),
+        ("schedule", "create a recurring run (scheduled retraining)", _pipeline_schedule),
+    ):
+        p = pipe_sub.add_parser(name, help=helptext)
+        _add_pipeline_params(p)
+        p.add_argument("--host", required=True, help="KFP API endpoint URL")
+        p.add_argument("--experiment", default="fraud")
+        p.add_argument("--package", type=Path, default=None, help="compiled YAML to use")
+        if name == "schedule":
+            p.add_argument("--cron", required=True, help="cron expression, e.g. '0 0 3 * * *'")
+        p.set_defaults(func=func)
+
+    score = sub.add_parser("score", help="batch-score a file with a pushed model")
+    score.add_argument("--model", type=Path, required=True, help="version dir or base path")
+    score.add_argument("--data", type=Path, required=True)
+    score.add_argument("--start", help="first day to score (earlier rows are history only)")
+    score.add_argument("--end")
+    score.add_argument("--output", type=Path, required=True)
+    score.set_defaults(func=_score)
 
     return parser
 

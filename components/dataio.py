@@ -57,13 +57,32 @@ def read_raw(path: str | os.PathLike) -> pd.DataFrame:
         raise DataValidationError(path, [RowError(0, "<file>", f"unreadable: {err}")]) from err
 
 
+# ISO-8601 date or date-time, optional fraction, optional 'Z' or +-HH[:MM] offset (none = UTC).
+_ISO8601 = (
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?"
+)
+# pandas >= 2 parses mixed ISO-8601 forms only with format="ISO8601"; pandas 1.x does not know
+# that format (it turns every value into NaT) but parses mixed ISO forms element-wise without it.
+_ISO_FORMAT = {"format": "ISO8601"} if int(pd.__version__.split(".")[0]) >= 2 else {}
+
+
 def _parse_timestamps(values: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values):
         ts = values
         if ts.dt.tz is None:
             ts = ts.dt.tz_localize("UTC")
         return ts.dt.tz_convert("UTC")
-    return pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+    text = values.astype("string").str.strip()
+    # Only ISO-8601 text is a timestamp: "01/02/2025" is ambiguous and must not be guessed.
+    iso = text.str.fullmatch(_ISO8601).fillna(False).to_numpy(dtype=bool)
+    candidates = text.to_numpy(dtype=object, na_value=None)
+    candidates[~iso] = None
+    return pd.to_datetime(
+        pd.Series(candidates, index=values.index, dtype=object),
+        errors="coerce",
+        utc=True,
+        **_ISO_FORMAT,
+    )
 
 
 def validate_frame(
@@ -125,13 +144,17 @@ def validate_frame(
         )
         out[c.LABEL] = label.fillna(0).astype("int8")
 
-    # The first occurrence of an id wins; later ones are the duplicates.
-    dup = out[c.TRANSACTION_ID].duplicated(keep="first").to_numpy() & ~bad
+    # Among the otherwise valid rows, the first occurrence of an id wins and later ones are the
+    # duplicates (a row already rejected for another reason does not claim its id, so a corrected
+    # re-send of it is kept).
+    ids = out[c.TRANSACTION_ID].to_numpy()
+    dup = np.zeros(len(df), dtype=bool)
+    valid = np.flatnonzero(~bad)
+    dup[valid] = pd.Series(ids[valid]).duplicated(keep="first").to_numpy()
     first_row = {}
     if dup.any():
-        ids = out[c.TRANSACTION_ID].to_numpy()
         dup_ids = set(ids[dup])
-        for i in np.flatnonzero(np.isin(ids, list(dup_ids))):
+        for i in valid[np.isin(ids[valid], list(dup_ids))]:
             first_row.setdefault(ids[i], int(rows[i]))
     flag(
         dup,

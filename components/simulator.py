@@ -18,6 +18,7 @@ Everything is vectorised numpy so 1.7 M transactions take seconds; one seed, one
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ class SimulationConfig:
     radius: float = 5.0
     weekend_factor: float = 1.25
     # Expected new incidents per day per 1,000 customers, so the fraud rate does not depend on
-    # the population size. The defaults give an overall fraud rate of about 0.7 %.
+    # the population size. The defaults give an overall fraud rate of about 0.8 %.
     stolen_card_rate: float = 0.6
     compromised_terminal_rate: float = 0.35
     cnp_leak_rate: float = 0.3
@@ -59,6 +60,30 @@ class SimulationConfig:
             raise ValueError(f"simulation: drift_day {self.drift_day} outside 0..{self.n_days - 1}")
         if self.label_delay_days < 0:
             raise ValueError("simulation: label_delay_days must be >= 0")
+        for name in ("radius", "weekend_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"simulation: {name} must be > 0, got {getattr(self, name)}")
+        for name in (
+            "stolen_card_rate",
+            "compromised_terminal_rate",
+            "cnp_leak_rate",
+            "card_testing_rate",
+            "drift_rate",
+        ):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"simulation: {name} must be >= 0, got {getattr(self, name)}")
+        try:
+            start = (
+                pd.Timestamp(self.start_date, tz="UTC")
+                if isinstance(self.start_date, str | date)
+                else pd.NaT
+            )
+        except (ValueError, TypeError):
+            start = pd.NaT
+        if pd.isna(start):
+            raise ValueError(
+                f"simulation: start_date {self.start_date!r} is not a date (YYYY-MM-DD)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

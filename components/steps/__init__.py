@@ -1,0 +1,1 @@
+"""Plain, importable, unit-tested code behind each KFP component (components/kfp_components.py)."""

@@ -1,0 +1,87 @@
+"""Push: copy a blessed SavedModel into the TF Serving layout, atomically, with its metadata.
+
+``<model_base_path>/<version>/`` appears in one rename of a fully written staging directory, so a
+model server polling the base path never sees a partial version. Staging names start with '.',
+which TF Serving (and our embedded server) ignore since they are not integers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import contract as c
+from components.scoring import METADATA_FILE, TRAIN_STATS_FILE, model_versions
+
+PROFILE_BINS = 10
+
+
+def feature_profile(values: np.ndarray, bins: int = PROFILE_BINS) -> dict:
+    """Quantile bins of the training distribution: the reference for PSI / JS drift checks."""
+    values = np.asarray(values, dtype=np.float64)
+    inner = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    # Open-ended outer bins so live values outside the training range still land somewhere.
+    edges = np.concatenate([[-1e300], inner, [1e300]])
+    counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(edges) - 1)
+    return {"edges": edges.tolist(), "proportions": (counts / max(len(values), 1)).tolist()}
+
+
+def training_profile(train: pd.DataFrame, eval_scores: np.ndarray, thresholds: dict) -> dict:
+    return {
+        "rows": len(train),
+        "fraud_rate": float(train[c.LABEL].mean()),
+        "features": {
+            name: feature_profile(train[name].to_numpy())
+            for name in c.MODEL_INPUTS
+            if name != c.TIMESTAMP
+        },
+        "score": feature_profile(eval_scores),
+        "expected_alert_rate": float((eval_scores >= thresholds["review"]).mean()),
+        "expected_block_rate": float((eval_scores >= thresholds["block"]).mean()),
+    }
+
+
+def push(
+    candidate_dir: str | Path,
+    model_base_path: str | Path,
+    metadata: dict,
+    train_stats_path: str | Path | None = None,
+) -> tuple[int, Path]:
+    """Stage, then rename into the next free version; returns (version, version_dir)."""
+    if not str(model_base_path).strip():
+        raise ValueError("model_base_path is empty: nowhere to push the model")
+    candidate_dir = Path(candidate_dir)
+    if not (candidate_dir / "saved_model.pb").exists():
+        raise FileNotFoundError(f"{candidate_dir}: no SavedModel to push")
+    base = Path(model_base_path)
+    base.mkdir(parents=True, exist_ok=True)
+    staging = base / f".staging-{uuid.uuid4().hex}"
+    shutil.copytree(candidate_dir, staging)
+    try:
+        for attempt in range(100):
+            version = (model_versions(base) or [0])[-1] + 1 + attempt
+            meta = {**metadata, "version": version}
+            extra = staging / METADATA_FILE
+            extra.parent.mkdir(parents=True, exist_ok=True)
+            extra.write_text(json.dumps(meta, indent=2, default=float))
+            if train_stats_path:
+                shutil.copyfile(train_stats_path, staging / TRAIN_STATS_FILE)
+            target = base / str(version)
+            try:
+                # rename(2) onto a non-existent name is atomic; losing a race to another pusher
+                # shows up as the target existing, and we take the next number.
+                os.rename(staging, target)
+                return version, target
+            except OSError:
+                if not target.exists():
+                    raise
+        raise RuntimeError(f"{base}: could not find a free version number")
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
