@@ -109,7 +109,7 @@ def _pipeline_params(args: argparse.Namespace, settings: Settings) -> dict:
         **_parse_sets(args.set),
     }
     params = {}
-    casts = {"NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "STRING": str}
+    casts = {"Integer": int, "Float": float, "String": str}
     for key, value in given.items():
         if value is None:
             continue

@@ -1,0 +1,208 @@
+"""Unit tests of the pipeline's plain steps on tiny data (no KFP, no Beam)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import contract as c
+from components.scoring import METADATA_FILE, model_versions
+from components.steps.evaluator import (
+    GateConfig,
+    bless,
+    card_precision_at_k,
+    confusion,
+    recall_at_fpr,
+    thresholds_from_budget,
+)
+from components.steps.ingest import resolve_windows, split
+from components.steps.pusher import feature_profile, push
+
+
+def _day(s: str) -> pd.Timestamp:
+    return pd.Timestamp(s, tz="UTC")
+
+
+def test_explicit_windows_carve_evaluation_from_the_end():
+    w = resolve_windows(train_start="2025-01-01", train_end="2025-01-11")
+    assert (w.train_start, w.train_end) == (_day("2025-01-01"), _day("2025-01-09"))
+    assert (w.eval_start, w.eval_end) == (_day("2025-01-09"), _day("2025-01-11"))
+    w = resolve_windows(train_start="2025-01-01", train_end="2025-01-11", eval_days=3)
+    assert w.eval_start == _day("2025-01-08")
+
+
+def test_explicit_evaluation_window_is_kept():
+    w = resolve_windows(
+        train_start="2025-01-01", train_end="2025-02-01", eval_start="2025-02-01", eval_end="2025-02-08"
+    )
+    assert (w.train_end, w.eval_start, w.eval_end) == (
+        _day("2025-02-01"),
+        _day("2025-02-01"),
+        _day("2025-02-08"),
+    )
+
+
+def test_relative_windows_end_label_delay_before_as_of():
+    w = resolve_windows(as_of="2025-03-31", train_days=20, eval_days=5, label_delay_days=7)
+    assert w.eval_end == _day("2025-03-24")
+    assert w.eval_start == _day("2025-03-19")
+    assert (w.train_start, w.train_end) == (_day("2025-02-27"), _day("2025-03-19"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"train_start": "2025-01-05", "train_end": "2025-01-01"}, "must be after"),
+        ({"train_start": "2025-01-01"}, "train_start and train_end"),
+        ({"train_start": "2025-01-01", "train_end": "2025-01-02", "eval_days": 5}, "no training"),
+        ({"as_of": "2025-03-01", "train_days": 0, "eval_days": 3}, "train_days > 0"),
+        ({"train_start": "yesterday-ish", "train_end": "2025-01-02"}, "train_start: not a date"),
+        (
+            {
+                "train_start": "2025-01-01",
+                "train_end": "2025-02-01",
+                "eval_start": "2025-01-20",
+                "eval_end": "2025-02-10",
+            },
+            "at or after train_end",
+        ),
+    ],
+)
+def test_bad_windows_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_windows(**kwargs)
+
+
+def _table(n_days: int, fraud_days: set[int]) -> pd.DataFrame:
+    rows = []
+    for d in range(n_days):
+        for i in range(3):
+            row = {name: 1.0 for name in c.MODEL_INPUTS}
+            row.update(
+                {
+                    c.TRANSACTION_ID: f"t{d}-{i}",
+                    c.CUSTOMER_ID: f"c{i}",
+                    c.TIMESTAMP: _day("2025-01-01") + pd.Timedelta(days=d, hours=i),
+                    c.LABEL: int(d in fraud_days and i == 0),
+                }
+            )
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_split_rejects_empty_and_fraudless_windows():
+    w = resolve_windows(train_start="2025-01-01", train_end="2025-01-11")
+    with pytest.raises(ValueError, match=r"evaluation window \[2025-01-09, 2025-01-11\).*no fraud"):
+        split(_table(10, {1, 2}), w)
+    with pytest.raises(ValueError, match="evaluation window.*no transactions"):
+        split(_table(5, {1}), w)
+    result = split(_table(10, {1, 9}), w)
+    assert result.counts() == {"train_rows": 24, "train_frauds": 1, "eval_rows": 6, "eval_frauds": 1}
+
+
+def test_card_precision_at_k_by_hand():
+    # Day 1: cards a (fraud), b, c; day 2: cards a, b (fraud). k=2.
+    df = pd.DataFrame(
+        {
+            c.TIMESTAMP: [_day("2025-01-01")] * 4 + [_day("2025-01-02")] * 2,
+            c.CUSTOMER_ID: ["a", "a", "b", "c", "a", "b"],
+            c.LABEL: [0, 1, 0, 0, 0, 1],
+        }
+    )
+    scores = np.array([0.9, 0.1, 0.5, 0.8, 0.7, 0.2])
+    # Day 1 top-2 cards by max score: a (0.9, compromised), c (0.8) -> 1/2.
+    # Day 2 top-2: a (0.7), b (0.2, compromised) -> 1/2.
+    assert card_precision_at_k(df, scores, k=2) == pytest.approx(0.5)
+    assert card_precision_at_k(df, scores, k=1) == pytest.approx(0.5)  # day1 a=1, day2 a=0
+
+
+def test_recall_at_fpr_and_confusion():
+    y = np.array([0] * 100 + [1] * 4)
+    scores = np.concatenate([np.linspace(0, 0.5, 100), [0.9, 0.8, 0.495, 0.1]])
+    # One false positive (0.5) is allowed at 1 % FPR: the cut at 0.495 catches 3 of 4 frauds.
+    assert recall_at_fpr(y, scores, 0.01) == pytest.approx(0.75)
+    assert recall_at_fpr(y, scores, 0.0) == pytest.approx(0.5)
+    assert confusion(y, scores, 0.6) == [[100, 0], [2, 2]]
+
+
+def test_thresholds_follow_the_alert_budget():
+    scores = np.linspace(0, 1, 10_001)
+    t = thresholds_from_budget(scores, GateConfig(review_budget=0.01, block_budget=0.002))
+    assert (scores >= t["review"]).mean() == pytest.approx(0.01, abs=2e-4)
+    assert (scores >= t["block"]).mean() == pytest.approx(0.002, abs=2e-4)
+    assert t["block"] >= t["review"]
+
+
+def test_blessing_floors_and_regression():
+    gate = GateConfig(min_auc=0.8, min_average_precision=0.3, regression_tolerance=0.1)
+    good = {"auc_roc": 0.95, "average_precision": 0.6}
+    assert bless(good, None, gate) == (True, [])
+    ok, reasons = bless({"auc_roc": 0.7, "average_precision": 0.2}, None, gate)
+    assert not ok and len(reasons) == 2 and "AUC ROC 0.7000 below floor 0.8" in reasons[0]
+    assert bless(good, {"auc_roc": 0.95, "average_precision": 0.66}, gate)[0]
+    ok, reasons = bless(good, {"auc_roc": 0.95, "average_precision": 0.7}, gate)
+    assert not ok and "regresses" in reasons[0]
+
+
+def test_feature_profile_bins_cover_everything():
+    values = np.arange(1000, dtype=float)
+    prof = feature_profile(values, bins=10)
+    assert len(prof["proportions"]) == len(prof["edges"]) - 1 == 10
+    assert sum(prof["proportions"]) == pytest.approx(1.0)
+    assert prof["proportions"] == pytest.approx([0.1] * 10)
+
+
+def _fake_saved_model(path: Path) -> Path:
+    # A real (tiny) SavedModel, so the push sees what a trainer writes.
+    import tensorflow as tf
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x):
+            return {c.SCORE_OUTPUT: x}
+
+    m = M()
+    tf.saved_model.save(m, str(path), signatures={c.SERVING_SIGNATURE: m.__call__})
+    return path
+
+
+def test_push_is_atomic_and_versions_increase(tmp_path):
+    candidate = _fake_saved_model(tmp_path / "candidate")
+    base = tmp_path / "models"
+    seen_partial = []
+    stop = threading.Event()
+
+    def reader():
+        # A model server's view: every integer directory must be complete when it appears.
+        while not stop.is_set():
+            for p in base.glob("*") if base.exists() else []:
+                if p.name.isdigit() and not (p / METADATA_FILE).exists():
+                    seen_partial.append(p.name)
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        versions = [push(candidate, base, {"model_name": "m"})[0] for _ in range(5)]
+    finally:
+        stop.set()
+        t.join()
+    assert versions == [1, 2, 3, 4, 5]
+    assert model_versions(base) == versions
+    assert not seen_partial
+    assert not [p for p in base.iterdir() if p.name.startswith(".")]
+    meta = json.loads((base / "3" / METADATA_FILE).read_text())
+    assert meta == {"model_name": "m", "version": 3}
+
+
+def test_push_refuses_missing_base_path_and_model(tmp_path):
+    with pytest.raises(ValueError, match="model_base_path is empty"):
+        push(tmp_path, "", {})
+    with pytest.raises(FileNotFoundError, match="no SavedModel"):
+        push(tmp_path / "nothing", tmp_path / "models", {})
