@@ -112,6 +112,19 @@ def split_validation(
     return fit.reset_index(drop=True), valid.reset_index(drop=True)
 
 
+def _default_runner(beam_args: list[str]):
+    """The in-process FnApiRunner unless the caller names a runner.
+
+    Beam 2.72's DirectRunner first tries Prism, which downloads a binary at run time: a network
+    call (and a wait) that an offline pipeline step must never make.
+    """
+    if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+        return None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return FnApiRunner()
+
+
 def run_transform(
     train: pd.DataFrame,
     evaluation: pd.DataFrame,
@@ -138,7 +151,7 @@ def run_transform(
         (output_dir / split).mkdir(exist_ok=True)
 
     with (
-        beam.Pipeline(options=PipelineOptions(beam_args)) as p,
+        beam.Pipeline(runner=_default_runner(beam_args), options=PipelineOptions(beam_args)) as p,
         tft_beam.Context(temp_dir=os.fspath(output_dir / "tmp"), force_tf_compat_v1=False),
     ):
         raw = {

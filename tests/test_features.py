@@ -1,0 +1,337 @@
+"""The two feature engines: parity, restart, bounded memory, no label leakage, exact values."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import contract as c
+from components.features import stream as stream_module
+from components.features.batch import build_feature_table, compute_features, epoch_seconds
+from components.features.stream import StreamingFeatureEngine
+from components.simulator import LEGIT, SimulationConfig, simulate
+
+RTOL, ATOL = 1e-9, 1e-6
+DELAY = c.DEFAULT_LABEL_DELAY_DAYS
+DAY = c.SECONDS_PER_DAY
+T0 = pd.Timestamp("2025-01-01T00:00:00Z")
+
+# Few terminals per customer, so terminal windows are well filled; drift adds a fifth pattern.
+PARITY_CONFIG = SimulationConfig(
+    n_customers=300, n_terminals=200, n_days=90, seed=3, drift_day=50, label_delay_days=DELAY
+)
+
+
+@pytest.fixture(scope="module")
+def parity_frame() -> pd.DataFrame:
+    return simulate(PARITY_CONFIG)
+
+
+def _events(df: pd.DataFrame, delay_days: int) -> list[tuple[int, int]]:
+    """(kind, row) in arrival order: the label of row i at label_available_at (or ts + delay),
+    transactions in stream order, a label before a transaction at the same time. kind 0 = label,
+    1 = transaction."""
+    ts = epoch_seconds(df[c.TIMESTAMP])
+    if c.LABEL_AVAILABLE_AT in df.columns:
+        available = epoch_seconds(df[c.LABEL_AVAILABLE_AT])
+    else:
+        available = ts + delay_days * DAY
+    stream_pos = np.empty(len(df), dtype=np.int64)
+    stream_pos[np.lexsort((df[c.TRANSACTION_ID].to_numpy(), ts))] = np.arange(len(df))
+    times = np.concatenate([available, ts])
+    kinds = np.concatenate([np.zeros(len(df), np.int64), np.ones(len(df), np.int64)])
+    rows = np.concatenate([np.arange(len(df)), np.arange(len(df))])
+    sequence = np.concatenate([np.arange(len(df)), stream_pos])
+    order = np.lexsort((sequence, kinds, times))
+    return list(zip(kinds[order].tolist(), rows[order].tolist(), strict=True))
+
+
+def _feed(engine, df, events, results: dict[int, dict[str, float]]) -> None:
+    ts = epoch_seconds(df[c.TIMESTAMP]).tolist()
+    cust = df[c.CUSTOMER_ID].tolist()
+    term = df[c.TERMINAL_ID].tolist()
+    amount = df[c.AMOUNT].tolist()
+    label = df[c.LABEL].tolist()
+    for kind, i in events:
+        if kind == 0:
+            engine.add_label(term[i], ts[i], label[i])
+        else:
+            results[i] = engine.update(cust[i], term[i], ts[i], amount[i])
+
+
+def _stream_features(df, delay_days, engine=None) -> pd.DataFrame:
+    engine = engine or StreamingFeatureEngine(delay_days)
+    results: dict[int, dict[str, float]] = {}
+    _feed(engine, df, _events(df, delay_days), results)
+    return _as_frame(results, df)
+
+
+def _as_frame(results, df) -> pd.DataFrame:
+    return pd.DataFrame([results[i] for i in range(len(df))], index=df.index)[
+        list(c.STATEFUL_FEATURES)
+    ]
+
+
+def _assert_parity(batch: pd.DataFrame, stream: pd.DataFrame) -> None:
+    assert list(batch.columns) == list(c.STATEFUL_FEATURES)
+    for name in c.STATEFUL_FEATURES:
+        np.testing.assert_allclose(
+            stream[name].to_numpy(), batch[name].to_numpy(), rtol=RTOL, atol=ATOL, err_msg=name
+        )
+
+
+# --- parity -------------------------------------------------------------------------------------
+
+
+def test_parity_batch_vs_stream_with_snapshot_restore(parity_frame):
+    df = parity_frame
+    batch = compute_features(df, DELAY)
+    events = _events(df, DELAY)
+    half = len(events) // 2
+
+    engine = StreamingFeatureEngine(DELAY)
+    uninterrupted: dict[int, dict[str, float]] = {}
+    _feed(engine, df, events[:half], uninterrupted)
+    blob = engine.snapshot()
+    _feed(engine, df, events[half:], uninterrupted)
+    _assert_parity(batch, _as_frame(uninterrupted, df))
+
+    # A restart from the mid-stream snapshot continues exactly like the uninterrupted engine.
+    restored = StreamingFeatureEngine.restore(blob)
+    after: dict[int, dict[str, float]] = {}
+    _feed(restored, df, events[half:], after)
+    assert after and after == {i: uninterrupted[i] for i in after}
+    assert restored.size == engine.size
+
+    # The stream covers every pattern and the terminal features are not trivially zero.
+    assert set(df[c.FRAUD_PATTERN]) > {LEGIT}
+    for w in c.TERMINAL_WINDOWS:
+        assert (batch[c.terminal_fraud_ratio(w)] > 0).mean() > 0.01, w
+    shortest = min(c.CUSTOMER_WINDOWS, key=c.CUSTOMER_WINDOWS.__getitem__)
+    assert (batch[c.customer_count(shortest)] > 1).any()  # bursts within the shortest window
+
+
+def test_parity_on_shuffled_input_and_other_delay(parity_frame):
+    df = parity_frame[parity_frame[c.TIMESTAMP] < T0 + pd.Timedelta(days=40)]
+    df = df.drop(columns=[c.LABEL_AVAILABLE_AT]).sample(frac=1.0, random_state=1)
+    delay = 2
+    batch = compute_features(df, delay)
+    assert (batch.index == df.index).all()  # same rows, same order as the input
+    _assert_parity(batch, _stream_features(df, delay))
+    table = build_feature_table(df, delay)
+    assert list(table.columns) == [*df.columns, *c.STATEFUL_FEATURES]
+    assert table[c.TIMESTAMP].is_monotonic_increasing
+
+
+def test_snapshot_version_is_checked():
+    state = pickle.loads(StreamingFeatureEngine().snapshot())
+    state["version"] = -1
+    with pytest.raises(ValueError, match="snapshot version"):
+        StreamingFeatureEngine.restore(pickle.dumps(state))
+
+
+# --- eviction -------------------------------------------------------------------------------
+
+
+def _churn_stream(n_days: int = 200, cohort: int = 8, active_days: int = 4) -> pd.DataFrame:
+    """Customers and terminals that come, shop a few days and never return, plus one regular
+    customer who shops four times a day at one terminal throughout."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for day in range(n_days):
+        for k in range(cohort):
+            who = day * cohort + k
+            for d in range(active_days):
+                for secs in rng.integers(0, DAY, 3):
+                    terminal = f"M{who % (cohort * 3)}-{day // 3}"
+                    rows.append(((day + d) * DAY + int(secs), f"C{who}", terminal))
+        rows += [
+            (day * DAY + int(secs), "regular", "M-regular") for secs in rng.integers(0, DAY, 4)
+        ]
+    secs, customers, terminals = zip(*rows, strict=True)
+    n = len(rows)
+    return _tx(
+        list(
+            zip(
+                [f"X{i:08d}" for i in range(n)],
+                secs,
+                customers,
+                terminals,
+                rng.uniform(1, 100, n).round(2),
+                (rng.random(n) < 0.05).astype(int),
+                strict=True,
+            )
+        )
+    )
+
+
+def test_eviction_bounds_memory_and_keeps_parity(monkeypatch):
+    df = _churn_stream()
+    monkeypatch.setattr(stream_module, "_EVICT_EVERY", 250)
+    engine = StreamingFeatureEngine(DELAY)
+    events = _events(df, DELAY)
+    results: dict[int, dict[str, float]] = {}
+    peak = {"customers": 0, "terminals": 0, "regular_history": 0, "regular_labels": 0}
+    for start in range(0, len(events), 500):
+        _feed(engine, df, events[start : start + 500], results)
+        for key, value in engine.size.items():
+            peak[key] = max(peak[key], value)
+        if "regular" in engine._customers:
+            peak["regular_history"] = max(
+                peak["regular_history"], len(engine._customers["regular"].ts)
+            )
+        if "M-regular" in engine._terminals:
+            peak["regular_labels"] = max(
+                peak["regular_labels"], len(engine._terminals["M-regular"].ts)
+            )
+    _assert_parity(compute_features(df, DELAY), _as_frame(results, df))
+
+    n_customers, n_terminals = df[c.CUSTOMER_ID].nunique(), df[c.TERMINAL_ID].nunique()
+    # A customer is kept for the longest window after its last transaction, a terminal for that
+    # plus the label delay after its last label; eviction runs every few simulated days here.
+    horizon = c.MAX_GAP_SECONDS // DAY
+    evict_lag = 5  # days of transactions between two sweeps, rounded up
+    assert peak["customers"] <= 8 * (horizon + 4 + evict_lag) + 1
+    assert peak["customers"] < n_customers / 4
+    assert peak["terminals"] < n_terminals / 2
+    # A long-lived customer's and terminal's state are bounded by the window too.
+    assert peak["regular_history"] <= 2 * 4 * (horizon + evict_lag)
+    assert peak["regular_labels"] <= 4 * (horizon + DELAY + evict_lag)
+
+
+# --- leakage --------------------------------------------------------------------------------
+
+
+def test_batch_uses_no_label_before_it_is_available(default_like):
+    df = default_like
+    base = compute_features(df, DELAY)
+    ts = df[c.TIMESTAMP]
+    available = df[c.LABEL_AVAILABLE_AT]
+    changed_later = 0
+    for q in (0.2, 0.45, 0.7, 0.95):
+        t = ts.quantile(q)
+        flipped = df.copy()
+        unknown = available > t
+        flipped.loc[unknown, c.LABEL] = 1 - flipped.loc[unknown, c.LABEL]
+        feats = compute_features(flipped, DELAY)
+        known = (ts <= t).to_numpy()
+        pd.testing.assert_frame_equal(feats[known], base[known], check_exact=True)
+        changed_later += int((feats[~known] != base[~known]).to_numpy().any())
+    assert changed_later >= 3  # the flips do matter once the labels are available
+
+
+def _tx(rows: list[tuple]) -> pd.DataFrame:
+    """Raw frame from (id, seconds after T0, customer, terminal, amount, label)."""
+    df = pd.DataFrame(rows, columns=list(c.RAW_FIELDS))
+    df[c.TIMESTAMP] = T0 + pd.to_timedelta(df[c.TIMESTAMP], unit="s")
+    return df
+
+
+def _both(df: pd.DataFrame, delay_days: int) -> list[pd.DataFrame]:
+    return [compute_features(df, delay_days), _stream_features(df, delay_days)]
+
+
+@pytest.mark.parametrize("delay_days", [DELAY, 1])
+def test_fraud_reaches_terminal_ratio_exactly_after_label_delay(delay_days):
+    delay = delay_days * DAY
+    fraud_at = 40 * DAY + 5_000
+    offsets = [-1, 0, 1, DAY - 1, DAY, DAY + 1, 7 * DAY, 7 * DAY + 1, 30 * DAY, 30 * DAY + 1]
+    rows = [
+        ("A0", fraud_at - 3_600, "legit", "M1", 10.0, 0),
+        ("A1", fraud_at, "thief", "M1", 500.0, 1),
+    ]
+    # Probes on the terminal, by customers of their own. Their own (legit) labels count too once
+    # available, which only matters for the long windows with a short delay.
+    rows += [
+        (f"P{k:02d}", fraud_at + delay + o, f"probe{k}", "M1", 1.0, 0)
+        for k, o in enumerate(offsets)
+    ]
+    feats = _both(_tx(rows), delay_days)
+
+    def expect(offset: int, window: int) -> tuple[int, float]:
+        # Window [t - delay - w, t - delay) with t = fraud_at + delay + offset.
+        lo, hi = fraud_at + offset - window, fraud_at + offset
+        labels = [lab for _, at, _, _, _, lab in rows if lo <= at < hi]
+        return len(labels), (sum(labels) / len(labels) if labels else 0.0)
+
+    for k, offset in enumerate(offsets):
+        i = 2 + k
+        for w, secs in c.TERMINAL_WINDOWS.items():
+            count, ratio = expect(offset, secs)
+            for engine in feats:
+                assert engine.loc[i, c.terminal_count(w)] == count, (offset, w)
+                assert engine.loc[i, c.terminal_fraud_ratio(w)] == pytest.approx(ratio)
+    # Never earlier than label_delay after the fraud; from just after it, in every window.
+    for engine in feats:
+        ratios = engine[[c.terminal_fraud_ratio(w) for w in c.TERMINAL_WINDOWS]].to_numpy()
+        assert (ratios[2:4] == 0).all()  # at label_delay - 1 s and exactly label_delay
+        assert (ratios[4] == 0.5).all()  # 1 s later
+
+
+# --- exact hand-computed values ---------------------------------------------------------------
+
+
+def test_customer_windows_by_hand():
+    hour = 3_600
+    rows = [
+        ("T1", 0, "A", "M1", 10.0, 0),
+        ("T2", 1_800, "A", "M2", 20.0, 0),
+        ("B1", 1_000, "B", "M1", 1_000.0, 1),  # another customer: never mixed in
+        ("T4", 2 * DAY, "A", "M1", 30.0, 0),  # same time as T3: after it by id
+        ("T3", 2 * DAY, "A", "M1", 60.0, 0),
+        ("T5", 40 * DAY, "A", "M1", 5.0, 0),
+        ("D1", 0, "D", "M3", 4.0, 0),
+        ("D2", hour, "D", "M3", 8.0, 0),  # exactly 1h later: the 1h window (t-1h, t] drops D1
+    ]
+    gap_cap = c.MAX_GAP_SECONDS
+    # id -> (counts 1h/1d/7d/30d, means 1h/1d/7d/30d, seconds since previous)
+    expected = {
+        "T1": ((1, 1, 1, 1), (10, 10, 10, 10), gap_cap),
+        "T2": ((2, 2, 2, 2), (15, 15, 15, 15), 1_800),
+        "B1": ((1, 1, 1, 1), (1_000,) * 4, gap_cap),
+        "T3": ((1, 1, 3, 3), (60, 60, 30, 30), 2 * DAY - 1_800),
+        "T4": ((2, 2, 4, 4), (45, 45, 30, 30), 0),
+        "T5": ((1, 1, 1, 1), (5, 5, 5, 5), gap_cap),  # 38 days later: gap capped at 30 days
+        "D1": ((1, 1, 1, 1), (4, 4, 4, 4), gap_cap),
+        "D2": ((1, 2, 2, 2), (8, 6, 6, 6), hour),
+    }
+    df = _tx(rows)
+    for feats in _both(df, DELAY):
+        for i, tid in enumerate(df[c.TRANSACTION_ID]):
+            counts, means, gap = expected[tid]
+            got = feats.loc[i]
+            for w, count, mean in zip(c.CUSTOMER_WINDOWS, counts, means, strict=True):
+                assert got[c.customer_count(w)] == count, (tid, w)
+                assert got[c.customer_mean_amount(w)] == pytest.approx(mean), (tid, w)
+            assert got[c.CUSTOMER_SECS_SINCE_PREV] == gap, tid
+            # No label is ever available within the label delay of the first transaction.
+            for w in c.TERMINAL_WINDOWS:
+                assert got[c.terminal_count(w)] == 0
+                assert got[c.terminal_fraud_ratio(w)] == 0
+
+
+def test_terminal_windows_by_hand():
+    # Terminal M1: labelled history on days 0..9, queried on day 20 with a 7-day delay, so the
+    # windows end at day 13 (exclusive): 1d = [12, 13), 7d = [6, 13), 30d = [-17, 13).
+    history = [(f"H{d}", d * DAY + 100, f"c{d}", "M1", 1.0, int(d in (3, 7, 8))) for d in range(10)]
+    query = [("Q", 20 * DAY, "q", "M1", 1.0, 0), ("R", 20 * DAY, "r", "M2", 1.0, 0)]
+    df = _tx(history + query)
+    for feats in _both(df, DELAY):
+        q, r = feats.iloc[-2], feats.iloc[-1]
+        # 1d: nothing on day 12; 7d: days 6..9 (frauds on 7, 8); 30d: all ten (three frauds).
+        assert [q[c.terminal_count(w)] for w in c.TERMINAL_WINDOWS] == [0, 4, 10]
+        assert [q[c.terminal_fraud_ratio(w)] for w in c.TERMINAL_WINDOWS] == pytest.approx(
+            [0.0, 0.5, 0.3]
+        )
+        # Another terminal knows nothing of M1's history.
+        assert [r[c.terminal_count(w)] for w in c.TERMINAL_WINDOWS] == [0, 0, 0]
+
+
+def test_empty_and_unlabelled_input():
+    empty = _tx([])
+    assert list(compute_features(empty, DELAY).columns) == list(c.STATEFUL_FEATURES)
+    with pytest.raises(ValueError, match=c.LABEL):
+        compute_features(empty.drop(columns=[c.LABEL]), DELAY)

@@ -1,0 +1,190 @@
+"""The real training pipeline, end to end on small simulated data, through kfp.local.
+
+One pipeline run is shared by the tests of this module (it takes a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import contract as c
+from components.dataio import read_transactions, write_transactions
+from components.features.batch import build_feature_table
+from components.scoring import (
+    METADATA_FILE,
+    TRAIN_STATS_FILE,
+    SavedModelScorer,
+    input_arrays,
+    model_versions,
+    read_metadata,
+)
+from components.simulator import SimulationConfig, simulate
+
+pytestmark = pytest.mark.slow
+
+TRAIN_START, TRAIN_END = "2025-01-01", "2025-02-19"
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "transactions.parquet"
+    write_transactions(
+        simulate(SimulationConfig(n_customers=500, n_terminals=1000, n_days=50)), path
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(data_file, tmp_path_factory):
+    from pipelines.runners import run_local
+
+    root = tmp_path_factory.mktemp("run")
+    params = {
+        "data_path": str(data_file),
+        "train_start": TRAIN_START,
+        "train_end": TRAIN_END,
+        "model_base_path": str(root / "models" / "fraud"),
+        "epochs": 6,
+        "min_auc": 0.75,
+        "min_average_precision": 0.1,
+    }
+    result = run_local(params, root / "kfp")
+    return result, params, root
+
+
+def _artifact(root: Path, step: str, name: str) -> Path:
+    (run_dir,) = [p for p in (root / "kfp").iterdir() if p.is_dir()]
+    return run_dir / step / name
+
+
+def test_pipeline_pushes_a_first_model(pipeline_run):
+    result, params, root = pipeline_run
+    assert result["pushed"] is True and result["version"] == 1
+    assert model_versions(params["model_base_path"]) == [1]
+    meta = read_metadata(Path(params["model_base_path"]) / "1")
+    assert meta["version"] == 1 and meta["model_name"] == "fraud"
+    assert meta["data_version"].startswith(("md5:", "dvc:"))
+    assert [f["name"] for f in meta["feature_inputs"]] == list(c.MODEL_INPUTS)
+    assert 0 < meta["thresholds"]["review"] <= meta["thresholds"]["block"] <= 1
+    assert meta["metrics"]["auc_roc"] >= 0.75
+    assert set(meta["training_stats"]["features"]) == set(c.MODEL_INPUTS) - {c.TIMESTAMP}
+    assert (Path(params["model_base_path"]) / "1" / TRAIN_STATS_FILE).exists()
+    assert meta["baseline"]["version"] is None  # the first model has no baseline
+
+
+def test_pipeline_artifacts(pipeline_run):
+    _, _, root = pipeline_run
+    assert json.loads(_artifact(root, "validate", "anomalies").read_text()) == {}
+    assert _artifact(root, "validate", "statistics").stat().st_size > 0
+    assert (_artifact(root, "transform", "transform_output") / "transform_fn").is_dir()
+    train = pd.read_parquet(_artifact(root, "ingest", "train_data"))
+    evaluation = pd.read_parquet(_artifact(root, "ingest", "eval_data"))
+    # Evaluation comes after training: the carved window is the end of the period.
+    assert train[c.TIMESTAMP].max() < evaluation[c.TIMESTAMP].min()
+    assert evaluation[c.TIMESTAMP].max() < pd.Timestamp(TRAIN_END, tz="UTC")
+    verdict = json.loads((_artifact(root, "evaluate", "blessing") / "verdict.json").read_text())
+    assert verdict["blessed"] and verdict["reasons"] == []
+    executor = json.loads(_artifact(root, "evaluate", "executor_output.json").read_text())
+    assert "artifacts" in executor
+
+
+def test_pushed_model_scores_raw_fields_like_batch_scoring(pipeline_run, data_file):
+    _, params, _ = pipeline_run
+    model_dir = Path(params["model_base_path"]) / "1"
+    table = build_feature_table(read_transactions(data_file), c.DEFAULT_LABEL_DELAY_DAYS).tail(500)
+
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(model_dir))
+    fn = loaded.signatures[c.SERVING_SIGNATURE]
+    # The signature takes exactly the contract's inputs, by name.
+    assert set(fn.structured_input_signature[1]) == set(c.MODEL_INPUTS)
+    direct = fn(**{k: tf.constant(v) for k, v in input_arrays(table).items()})[c.SCORE_OUTPUT]
+    batch = SavedModelScorer(model_dir).score(table)
+    np.testing.assert_allclose(direct.numpy(), batch, rtol=1e-6)
+    assert ((batch >= 0) & (batch <= 1)).all()
+    # Frauds score higher than legitimate transactions on average.
+    fraud = table[c.LABEL].to_numpy() == 1
+    if fraud.any():
+        assert batch[fraud].mean() > batch[~fraud].mean()
+
+
+def test_fraud_score_cli(pipeline_run, data_file, tmp_path):
+    from components.cli import main
+
+    _, params, _ = pipeline_run
+    out = tmp_path / "scores.csv"
+    code = main(
+        [
+            "score",
+            "--model",
+            params["model_base_path"],
+            "--data",
+            str(data_file),
+            "--start",
+            "2025-02-10",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == [c.TRANSACTION_ID, "score", "decision"]
+    assert set(scores["decision"]) <= set(c.DECISIONS)
+    raw = read_transactions(data_file)
+    assert len(scores) == (raw[c.TIMESTAMP] >= pd.Timestamp("2025-02-10", tz="UTC")).sum()
+
+
+def test_worse_model_is_not_pushed(pipeline_run):
+    """A deliberately crippled candidate, through the same evaluate + push steps."""
+    from components.steps.jobs import evaluate_step, push_step, train_step
+
+    _, params, root = pipeline_run
+    transform_dir = _artifact(root, "transform", "transform_output")
+    work = root / "worse"
+    train_step(
+        str(transform_dir),
+        str(work / "model"),
+        {"hidden_units": "1", "epochs": 1, "learning_rate": 1e-6, "dropout": 0.0, "seed": 7},
+    )
+    verdict, _, _ = evaluate_step(
+        str(work / "model"),
+        str(_artifact(root, "ingest", "eval_data")),
+        params["model_base_path"],
+        str(work / "blessing"),
+        {"min_auc": 0.0, "min_average_precision": 0.0, "regression_tolerance": 0.05},
+    )
+    assert verdict.baseline_version == 1
+    assert not verdict.blessed and "regresses" in verdict.reasons[0]
+    result = push_step(
+        str(work / "model"),
+        str(work / "blessing"),
+        str(_artifact(root, "ingest", "train_data")),
+        str(_artifact(root, "validate", "statistics")),
+        params["model_base_path"],
+        "fraud",
+        {},
+    )
+    assert result == {"pushed": False, "reasons": verdict.reasons}
+    assert model_versions(params["model_base_path"]) == [1]
+    assert not (Path(params["model_base_path"]) / "2" / METADATA_FILE).exists()
+
+
+def test_schema_anomaly_fails_validation_and_lists_it(pipeline_run, tmp_path):
+    from components.steps.jobs import validate_step
+    from components.steps.validate import SchemaAnomalyError
+
+    _, _, root = pipeline_run
+    train = pd.read_parquet(_artifact(root, "ingest", "train_data"))
+    train.loc[:10, c.terminal_fraud_ratio("7d")] = 3.0  # a ratio above 1 breaks the schema
+    bad = tmp_path / "bad.parquet"
+    train.to_parquet(bad)
+    anomalies = tmp_path / "anomalies.json"
+    with pytest.raises(SchemaAnomalyError, match=c.terminal_fraud_ratio("7d")):
+        validate_step(str(bad), "", "", str(tmp_path / "stats.pb"), str(anomalies))
+    assert c.terminal_fraud_ratio("7d") in json.loads(anomalies.read_text())
