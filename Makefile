@@ -9,6 +9,8 @@ UV_VERSION := 0.13.9
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
+# dvc.yaml stages and the pipeline components call `fraud` and `python3`: use the venv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: run test lint format lock bench clean-venv
 
