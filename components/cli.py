@@ -174,6 +174,12 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.model_server import main as serve_main
+
+    return serve_main(args.server_args)
+
+
 def _add_pipeline_params(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="raw transactions (default: the DVC dataset)")
     p.add_argument("--train-start", help="first day of training (inclusive)")
@@ -279,10 +285,31 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", type=Path, required=True)
     score.set_defaults(func=_score)
 
+    serve = sub.add_parser(
+        "serve",
+        help="TF Serving REST API on pushed SavedModels (tensorflow_model_server's flags)",
+        add_help=False,
+    )
+    serve.add_argument("server_args", nargs=argparse.REMAINDER)
+    serve.set_defaults(func=_serve)
+
+    # Streaming (broker, topics, stream), deployment and retraining register their own commands;
+    # their modules import nothing heavy at load time.
+    from serving import deploy_status
+    from serving.stream import cli as stream_cli
+
+    stream_cli.add_subcommands(sub)
+    deploy_status.add_subcommands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        # The server owns its flags (tensorflow_model_server's), --help included.
+        from serving.model_server import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = Settings.from_env()

@@ -39,7 +39,10 @@ def test_explicit_windows_carve_evaluation_from_the_end():
 
 def test_explicit_evaluation_window_is_kept():
     w = resolve_windows(
-        train_start="2025-01-01", train_end="2025-02-01", eval_start="2025-02-01", eval_end="2025-02-08"
+        train_start="2025-01-01",
+        train_end="2025-02-01",
+        eval_start="2025-02-01",
+        eval_end="2025-02-08",
     )
     assert (w.train_end, w.eval_start, w.eval_end) == (
         _day("2025-02-01"),
@@ -103,7 +106,12 @@ def test_split_rejects_empty_and_fraudless_windows():
     with pytest.raises(ValueError, match="evaluation window.*no transactions"):
         split(_table(5, {1}), w)
     result = split(_table(10, {1, 9}), w)
-    assert result.counts() == {"train_rows": 24, "train_frauds": 1, "eval_rows": 6, "eval_frauds": 1}
+    assert result.counts() == {
+        "train_rows": 24,
+        "train_frauds": 1,
+        "eval_rows": 6,
+        "eval_frauds": 1,
+    }
 
 
 def test_card_precision_at_k_by_hand():
