@@ -1,0 +1,817 @@
+"""Drift monitoring of the live stream against the served model's training statistics.
+
+``DriftMonitor`` consumes what the scoring consumer already has after each batch (model inputs,
+scores, decisions, event times) and compares fixed-size windows of transactions with the
+reference the training pipeline stored beside the model (``training_stats`` in
+``assets.extra/fraud_metadata.json``, see ``components.steps.pusher.training_profile``):
+
+* per numeric model input (``contract.MODEL_INPUTS`` minus the timestamp) and for the score:
+  the window's histogram over the *training* bin edges, then the population stability index
+  (PSI) and the Jensen-Shannon distance (base 2, so it lies in [0, 1]) against the training
+  proportions;
+* the alert rate (share of review + block decisions) against the rate the thresholds produced on
+  the evaluation window (``expected_alert_rate``);
+* live precision and recall of the alerts, as the delayed labels arrive (``add_labels``).
+
+A window in which any check crosses its threshold is *drifting*; ``sustained`` is True once the
+last ``sustained_windows`` closed windows all drifted, which is the retraining policy's signal.
+
+Every value is also a Prometheus metric (``DriftMetrics``). ``RetrainMetrics`` (used by
+``serving.stream.retrain``) lives here too: the Grafana dashboard test maps the ``fraud_drift_``
+and ``fraud_retrain_`` prefixes to this module and discovers ``*Metrics`` classes defined in it.
+
+Not thread-safe: call ``update``/``add_labels`` from the consumer's loop thread (scraping the
+metrics from the HTTP thread is safe, prometheus_client locks its values).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components import contract as c
+
+log = logging.getLogger(__name__)
+
+# The score distribution is monitored like a feature, under this name (a metric label value).
+SCORE_FEATURE = "score"
+
+# Event kinds (the ``kind`` of a DriftEvent and a metric label).
+FEATURE_DRIFT = "feature_drift"
+SCORE_DRIFT = "score_drift"
+ALERT_RATE_DRIFT = "alert_rate"
+EVENT_KINDS: tuple[str, ...] = (FEATURE_DRIFT, SCORE_DRIFT, ALERT_RATE_DRIFT)
+
+# --- metric names (a contract with the Grafana dashboard: add, never rename) --------------------
+
+DRIFT_PREFIX = "fraud_drift_"
+PSI = DRIFT_PREFIX + "psi"  # label: feature
+JS_DISTANCE = DRIFT_PREFIX + "js_distance"  # label: feature
+ALERT_RATE = DRIFT_PREFIX + "alert_rate"
+EXPECTED_ALERT_RATE = DRIFT_PREFIX + "expected_alert_rate"
+LIVE_PRECISION = DRIFT_PREFIX + "live_precision"
+LIVE_RECALL = DRIFT_PREFIX + "live_recall"
+WINDOWS = DRIFT_PREFIX + "windows"  # counter: exposed as fraud_drift_windows_total
+EVENTS = DRIFT_PREFIX + "events"  # counter, label: kind
+SUSTAINED = DRIFT_PREFIX + "sustained"
+CONSECUTIVE_WINDOWS = DRIFT_PREFIX + "consecutive_windows"
+LABELS_MATCHED = DRIFT_PREFIX + "labels_matched"  # counter
+MODEL_VERSION = DRIFT_PREFIX + "model_version"
+
+RETRAIN_PREFIX = "fraud_retrain_"
+RETRAIN_RUNS = RETRAIN_PREFIX + "runs"  # counter, label: outcome
+RETRAIN_REFUSED = RETRAIN_PREFIX + "refused"  # counter, label: cause
+RETRAIN_IN_PROGRESS = RETRAIN_PREFIX + "in_progress"
+RETRAIN_LAST_DURATION = RETRAIN_PREFIX + "last_duration_seconds"
+RETRAIN_LAST_PUSHED_VERSION = RETRAIN_PREFIX + "last_pushed_version"
+RETRAIN_OUTCOMES: tuple[str, ...] = ("started", "pushed", "not_blessed", "failed", "submitted")
+
+
+class DriftMetrics:
+    """The drift monitor's instruments, in their own registry unless one is given (pass the
+    consumer's ``StreamMetrics().registry`` to serve everything on one /metrics port)."""
+
+    def __init__(self, registry: Any | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.psi = Gauge(
+            PSI,
+            "PSI of the last window vs training, per model input and score",
+            ["feature"],
+            registry=r,
+        )
+        self.js_distance = Gauge(
+            JS_DISTANCE,
+            "Jensen-Shannon distance (base 2) of the last window vs training",
+            ["feature"],
+            registry=r,
+        )
+        self.alert_rate = Gauge(
+            ALERT_RATE, "Share of review + block decisions in the last window", registry=r
+        )
+        self.expected_alert_rate = Gauge(
+            EXPECTED_ALERT_RATE,
+            "Alert rate of the served model's thresholds on its evaluation window",
+            registry=r,
+        )
+        self.live_precision = Gauge(
+            LIVE_PRECISION, "Frauds among labelled alerts (recent labels; NaN = none)", registry=r
+        )
+        self.live_recall = Gauge(
+            LIVE_RECALL, "Alerted share of labelled frauds (recent labels; NaN = none)", registry=r
+        )
+        self.windows = Counter(WINDOWS, "Drift windows closed and evaluated", registry=r)
+        self.events = Counter(EVENTS, "Drift events, by kind", ["kind"], registry=r)
+        self.sustained = Gauge(
+            SUSTAINED, "1 while the last N windows all drifted (retraining signal)", registry=r
+        )
+        self.consecutive_windows = Gauge(
+            CONSECUTIVE_WINDOWS, "Drifting windows in a row, up to the last one", registry=r
+        )
+        self.labels_matched = Counter(
+            LABELS_MATCHED, "Labels joined to a decision this monitor saw", registry=r
+        )
+        self.model_version = Gauge(
+            MODEL_VERSION, "Version whose training statistics are the reference", registry=r
+        )
+        for g in (self.live_precision, self.live_recall):
+            g.set(math.nan)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server
+
+
+class RetrainMetrics:
+    """Instruments of ``serving.stream.retrain.RetrainTrigger`` (defined here, see module doc)."""
+
+    def __init__(self, registry: Any | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.runs = Counter(
+            RETRAIN_RUNS,
+            "Retraining runs by outcome (started, then pushed/not_blessed/failed/submitted)",
+            ["outcome"],
+            registry=r,
+        )
+        self.refused = Counter(
+            RETRAIN_REFUSED,
+            "Retraining triggers refused, by cause (in_progress, cooldown)",
+            ["cause"],
+            registry=r,
+        )
+        self.in_progress = Gauge(
+            RETRAIN_IN_PROGRESS, "1 while a retraining run is going", registry=r
+        )
+        self.last_duration = Gauge(
+            RETRAIN_LAST_DURATION, "Duration of the last finished retraining run", registry=r
+        )
+        self.last_pushed_version = Gauge(
+            RETRAIN_LAST_PUSHED_VERSION, "Model version the last pushing run created", registry=r
+        )
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server
+
+
+# --- configuration and results ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    # Transactions per window. 5,000 keeps the null PSI of a 10-bin profile near 0.002, two
+    # orders of magnitude under the threshold, while reacting within minutes at production rates.
+    window_size: int = 5_000
+    psi_threshold: float = 0.2
+    # Jensen-Shannon *distance* (sqrt of the base-2 divergence), in [0, 1].
+    js_threshold: float = 0.1
+    # Observed / expected alert rate outside [low, high] drifts.
+    alert_rate_bounds: tuple[float, float] = (0.5, 2.0)
+    # Consecutive drifting windows that make the drift "sustained".
+    sustained_windows: int = 3
+    # A window shorter than this (only ``flush()`` closes one early) is dropped, not evaluated:
+    # a histogram of a few hundred rows is too noisy to compare.
+    min_samples: int = 1_000
+    # The alert-rate check needs this many expected alerts in the window to mean anything.
+    min_expected_alerts: float = 10.0
+    # Added to every bin's proportion (then renormalised) before PSI, so an empty bin on either
+    # side gives a large but finite term.
+    epsilon: float = 1e-4
+    # Decisions remembered for the label join (oldest evicted first): size it to cover the label
+    # delay at the stream's rate (7 days x rate), or late labels find nothing to join.
+    max_pending_labels: int = 500_000
+    # Live precision/recall are computed over the most recent matched labels.
+    label_window: int = 10_000
+    # Monitored inputs; None = every numeric model input of the contract.
+    features: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        low, high = self.alert_rate_bounds
+        checks = (
+            (self.window_size >= 1, f"window_size must be >= 1, got {self.window_size}"),
+            (self.psi_threshold > 0, f"psi_threshold must be > 0, got {self.psi_threshold}"),
+            (
+                0 < self.js_threshold <= 1,
+                f"js_threshold must be in (0, 1], got {self.js_threshold}",
+            ),
+            (0 <= low < high, f"alert_rate_bounds must satisfy 0 <= low < high, got {low}, {high}"),
+            (self.sustained_windows >= 1, "sustained_windows must be >= 1"),
+            (
+                1 <= self.min_samples <= self.window_size,
+                f"min_samples must be in [1, window_size={self.window_size}], "
+                f"got {self.min_samples}",
+            ),
+            (0 < self.epsilon < 0.01, f"epsilon must be in (0, 0.01), got {self.epsilon}"),
+            (self.max_pending_labels >= 1, "max_pending_labels must be >= 1"),
+            (self.label_window >= 1, "label_window must be >= 1"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"drift config: {message}")
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime(c.TIMESTAMP_FORMAT)
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN/inf: such values travel as null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """One crossed check of one window; ``to_message()`` is the drift-events topic value."""
+
+    kind: str
+    window: int
+    window_start: float | None  # event time (epoch s) of the window's earliest transaction
+    window_end: float | None  # ... and of its latest
+    transactions: int
+    features: tuple[str, ...]  # inputs involved (SCORE_FEATURE for score drift; () for alerts)
+    values: dict[str, dict[str, float | None]]  # per feature {psi, js_distance}, or the rates
+    thresholds: dict[str, Any]
+    consecutive_windows: int
+    sustained: bool
+    model_name: str | None
+    model_version: int | None
+    detected_at: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "event": "drift",
+            "kind": self.kind,
+            "window": self.window,
+            "window_start": _iso(self.window_start),
+            "window_end": _iso(self.window_end),
+            "transactions": self.transactions,
+            "features": list(self.features),
+            "values": {k: {n: _finite(v) for n, v in d.items()} for k, d in self.values.items()},
+            "thresholds": self.thresholds,
+            "consecutive_windows": self.consecutive_windows,
+            "sustained": self.sustained,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "detected_at": self.detected_at,
+        }
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """Everything measured on one closed window (events or not)."""
+
+    window: int
+    transactions: int
+    window_start: float | None
+    window_end: float | None
+    psi: dict[str, float]
+    js_distance: dict[str, float]
+    alert_rate: float
+    block_rate: float
+    alert_ratio: float | None  # observed / expected; None when nothing is expected
+    missing: dict[str, int]  # non-finite values skipped, per feature
+    drifting: bool
+    events: tuple[DriftEvent, ...] = field(default=())
+
+
+# --- the distances ------------------------------------------------------------------------------
+
+
+def psi(actual: np.ndarray, expected: np.ndarray, epsilon: float = 1e-4) -> float:
+    """Population stability index of two distributions over the same bins.
+
+    Both sides get ``epsilon`` added per bin and are renormalised, so an empty bin contributes a
+    large finite term instead of infinity.
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape or a.ndim != 1:
+        raise ValueError(f"psi: need two 1-d arrays of equal length, got {a.shape}, {e.shape}")
+    a = (a / a.sum() + epsilon) / (1 + epsilon * len(a))
+    e = (e / e.sum() + epsilon) / (1 + epsilon * len(e))
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def js_distance(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Jensen-Shannon distance, base 2: sqrt of the JS divergence, in [0, 1]; needs no smoothing
+    (0 log 0 = 0 and the mixture is positive wherever either side is)."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape or a.ndim != 1:
+        raise ValueError(f"js: need two 1-d arrays of equal length, got {a.shape}, {e.shape}")
+    a, e = a / a.sum(), e / e.sum()
+    m = (a + e) / 2
+
+    def kl(p: np.ndarray) -> float:
+        nz = p > 0
+        return float(np.sum(p[nz] * np.log2(p[nz] / m[nz])))
+
+    # Rounding can make the divergence a hair negative for identical inputs.
+    return math.sqrt(max(0.0, (kl(a) + kl(e)) / 2))
+
+
+# --- the monitor --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Profile:
+    inner: np.ndarray  # interior edges; bin = searchsorted(inner, v, side="right")
+    proportions: np.ndarray
+
+
+def _profile(name: str, raw: Any, where: str) -> _Profile:
+    try:
+        edges = np.asarray(raw["edges"], dtype=np.float64)
+        props = np.asarray(raw["proportions"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{where}: profile of {name!r} needs edges and proportions ({err!r})"
+        ) from err
+    if edges.ndim != 1 or len(edges) < 2 or len(props) != len(edges) - 1:
+        raise ValueError(
+            f"{where}: profile of {name!r} has {len(edges)} edges for {len(props)} proportions "
+            "(need k + 1 edges for k bins)"
+        )
+    if np.any(np.diff(edges) <= 0):
+        raise ValueError(f"{where}: edges of {name!r} are not strictly increasing")
+    if not math.isclose(float(props.sum()), 1.0, abs_tol=1e-6) or np.any(props < 0):
+        raise ValueError(f"{where}: proportions of {name!r} do not form a distribution")
+    # The outer edges are +-1e300 (open-ended bins): binning uses the interior ones only,
+    # exactly as feature_profile counted the training rows.
+    return _Profile(edges[1:-1], props)
+
+
+def _column(values: Any, n: int | None, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if n is not None and len(arr) != n:
+        raise ValueError(f"drift update: {name!r} has {len(arr)} values, expected {n}")
+    return arr
+
+
+def _epoch_seconds(values: Any, n: int) -> np.ndarray:
+    """Event times as epoch seconds from numbers, ISO-8601 strings or datetimes."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iuf":
+        out = arr.astype(np.float64).reshape(-1)
+    else:
+        import pandas as pd
+
+        flat = arr.reshape(-1)
+        if arr.dtype.kind == "S":
+            flat = np.char.decode(flat, "utf-8")
+        # format="ISO8601" exists from pandas 2 on; 1.x parses mixed ISO forms without it.
+        iso = {"format": "ISO8601"} if int(pd.__version__.split(".")[0]) >= 2 else {}
+        ts = pd.to_datetime(pd.Series(flat), utc=True, **iso)
+        out = (ts.astype("int64") // 1_000_000_000).to_numpy(dtype=np.float64)
+    if len(out) != n:
+        raise ValueError(f"drift update: {len(out)} event times for {n} transactions")
+    return out
+
+
+class DriftMonitor:
+    """Windowed drift checks of one served model version.
+
+    ``update()`` contract:
+
+    * takes one batch, in any size: ``features`` is a mapping ``name -> sequence`` (columns, e.g.
+      the model inputs sent to :predict) or a sequence of per-row mappings; it must hold every
+      monitored input (extra keys are ignored); ``scores`` the model's probabilities;
+      ``decisions`` the decisions made (default: derived from the scores and the model's
+      thresholds); ``event_times`` epoch seconds, ISO strings or datetimes (default: the
+      ``contract.TIMESTAMP`` column of ``features`` when present); ``transaction_ids`` enable
+      the label join of ``add_labels``;
+    * splits the batch at window boundaries, so windows hold exactly ``window_size``
+      transactions in arrival order whatever the batch sizes;
+    * returns the events of every window that closed during the call (possibly several, usually
+      none), in window order. ``last_report`` and ``reports`` keep what each window measured.
+    """
+
+    def __init__(
+        self,
+        metadata: Mapping[str, Any],
+        config: DriftConfig | None = None,
+        metrics: DriftMetrics | None = None,
+    ) -> None:
+        self.config = config or DriftConfig()
+        self.metrics = metrics or DriftMetrics()
+        self.window_index = 0  # index of the window being filled
+        self.consecutive = 0
+        self.reports: deque[WindowReport] = deque(maxlen=1_000)
+        self._retrain_due = False
+        # transaction id -> alerted (review/block); insertion order = eviction order.
+        self._pending: OrderedDict[str, bool] = OrderedDict()
+        self._matched: deque[tuple[bool, bool]] = deque()
+        self._tp = self._alerted = self._frauds = 0
+        self.unmatched_labels = 0
+        self._set_reference(metadata)
+        self._reset_window()
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        path: str | Path,
+        config: DriftConfig | None = None,
+        metrics: DriftMetrics | None = None,
+    ) -> DriftMonitor:
+        """From a version directory, or the latest version under a base path."""
+        from components.scoring import read_metadata, resolve_model_dir
+
+        return cls(read_metadata(resolve_model_dir(path)), config, metrics)
+
+    # -- reference -------------------------------------------------------------------------------
+    def _set_reference(self, metadata: Mapping[str, Any]) -> None:
+        version = metadata.get("version")
+        where = f"model {metadata.get('model_name', '?')} version {version}"
+        stats = metadata.get("training_stats")
+        if not isinstance(stats, Mapping):
+            raise ValueError(
+                f"{where}: metadata has no training_stats, so there is no reference to compare "
+                "the stream with (was it pushed by the training pipeline?)"
+            )
+        try:
+            review = float(metadata["thresholds"][c.REVIEW])
+            block = float(metadata["thresholds"][c.BLOCK])
+            expected_alert = float(stats["expected_alert_rate"])
+            expected_block = float(stats.get("expected_block_rate", math.nan))
+            feature_stats = stats["features"]
+            score_stats = stats[SCORE_FEATURE]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{where}: metadata needs thresholds.{c.REVIEW}/{c.BLOCK} and training_stats "
+                f"with features, {SCORE_FEATURE} and expected_alert_rate ({err!r})"
+            ) from err
+        names = self.config.features or tuple(n for n in c.MODEL_INPUTS if n != c.TIMESTAMP)
+        missing = [n for n in names if n not in feature_stats]
+        if missing:
+            raise ValueError(
+                f"{where}: training_stats has no profile of {missing}: the model was trained "
+                "against another feature contract"
+            )
+        # Everything is parsed before anything is assigned: a bad new reference leaves the
+        # monitor on the old one.
+        profiles = {n: _profile(n, feature_stats[n], where) for n in names}
+        profiles[SCORE_FEATURE] = _profile(SCORE_FEATURE, score_stats, where)
+        self.model_name: str | None = metadata.get("model_name")
+        self.model_version: int | None = None if version is None else int(version)
+        self.review_threshold, self.block_threshold = review, block
+        self.expected_alert_rate = expected_alert
+        self.expected_block_rate = expected_block
+        self.feature_names: tuple[str, ...] = tuple(names)
+        self._profiles = profiles
+        self.metrics.expected_alert_rate.set(expected_alert)
+        if self.model_version is not None:
+            self.metrics.model_version.set(self.model_version)
+
+    def switch_model(self, metadata: Mapping[str, Any]) -> None:
+        """A new version answers now: compare with its training statistics from here on.
+
+        The partial window is dropped (its rows were scored by the old model and binned against
+        the old reference) and the drifting streak restarts; window numbering, pending decisions
+        and live precision/recall continue (labels judge the decisions that were made).
+        """
+        self._set_reference(metadata)
+        self._reset_window()
+        self.consecutive = 0
+        self._retrain_due = False
+        self.metrics.consecutive_windows.set(0)
+        self.metrics.sustained.set(0)
+
+    def _reset_window(self) -> None:
+        self._counts = {
+            n: np.zeros(len(p.proportions), np.int64) for n, p in self._profiles.items()
+        }
+        self._missing = dict.fromkeys(self._profiles, 0)
+        self._n = 0
+        self._alerts = 0
+        self._blocks = 0
+        self._t_min = math.inf
+        self._t_max = -math.inf
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def sustained(self) -> bool:
+        """True after ``sustained_windows`` consecutive drifting windows (until one is clean)."""
+        return self.consecutive >= self.config.sustained_windows
+
+    @property
+    def retrain_due(self) -> bool:
+        """True right after the window that made the streak N, 2N, 3N... windows long: the
+        moments to ask for a retrain (the trigger's single flight and cooldown do the rest)."""
+        return self._retrain_due
+
+    @property
+    def last_report(self) -> WindowReport | None:
+        return self.reports[-1] if self.reports else None
+
+    @property
+    def window_fill(self) -> int:
+        """Transactions in the window being filled."""
+        return self._n
+
+    # -- input -----------------------------------------------------------------------------------
+    def _columns(self, features: Any) -> tuple[dict[str, np.ndarray], Any]:
+        if isinstance(features, Mapping):
+            cols = features
+        elif isinstance(features, Sequence):
+            keys = features[0].keys() if features else self.feature_names
+            names = [n for n in (*self.feature_names, c.TIMESTAMP) if n in keys]
+            try:
+                cols = {n: [row[n] for row in features] for n in names}
+            except KeyError as err:
+                raise ValueError(f"drift update: a feature row lacks {err}") from err
+        else:
+            raise TypeError(
+                "drift update: features must be a mapping of columns or a sequence of row "
+                f"mappings, got {type(features).__name__}"
+            )
+        missing = [n for n in self.feature_names if n not in cols]
+        if missing:
+            raise ValueError(f"drift update: features lack monitored input(s) {missing}")
+        out = {n: _column(cols[n], None, n) for n in self.feature_names}
+        return out, cols.get(c.TIMESTAMP)
+
+    def update(
+        self,
+        features: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        scores: Any,
+        decisions: Sequence[str] | None = None,
+        event_times: Any = None,
+        transaction_ids: Sequence[str] | None = None,
+    ) -> list[DriftEvent]:
+        """Add one batch; returns the events of the windows it closed (see the class doc)."""
+        cols, ts_column = self._columns(features)
+        score = _column(scores, None, SCORE_FEATURE)
+        n = len(score)
+        for name, col in cols.items():
+            if len(col) != n:
+                raise ValueError(f"drift update: {name!r} has {len(col)} values for {n} scores")
+        if decisions is None:
+            alerted = score >= self.review_threshold
+            blocked = score >= self.block_threshold
+        else:
+            dec = np.asarray(decisions, dtype=object).reshape(-1)
+            if len(dec) != n:
+                raise ValueError(f"drift update: {len(dec)} decisions for {n} scores")
+            unknown = set(dec.tolist()) - set(c.DECISIONS)
+            if unknown:
+                raise ValueError(f"drift update: unknown decision(s) {sorted(unknown)}")
+            blocked = dec == c.BLOCK
+            alerted = blocked | (dec == c.REVIEW)
+        if event_times is None:
+            event_times = ts_column
+        times = None if event_times is None else _epoch_seconds(event_times, n)
+        if transaction_ids is not None:
+            if len(transaction_ids) != n:
+                raise ValueError(f"drift update: {len(transaction_ids)} ids for {n} scores")
+            self._remember(transaction_ids, alerted)
+        cols[SCORE_FEATURE] = score
+
+        events: list[DriftEvent] = []
+        self._retrain_due = False
+        lo = 0
+        while lo < n:
+            take = min(n - lo, self.config.window_size - self._n)
+            hi = lo + take
+            self._accumulate(cols, alerted, blocked, times, lo, hi)
+            lo = hi
+            if self._n >= self.config.window_size:
+                events.extend(self._close())
+        return events
+
+    def flush(self) -> list[DriftEvent]:
+        """Close the partial window now (shutdown, a long pause): evaluated when it holds at
+        least ``min_samples`` transactions, otherwise dropped."""
+        self._retrain_due = False
+        if self._n >= self.config.min_samples:
+            return self._close()
+        if self._n:
+            log.info("drift: dropping a partial window of %d transactions (< min_samples)", self._n)
+        self._reset_window()
+        return []
+
+    def _accumulate(
+        self,
+        cols: Mapping[str, np.ndarray],
+        alerted: np.ndarray,
+        blocked: np.ndarray,
+        times: np.ndarray | None,
+        lo: int,
+        hi: int,
+    ) -> None:
+        for name, prof in self._profiles.items():
+            values = cols[name][lo:hi]
+            ok = np.isfinite(values)
+            if not ok.all():
+                self._missing[name] += int((~ok).sum())
+                values = values[ok]
+            bins = np.searchsorted(prof.inner, values, side="right")
+            self._counts[name] += np.bincount(bins, minlength=len(prof.proportions))
+        self._alerts += int(alerted[lo:hi].sum())
+        self._blocks += int(blocked[lo:hi].sum())
+        if times is not None and hi > lo:
+            self._t_min = min(self._t_min, float(times[lo:hi].min()))
+            self._t_max = max(self._t_max, float(times[lo:hi].max()))
+        self._n += hi - lo
+
+    # -- window evaluation -----------------------------------------------------------------------
+    def _close(self) -> list[DriftEvent]:
+        cfg = self.config
+        n = self._n
+        psis: dict[str, float] = {}
+        jss: dict[str, float] = {}
+        for name, prof in self._profiles.items():
+            counts = self._counts[name]
+            if counts.sum() == 0:  # every value was missing: nothing to compare
+                psis[name] = jss[name] = math.nan
+                continue
+            psis[name] = psi(counts, prof.proportions, cfg.epsilon)
+            jss[name] = js_distance(counts, prof.proportions)
+        alert_rate = self._alerts / n
+        block_rate = self._blocks / n
+        ratio = alert_rate / self.expected_alert_rate if self.expected_alert_rate > 0 else None
+
+        def crossed(name: str) -> bool:
+            return psis[name] > cfg.psi_threshold or jss[name] > cfg.js_threshold
+
+        drifted_inputs = tuple(n_ for n_ in self.feature_names if crossed(n_))
+        score_drift = crossed(SCORE_FEATURE)
+        low, high = cfg.alert_rate_bounds
+        alert_drift = False
+        if n * self.expected_alert_rate >= cfg.min_expected_alerts:
+            assert ratio is not None
+            alert_drift = not low <= ratio <= high
+
+        drifting = bool(drifted_inputs or score_drift or alert_drift)
+        self.consecutive = self.consecutive + 1 if drifting else 0
+        sustained = self.sustained
+        # Sticky within one update() call, which may close several windows.
+        self._retrain_due |= sustained and self.consecutive % cfg.sustained_windows == 0
+        t0 = None if math.isinf(self._t_min) else self._t_min
+        t1 = None if math.isinf(self._t_max) else self._t_max
+        detected_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+        def event(kind: str, names: tuple[str, ...], values: dict, thresholds: dict) -> DriftEvent:
+            return DriftEvent(
+                kind=kind,
+                window=self.window_index,
+                window_start=t0,
+                window_end=t1,
+                transactions=n,
+                features=names,
+                values=values,
+                thresholds=thresholds,
+                consecutive_windows=self.consecutive,
+                sustained=sustained,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                detected_at=detected_at,
+            )
+
+        distance_thresholds = {"psi": cfg.psi_threshold, "js_distance": cfg.js_threshold}
+        events: list[DriftEvent] = []
+        if drifted_inputs:
+            values = {k: {"psi": psis[k], "js_distance": jss[k]} for k in drifted_inputs}
+            events.append(event(FEATURE_DRIFT, drifted_inputs, values, distance_thresholds))
+        if score_drift:
+            values = {
+                SCORE_FEATURE: {"psi": psis[SCORE_FEATURE], "js_distance": jss[SCORE_FEATURE]}
+            }
+            events.append(event(SCORE_DRIFT, (SCORE_FEATURE,), values, distance_thresholds))
+        if alert_drift:
+            rates = {
+                "alert_rate": alert_rate,
+                "expected_alert_rate": self.expected_alert_rate,
+                "ratio": ratio,
+                "block_rate": block_rate,
+                "expected_block_rate": self.expected_block_rate,
+            }
+            events.append(
+                event(ALERT_RATE_DRIFT, (), {"alert_rate": rates}, {"ratio_bounds": [low, high]})
+            )
+
+        report = WindowReport(
+            window=self.window_index,
+            transactions=n,
+            window_start=t0,
+            window_end=t1,
+            psi=psis,
+            js_distance=jss,
+            alert_rate=alert_rate,
+            block_rate=block_rate,
+            alert_ratio=ratio,
+            missing={k: v for k, v in self._missing.items() if v},
+            drifting=drifting,
+            events=tuple(events),
+        )
+        self.reports.append(report)
+        self._export(report)
+        if events:
+            log.warning(
+                "drift in window %d (%s .. %s, %d transactions): %s; %d drifting window(s) in "
+                "a row%s",
+                self.window_index,
+                _iso(t0),
+                _iso(t1),
+                n,
+                "; ".join(f"{e.kind} {', '.join(e.features) or ''}".strip() for e in events),
+                self.consecutive,
+                " (sustained)" if sustained else "",
+            )
+        self.window_index += 1
+        self._reset_window()
+        return events
+
+    def _export(self, report: WindowReport) -> None:
+        m = self.metrics
+        for name in self._profiles:
+            m.psi.labels(name).set(report.psi[name])
+            m.js_distance.labels(name).set(report.js_distance[name])
+        m.alert_rate.set(report.alert_rate)
+        m.windows.inc()
+        for e in report.events:
+            m.events.labels(e.kind).inc()
+        m.consecutive_windows.set(self.consecutive)
+        m.sustained.set(1 if self.sustained else 0)
+
+    # -- labels ----------------------------------------------------------------------------------
+    def _remember(self, transaction_ids: Sequence[str], alerted: np.ndarray) -> None:
+        pending = self._pending
+        # One C-level update per batch (this runs for every transaction). A transaction decided
+        # again (at-least-once) keeps its place in the eviction order and takes the latest flag.
+        pending.update(zip(map(str, transaction_ids), alerted.tolist(), strict=True))
+        while len(pending) > self.config.max_pending_labels:
+            pending.popitem(last=False)
+
+    def add_labels(self, labels: Iterable[Any] | Mapping[str, int]) -> int:
+        """Join delayed labels to the decisions seen; returns how many matched.
+
+        ``labels``: a mapping ``transaction_id -> is_fraud``, ``(transaction_id, is_fraud)``
+        pairs, or objects with ``transaction_id`` and ``is_fraud`` attributes (the consumer's
+        ``messages.Label``). Each decision is judged once: a repeated label (the labels topic is
+        re-read after a rebalance) or one for a transaction this monitor never saw, or evicted,
+        is counted in ``unmatched_labels`` and otherwise ignored.
+        """
+        items: Iterable[Any] = labels.items() if isinstance(labels, Mapping) else labels
+        matched = 0
+        window = self._matched
+        for item in items:
+            # Attributes first: the consumer's Label is a NamedTuple, i.e. also a tuple.
+            if hasattr(item, "transaction_id"):
+                tid, fraud = item.transaction_id, item.is_fraud
+            else:
+                tid, fraud = item
+            alerted = self._pending.pop(str(tid), None)
+            if alerted is None:
+                self.unmatched_labels += 1
+                continue
+            is_fraud = bool(int(fraud))
+            window.append((alerted, is_fraud))
+            self._tp += alerted and is_fraud
+            self._alerted += alerted
+            self._frauds += is_fraud
+            if len(window) > self.config.label_window:
+                old_alerted, old_fraud = window.popleft()
+                self._tp -= old_alerted and old_fraud
+                self._alerted -= old_alerted
+                self._frauds -= old_fraud
+            matched += 1
+        if matched:
+            self.metrics.labels_matched.inc(matched)
+            self.metrics.live_precision.set(self.live_precision)
+            self.metrics.live_recall.set(self.live_recall)
+        return matched
+
+    @property
+    def live_precision(self) -> float:
+        """Frauds among the labelled alerts of the recent label window (NaN: no alert yet)."""
+        return self._tp / self._alerted if self._alerted else math.nan
+
+    @property
+    def live_recall(self) -> float:
+        """Alerted share of the labelled frauds of the recent label window (NaN: no fraud yet)."""
+        return self._tp / self._frauds if self._frauds else math.nan
+
+    @property
+    def pending_labels(self) -> int:
+        return len(self._pending)

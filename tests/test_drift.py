@@ -1,0 +1,390 @@
+"""DriftMonitor on seeded synthetic streams with exactly known detection points.
+
+The reference is built the way the pipeline builds it (``pusher.training_profile`` over a
+training frame and evaluation scores); streams are drawn from the same generator, and drift is
+injected at a known transaction index, so every assertion is about an exact window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+from scipy.spatial.distance import jensenshannon
+
+from components import contract as c
+from components.scoring import METADATA_FILE
+from components.steps.pusher import training_profile
+from serving.stream import drift as d
+
+MONITORED = tuple(n for n in c.MODEL_INPUTS if n != c.TIMESTAMP)
+W = 2_000  # window size of most tests: small keeps them fast, still far from the thresholds
+T0 = 1_735_689_600  # 2025-01-01T00:00:00Z
+SECONDS_PER_TX = 7
+# The two inputs shifted by the feature-drift tests (both continuous in the generator below).
+SHIFTED = (c.AMOUNT, c.CUSTOMER_SECS_SINCE_PREV)
+
+
+def draw(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Independent columns of three shapes: continuous, small counts (tied quantile edges), and
+    zero-inflated ratios, so the profiles have both even and uneven bins."""
+    cols = {}
+    for i, name in enumerate(MONITORED):
+        kind = i % 3
+        if kind == 0:
+            cols[name] = rng.lognormal(3 + 0.1 * i, 0.8, n)
+        elif kind == 1:
+            cols[name] = rng.poisson(1 + i / 3, n).astype(float)
+        else:
+            cols[name] = np.where(rng.random(n) < 0.7, 0.0, rng.beta(2, 5, n))
+    return cols
+
+
+def draw_scores(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.beta(0.5, 20, n)
+
+
+@pytest.fixture(scope="module")
+def metadata() -> dict:
+    rng = np.random.default_rng(2025)
+    train = pd.DataFrame(draw(rng, 60_000))
+    train[c.LABEL] = (rng.random(len(train)) < 0.01).astype("int8")
+    scores = draw_scores(rng, 40_000)
+    thresholds = {
+        c.REVIEW: float(np.quantile(scores, 0.99)),
+        c.BLOCK: float(np.quantile(scores, 0.998)),
+    }
+    return {
+        "model_name": "fraud",
+        "version": 3,
+        "thresholds": thresholds,
+        "training_stats": training_profile(train, scores, thresholds),
+    }
+
+
+def stream(
+    seed: int, windows: int, size: int = W
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n = windows * size
+    return draw(rng, n), draw_scores(rng, n), T0 + SECONDS_PER_TX * np.arange(n)
+
+
+def feed(mon: d.DriftMonitor, cols, scores, times, batch: int = 777, **kw) -> list[d.DriftEvent]:
+    """Uneven batches, so windows close in the middle of a batch."""
+    events = []
+    for lo in range(0, len(scores), batch):
+        hi = lo + batch
+        part = {k: v[lo:hi] for k, v in cols.items()}
+        events += mon.update(part, scores[lo:hi], event_times=times[lo:hi], **kw)
+    return events
+
+
+def monitor(metadata: dict, **overrides) -> d.DriftMonitor:
+    cfg = d.DriftConfig(**{"window_size": W, "min_samples": 500, **overrides})
+    return d.DriftMonitor(metadata, cfg, d.DriftMetrics(CollectorRegistry()))
+
+
+# --- distances by hand ------------------------------------------------------------------------------
+
+
+def test_psi_and_js_distance_by_hand() -> None:
+    expected = np.array([0.25, 0.5, 0.25])
+    assert d.psi(np.array([1, 2, 1]), expected) == pytest.approx(0.0, abs=1e-15)
+    eps = 1e-4
+    a = (np.array([0.0, 0.5, 0.5]) + eps) / (1 + 3 * eps)
+    e = (expected + eps) / (1 + 3 * eps)
+    by_hand = float(np.sum((a - e) * np.log(a / e)))
+    assert d.psi(np.array([0, 2, 2]), expected, eps) == pytest.approx(by_hand, rel=1e-12)
+    assert by_hand > 1.0  # an emptied quarter of the mass is a large PSI
+    for counts in ([0, 2, 2], [5, 1, 0], [1, 1, 1]):
+        ref = jensenshannon(np.array(counts, float), expected, base=2)
+        assert d.js_distance(np.array(counts), expected) == pytest.approx(ref, rel=1e-12)
+    assert d.js_distance(np.array([1, 0]), np.array([0, 1])) == pytest.approx(1.0)
+
+
+# --- stationary stream ------------------------------------------------------------------------------
+
+
+def test_stationary_stream_has_no_event_in_50_windows(metadata: dict) -> None:
+    mon = monitor(metadata, window_size=5_000)
+    cols, scores, times = stream(seed=1, windows=50, size=5_000)
+    events = feed(mon, cols, scores, times, batch=1_237)
+    assert events == []
+    assert mon.window_index == 50 and len(mon.reports) == 50
+    assert not any(r.drifting for r in mon.reports) and not mon.sustained
+    worst_psi = max(max(r.psi.values()) for r in mon.reports)
+    worst_js = max(max(r.js_distance.values()) for r in mon.reports)
+    # Far from the thresholds, not just under them.
+    assert worst_psi < 0.2 / 10 and worst_js < 0.1 / 2
+    ratios = [r.alert_ratio for r in mon.reports]
+    assert min(ratios) > 0.5 and max(ratios) < 2.0
+    registry = mon.metrics.registry
+    assert registry.get_sample_value("fraud_drift_windows_total") == 50
+    assert registry.get_sample_value("fraud_drift_sustained") == 0
+
+
+def test_window_values_equal_a_direct_histogram(metadata: dict) -> None:
+    mon = monitor(metadata)
+    cols, scores, times = stream(seed=2, windows=1)
+    feed(mon, cols, scores, times)
+    report = mon.last_report
+    assert report is not None and report.transactions == W
+    stats = metadata["training_stats"]
+    for name in (*MONITORED, d.SCORE_FEATURE):
+        profile = stats[d.SCORE_FEATURE] if name == d.SCORE_FEATURE else stats["features"][name]
+        values = scores if name == d.SCORE_FEATURE else cols[name]
+        # np.histogram's bins are [e_i, e_i+1) like the training profile's (the last one is
+        # closed, which only matters at 1e300).
+        counts, _ = np.histogram(values, bins=np.array(profile["edges"]))
+        expected = np.array(profile["proportions"])
+        assert report.psi[name] == pytest.approx(d.psi(counts, expected), rel=1e-12), name
+        assert report.js_distance[name] == pytest.approx(
+            jensenshannon(counts.astype(float), expected, base=2), rel=1e-9
+        ), name
+    alerts = int((scores >= metadata["thresholds"][c.REVIEW]).sum())
+    assert report.alert_rate == alerts / W
+    assert report.alert_ratio == pytest.approx(alerts / W / mon.expected_alert_rate)
+    assert (report.window_start, report.window_end) == (times[0], times[-1])
+
+
+# --- injected drift ---------------------------------------------------------------------------------
+
+
+def test_feature_shift_is_detected_at_its_window_with_its_features(metadata: dict) -> None:
+    k = 20
+    mon = monitor(metadata)
+    cols, scores, times = stream(seed=3, windows=30)
+    for name in SHIFTED:
+        cols[name][k * W :] *= 2.0
+    events = feed(mon, cols, scores, times)
+    assert {e.window for e in events} == set(range(k, 30))
+    first = events[0]
+    assert first.window == k and first.kind == d.FEATURE_DRIFT
+    assert first.features == SHIFTED  # in contract order, nothing else
+    assert set(first.values) == set(SHIFTED)
+    for name in SHIFTED:
+        assert first.values[name]["psi"] > 0.2 and first.values[name]["js_distance"] > 0.1
+    assert first.window_start == times[k * W] and first.window_end == times[(k + 1) * W - 1]
+    assert first.transactions == W and first.consecutive_windows == 1 and not first.sustained
+    assert (first.model_name, first.model_version) == ("fraud", 3)
+    assert all(e.kind == d.FEATURE_DRIFT and e.features == SHIFTED for e in events)
+
+    message = first.to_message()
+    decoded = json.loads(json.dumps(message, allow_nan=False))
+    assert decoded["window"] == k and decoded["features"] == list(SHIFTED)
+    assert decoded["window_start"] == pd.Timestamp(times[k * W], unit="s").strftime(
+        c.TIMESTAMP_FORMAT
+    )
+    assert decoded["thresholds"] == {"psi": 0.2, "js_distance": 0.1}
+    registry = mon.metrics.registry
+    assert registry.get_sample_value("fraud_drift_events_total", {"kind": d.FEATURE_DRIFT}) == len(
+        events
+    )
+    assert registry.get_sample_value("fraud_drift_psi", {"feature": c.AMOUNT}) > 0.2
+
+
+def test_sustained_after_exactly_n_windows_and_reset_by_a_clean_one(metadata: dict) -> None:
+    n, k, end = 3, 10, 20
+    mon = monitor(metadata, sustained_windows=n)
+    cols, scores, times = stream(seed=4, windows=24)
+    cols[SHIFTED[0]][k * W : end * W] *= 2.0
+    sustained, due, consecutive = [], [], []
+    for w in range(24):
+        part = slice(w * W, (w + 1) * W)
+        mon.update({k_: v[part] for k_, v in cols.items()}, scores[part], event_times=times[part])
+        sustained.append(mon.sustained)
+        due.append(mon.retrain_due)
+        consecutive.append(mon.consecutive)
+    assert [w for w, s in enumerate(sustained) if s] == list(range(k + n - 1, end))
+    assert [w for w, x in enumerate(due) if x] == [12, 15, 18]
+    assert consecutive[k - 1] == 0 and consecutive[end - 1] == end - k and consecutive[end] == 0
+    assert mon.metrics.registry.get_sample_value("fraud_drift_sustained") == 0
+    # One call that closes windows 0..13 still reports the due point it passed (window 12).
+    at_once = monitor(metadata, sustained_windows=n)
+    upto = 14 * W
+    at_once.update(
+        {k_: v[:upto] for k_, v in cols.items()}, scores[:upto], event_times=times[:upto]
+    )
+    assert at_once.retrain_due and at_once.consecutive == 4
+
+
+def test_alert_rate_drift_both_ways(metadata: dict) -> None:
+    high_from, low_from = 8, 14
+    mon = monitor(metadata)
+    cols, scores, times = stream(seed=5, windows=20)
+    review, block = metadata["thresholds"][c.REVIEW], metadata["thresholds"][c.BLOCK]
+    rng = np.random.default_rng(55)
+    hot = np.zeros(len(scores), bool)
+    hot[high_from * W : low_from * W] = rng.random((low_from - high_from) * W) < 0.02
+    # 2 % more alerts: the alert rate triples, the 10-bin score profile barely moves.
+    scores[hot] = review + (block - review) * rng.random(int(hot.sum()))
+    scores[low_from * W :] = np.minimum(scores[low_from * W :], review * 0.999)
+    events = feed(mon, cols, scores, times)
+    assert {e.kind for e in events} == {d.ALERT_RATE_DRIFT}
+    assert [e.window for e in events] == list(range(high_from, 20))
+    first = events[0].values["alert_rate"]
+    assert first["ratio"] > 2.0 and first["expected_alert_rate"] == mon.expected_alert_rate
+    assert events[0].thresholds == {"ratio_bounds": [0.5, 2.0]}
+    low = next(e for e in events if e.window == low_from).values["alert_rate"]
+    assert low["alert_rate"] == 0.0 and low["ratio"] == 0.0
+    assert all(r.psi[d.SCORE_FEATURE] < 0.2 for r in mon.reports)
+
+
+def test_decisions_given_are_what_the_alert_rate_counts(metadata: dict) -> None:
+    mon = monitor(metadata)
+    cols, scores, times = stream(seed=6, windows=1)
+    decisions = np.full(W, c.APPROVE, dtype=object)
+    decisions[: W // 10] = c.REVIEW  # 10 % alerted whatever the scores say
+    decisions[: W // 100] = c.BLOCK
+    (event,) = mon.update(cols, scores, decisions=list(decisions), event_times=times)
+    assert event.kind == d.ALERT_RATE_DRIFT
+    rates = event.values["alert_rate"]
+    assert (rates["alert_rate"], rates["block_rate"]) == (0.1, 0.01)
+
+
+def test_alert_check_needs_enough_expected_alerts(metadata: dict) -> None:
+    # 2,000 x ~1 % = ~20 expected alerts: under a minimum of 50 the check is not made.
+    mon = monitor(metadata, min_expected_alerts=50)
+    cols, scores, times = stream(seed=7, windows=1)
+    below = np.minimum(scores, metadata["thresholds"][c.REVIEW] * 0.999)
+    assert mon.update(cols, below, event_times=times) == []
+    assert mon.last_report is not None and mon.last_report.alert_rate == 0.0
+
+
+# --- input forms, flush, model switch ----------------------------------------------------------------
+
+
+def test_rows_and_columns_and_timestamp_strings_give_the_same_windows(metadata: dict) -> None:
+    cols, scores, times = stream(seed=8, windows=2)
+    cols[c.AMOUNT][W:] *= 3
+    by_columns = monitor(metadata)
+    events_cols = feed(by_columns, cols, scores, times)
+    by_rows = monitor(metadata)
+    iso = pd.to_datetime(times, unit="s", utc=True).strftime(c.TIMESTAMP_FORMAT).tolist()
+    rows = [
+        {**{k: float(v[i]) for k, v in cols.items()}, c.TIMESTAMP: iso[i]} for i in range(2 * W)
+    ]
+    events_rows = []
+    for lo in range(0, 2 * W, 999):
+        events_rows += by_rows.update(rows[lo : lo + 999], scores[lo : lo + 999])
+    assert [e.to_message() | {"detected_at": None} for e in events_rows] == [
+        e.to_message() | {"detected_at": None} for e in events_cols
+    ]
+    assert by_rows.last_report.psi == by_columns.last_report.psi
+
+
+def test_flush_evaluates_a_partial_window_only_from_min_samples(metadata: dict) -> None:
+    mon = monitor(metadata, min_samples=500)
+    cols, scores, times = stream(seed=9, windows=1)
+    mon.update({k: v[:499] for k, v in cols.items()}, scores[:499], event_times=times[:499])
+    assert mon.flush() == [] and mon.window_index == 0 and mon.window_fill == 0
+    shifted = {k: v[:600] * (2 if k == c.AMOUNT else 1) for k, v in cols.items()}
+    mon.update(shifted, scores[:600], event_times=times[:600])
+    (event,) = mon.flush()
+    assert event.window == 0 and event.transactions == 600 and event.features == (c.AMOUNT,)
+
+
+def test_non_finite_values_are_skipped_and_counted(metadata: dict) -> None:
+    mon = monitor(metadata)
+    cols, scores, times = stream(seed=10, windows=1)
+    cols[c.AMOUNT][:5] = np.nan
+    assert mon.update(cols, scores, event_times=times) == []
+    assert mon.last_report.missing == {c.AMOUNT: 5}
+
+
+def test_switch_model_restarts_window_and_streak(metadata: dict) -> None:
+    mon = monitor(metadata, sustained_windows=2)
+    cols, scores, times = stream(seed=11, windows=3)
+    cols[c.AMOUNT] *= 2
+    feed(
+        mon,
+        {k: v[: 2 * W + 10] for k, v in cols.items()},
+        scores[: 2 * W + 10],
+        times[: 2 * W + 10],
+    )
+    assert mon.sustained and mon.window_fill == 10
+    newer = {**metadata, "version": 4}
+    mon.switch_model(newer)
+    assert (mon.model_version, mon.consecutive, mon.window_fill) == (4, 0, 0)
+    assert not mon.sustained and mon.window_index == 2
+    registry = mon.metrics.registry
+    assert registry.get_sample_value("fraud_drift_model_version") == 4
+    assert registry.get_sample_value("fraud_drift_sustained") == 0
+
+
+def test_from_model_dir_reads_the_latest_version(metadata: dict, tmp_path) -> None:
+    for version in (1, 2):
+        vdir = tmp_path / str(version)
+        (vdir / METADATA_FILE).parent.mkdir(parents=True)
+        (vdir / "saved_model.pb").write_bytes(b"")
+        (vdir / METADATA_FILE).write_text(json.dumps({**metadata, "version": version}))
+    mon = d.DriftMonitor.from_model_dir(tmp_path, d.DriftConfig(window_size=W, min_samples=10))
+    assert mon.model_version == 2 and mon.feature_names == MONITORED
+
+
+def test_bad_metadata_and_inputs_are_named(metadata: dict) -> None:
+    with pytest.raises(ValueError, match="training_stats"):
+        d.DriftMonitor({"version": 1, "thresholds": metadata["thresholds"]})
+    stats = metadata["training_stats"]
+    partial = {**stats, "features": {k: v for k, v in stats["features"].items() if k != c.AMOUNT}}
+    with pytest.raises(ValueError, match=c.AMOUNT):
+        d.DriftMonitor({**metadata, "training_stats": partial})
+    with pytest.raises(ValueError, match="window_size"):
+        d.DriftConfig(window_size=100, min_samples=1_000)
+    mon = monitor(metadata)
+    cols, scores, _ = stream(seed=12, windows=1)
+    with pytest.raises(ValueError, match=c.CUSTOMER_SECS_SINCE_PREV):
+        mon.update({k: v for k, v in cols.items() if k != c.CUSTOMER_SECS_SINCE_PREV}, scores)
+    with pytest.raises(ValueError, match="expected|values"):
+        mon.update(cols, scores[:-1])
+    with pytest.raises(ValueError, match="unknown decision"):
+        mon.update(cols, scores, decisions=["maybe"] * W)
+
+
+# --- live precision / recall ----------------------------------------------------------------------
+
+
+def test_live_precision_and_recall_on_a_hand_made_label_sequence(metadata: dict) -> None:
+    mon = monitor(metadata)
+    decisions = [c.BLOCK, c.REVIEW, c.APPROVE, c.APPROVE, c.REVIEW, c.APPROVE, c.BLOCK, c.APPROVE]
+    ids = [f"tx-{i}" for i in range(len(decisions))]
+    cols, scores, times = stream(seed=13, windows=1)
+    part = {k: v[: len(ids)] for k, v in cols.items()}
+    mon.update(part, scores[: len(ids)], decisions=decisions, transaction_ids=ids)
+    assert math.isnan(mon.live_precision) and math.isnan(mon.live_recall)
+
+    # tx-0 blocked & fraud (TP), tx-1 reviewed & legit (FP), tx-2 approved & fraud (FN).
+    assert mon.add_labels([("tx-0", 1), ("tx-1", 0), ("tx-2", 1)]) == 3
+    assert (mon.live_precision, mon.live_recall) == (1 / 2, 1 / 2)
+
+    # A repeated label and an unknown transaction change nothing; tx-4 and tx-6 are TPs.
+    class Label:  # the consumer's messages.Label shape
+        def __init__(self, transaction_id: str, is_fraud: int) -> None:
+            self.transaction_id, self.is_fraud = transaction_id, is_fraud
+
+    assert mon.add_labels([Label("tx-0", 1), Label("nope", 1), Label("tx-4", 1)]) == 1
+    assert mon.add_labels({"tx-6": 1, "tx-3": 0}) == 2
+    assert (mon.live_precision, mon.live_recall) == (3 / 4, 3 / 4)
+    assert mon.unmatched_labels == 2 and mon.pending_labels == 2  # tx-5, tx-7
+    registry = mon.metrics.registry
+    assert registry.get_sample_value("fraud_drift_live_precision") == 3 / 4
+    assert registry.get_sample_value("fraud_drift_live_recall") == 3 / 4
+    assert registry.get_sample_value("fraud_drift_labels_matched_total") == 6
+
+
+def test_label_window_slides_and_pending_decisions_are_bounded(metadata: dict) -> None:
+    mon = monitor(metadata, label_window=2, max_pending_labels=3)
+    ids = [f"tx-{i}" for i in range(5)]
+    cols, scores, _ = stream(seed=14, windows=1)
+    decisions = [c.REVIEW, c.REVIEW, c.APPROVE, c.REVIEW, c.APPROVE]
+    mon.update({k: v[:5] for k, v in cols.items()}, scores[:5], decisions, None, ids)
+    assert mon.pending_labels == 3  # tx-0 and tx-1 were evicted
+    assert mon.add_labels([("tx-0", 1), ("tx-1", 1)]) == 0
+    assert mon.add_labels([("tx-2", 1), ("tx-3", 1), ("tx-4", 0)]) == 3
+    # Only the last two matched labels count: tx-3 (alerted fraud) and tx-4 (approved legit).
+    assert (mon.live_precision, mon.live_recall) == (1.0, 1.0)
