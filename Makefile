@@ -9,6 +9,8 @@ UV_VERSION := 0.13.9
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
+# Bytecode caches make each `import tensorflow` (one per pipeline step) seconds instead of ~20 s.
+unexport PYTHONDONTWRITEBYTECODE
 # dvc.yaml stages and the pipeline components call `fraud` and `python3`: use the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -18,7 +20,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync -q --python $(BIN)/python $(LOCK)
+	$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python $(LOCK)
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
 
