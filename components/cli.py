@@ -180,6 +180,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve_main(args.server_args)
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.demo import main as demo_main
+
+    return demo_main(["--run-dir", str(args.run_dir)] if args.run_dir else [])
+
+
 def _add_pipeline_params(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="raw transactions (default: the DVC dataset)")
     p.add_argument("--train-start", help="first day of training (inclusive)")
@@ -297,9 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     # their modules import nothing heavy at load time.
     from serving import deploy_status
     from serving.stream import cli as stream_cli
+    from serving.stream import retrain
 
     stream_cli.add_subcommands(sub)
+    retrain.add_subcommands(sub)
     deploy_status.add_subcommands(sub)
+
+    demo = sub.add_parser(
+        "demo", help="the main job: data -> pipeline -> stream -> drift -> retrain -> report"
+    )
+    demo.add_argument("--run-dir", type=Path, help="where logs, models and the report go")
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -104,3 +104,76 @@ def schedule(
         no_catchup=True,
     )
     return job.recurring_run_id
+
+
+def run_steps(params: dict, work_dir: str | Path) -> dict:
+    """The pipeline's steps in order, in this process, without KFP.
+
+    Same plain step functions the components call, same artifacts on disk; what it skips is
+    KFP's per-step subprocess (and TensorFlow import). For tests and quick local iterations;
+    ``run_local`` is the pipeline as Kubeflow runs it.
+    """
+    import inspect
+
+    from components.steps import jobs
+
+    fn = create_pipeline().pipeline_func
+    defaults = {
+        k: v.default
+        for k, v in inspect.signature(fn).parameters.items()
+        if v.default is not inspect.Parameter.empty
+    }
+    p = {**defaults, **_absolute_paths(params)}
+    work = Path(work_dir)
+    paths = {
+        name: str(work / name)
+        for name in ("train.parquet", "eval.parquet", "stats.pb", "anomalies.json", "transform")
+    }
+    paths.update(model=str(work / "model"), blessing=str(work / "blessing"))
+    windows = {k: p[k] for k in ("train_start", "train_end", "eval_start", "eval_end", "as_of")}
+    info = jobs.ingest_step(
+        p["data_path"],
+        paths["train.parquet"],
+        paths["eval.parquet"],
+        label_delay_days=p["label_delay_days"],
+        train_days=p["train_days"],
+        eval_days=p["eval_days"],
+        **windows,
+    )
+    jobs.validate_step(
+        paths["train.parquet"],
+        p["schema_path"],
+        p["model_base_path"],
+        paths["stats.pb"],
+        paths["anomalies.json"],
+    )
+    jobs.transform_step(
+        paths["train.parquet"],
+        paths["eval.parquet"],
+        paths["transform"],
+        json.loads(p["beam_args"]),
+    )
+    hp = ("hidden_units", "dropout", "learning_rate", "batch_size", "epochs", "patience", "seed")
+    jobs.train_step(paths["transform"], paths["model"], {k: p[k] for k in hp})
+    gate = ("min_auc", "min_average_precision", "regression_tolerance", "review_budget")
+    jobs.evaluate_step(
+        paths["model"],
+        paths["eval.parquet"],
+        p["model_base_path"],
+        paths["blessing"],
+        {**{k: p[k] for k in gate}, "block_budget": p["block_budget"]},
+    )
+    extra = {
+        "label_delay_days": p["label_delay_days"],
+        "data_version": info["data_version"],
+        "windows": {k: v for k, v in info.items() if k.endswith(("_start", "_end"))},
+    }
+    return jobs.push_step(
+        paths["model"],
+        paths["blessing"],
+        paths["train.parquet"],
+        paths["stats.pb"],
+        p["model_base_path"],
+        p["model_name"],
+        extra,
+    )

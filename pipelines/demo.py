@@ -1,0 +1,315 @@
+"""The main job (`make run` = `fraud demo`): the whole platform, end to end, on embedded defaults.
+
+simulate (with a drift scenario) -> `dvc repro` -> first model through the KFP pipeline -> broker
++ model server -> replay the stream while the consumer scores it -> the new fraud pattern appears
+-> drift detected -> retraining -> the new version serves -> summary table + HTML report.
+
+Every process this starts is stopped on the way out, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import contract as c
+from components.settings import Topics
+
+log = logging.getLogger("fraud.demo")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DemoConfig:
+    run_dir: Path
+    params: Path = REPO_ROOT / "params.yaml"
+    data: Path = REPO_ROOT / "data" / "validated" / "transactions.parquet"
+    # The first model learns from [start, start + first_train_days); the replay starts
+    # warmup_days earlier so the consumer's feature state covers the longest window by then.
+    first_train_days: int = 60
+    warmup_days: int = 30
+    rate: float = 2500.0  # transactions/s offered while no retrain runs
+    hold_rate: float = 120.0  # ... and while one runs: the stream keeps flowing, slower
+    partitions: int = 2
+    drift_window: int = 1500
+    retrain_train_days: int = 42
+    retrain_eval_days: int = 7
+    epochs: int = 12
+    topics: Topics = field(default_factory=Topics)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _retrain_state(run_dir: Path) -> str:
+    """'idle', 'running' or 'done', from the retrain history the consumer's trigger writes."""
+    from pipelines.demo_report import load_jsonl
+
+    records = load_jsonl(run_dir / "retrain" / "history.jsonl")
+    started = [r for r in records if r.get("outcome") in (None, "started") and r.get("run_id")]
+    finished = {r.get("run_id") for r in records if r.get("outcome") not in (None, "started")}
+    if any(r["run_id"] not in finished for r in started):
+        return "running"
+    return "done" if finished else "idle"
+
+
+def read_topic(bootstrap: str, topic: str) -> list[dict]:
+    """Every message of a topic, from the beginning to the current end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        out = []
+        while any(consumer.position(p) < end[p] for p in parts):
+            for records in consumer.poll(timeout_ms=1000, max_records=50_000).values():
+                out.extend(json.loads(r.value) for r in records)
+        return out
+    finally:
+        consumer.close()
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from components.dataio import read_transactions
+    from components.datajobs import load_params
+    from pipelines.runners import run_local
+    from serving._launch import ServerProcess
+    from serving.stream.broker import EmbeddedBroker, create_topics
+    from serving.stream.replay import Pacing, load_replay_frame, replay_frame
+
+    t_begin = time.time()
+    run_dir = cfg.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    models = run_dir / "models" / "fraud"
+    sim = load_params(cfg.params)["simulate"]
+    delay = int(sim.get("label_delay_days", c.DEFAULT_LABEL_DELAY_DAYS))
+    timings: dict[str, float] = {}
+
+    print("== 1/5 data: dvc repro (simulate -> validate -> features)", flush=True)
+    t = time.time()
+    subprocess.run([_bin("dvc"), "repro"], cwd=REPO_ROOT, check=True)
+    timings["dvc_repro_s"] = time.time() - t
+    df = read_transactions(cfg.data)
+    start = df[c.TIMESTAMP].min().normalize()
+    first_end = start + pd.Timedelta(days=cfg.first_train_days)
+    onset = start + pd.Timedelta(days=int(sim["drift_day"]))
+
+    print(f"== 2/5 first model: KFP pipeline on [{start.date()}, {first_end.date()})", flush=True)
+    t = time.time()
+    first = run_local(
+        {
+            "data_path": str(cfg.data),
+            "train_start": str(start.date()),
+            "train_end": str(first_end.date()),
+            "model_base_path": str(models),
+            "epochs": cfg.epochs,
+            "label_delay_days": delay,
+        },
+        run_dir / "kfp-first",
+    )
+    timings["first_pipeline_s"] = time.time() - t
+    if not first.get("pushed"):
+        raise RuntimeError(f"the first model was not pushed: {first}")
+    first_version = str(first["version"])
+
+    print("== 3/5 services: Kafka-protocol broker, model server, consumer", flush=True)
+    procs: list = []
+    consumer_proc = None
+    try:
+        broker = EmbeddedBroker(log_path=run_dir / "logs" / "broker.log").start()
+        procs.append(broker)
+        create_topics(broker.bootstrap_servers, cfg.topics, partitions=cfg.partitions)
+        server = ServerProcess(
+            [
+                "--model_name=fraud",
+                f"--model_base_path={models}",
+                "--file_system_poll_wait_seconds=1",
+            ],
+            log_path=run_dir / "logs" / "model_server.log",
+        ).start()
+        procs.append(server)
+        consumer_cmd = [
+            _bin("fraud"),
+            "stream",
+            "consume",
+            f"--bootstrap-servers={broker.bootstrap_servers}",
+            f"--serving-url={server.url}",
+            f"--model-base-path={models}",
+            f"--state-dir={run_dir / 'stream'}",
+            "--exit-when-idle-seconds=20",
+            f"--metrics-port={_free_port()}",
+            f"--drift-window={cfg.drift_window}",
+            "--retrain=local",
+            f"--retrain-run-dir={run_dir / 'retrain'}",
+            f"--retrain-base-data={cfg.data}",
+            f"--retrain-train-days={cfg.retrain_train_days}",
+            f"--retrain-eval-days={cfg.retrain_eval_days}",
+            f"--retrain-set=epochs={cfg.epochs}",
+        ]
+        consumer_log = open(run_dir / "logs" / "consumer.log", "ab")  # noqa: SIM115
+        consumer_proc = subprocess.Popen(
+            consumer_cmd, cwd=REPO_ROOT, stdout=consumer_log, stderr=subprocess.STDOUT
+        )
+
+        print(
+            f"== 4/5 stream: replay while the consumer scores (drift on {onset.date()})", flush=True
+        )
+        frame = load_replay_frame(cfg.data, delay)
+        frame = frame.loc[frame[c.TIMESTAMP] >= start + pd.Timedelta(days=cfg.warmup_days)]
+        frame = frame[[*c.RAW_FIELDS, c.LABEL_AVAILABLE_AT]]
+        t = time.time()
+
+        def current_rate() -> float:
+            return cfg.hold_rate if _retrain_state(run_dir) == "running" else cfg.rate
+
+        replayed = replay_frame(
+            frame,
+            broker.bootstrap_servers,
+            topics=cfg.topics,
+            pacing=Pacing(rate=cfg.rate, rate_source=current_rate),
+        )
+        timings["replay_s"] = time.time() - t
+        # A retrain still running when the stream ends finishes before the report.
+        while _retrain_state(run_dir) == "running":
+            time.sleep(2)
+        consumer_proc.wait(timeout=600)
+        consumer_log.close()
+        decisions = pd.DataFrame(read_topic(broker.bootstrap_servers, cfg.topics.decisions))
+        drift_events = read_topic(broker.bootstrap_servers, cfg.topics.drift_events)
+    finally:
+        if consumer_proc is not None and consumer_proc.poll() is None:
+            consumer_proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                consumer_proc.wait(timeout=30)
+            if consumer_proc.poll() is None:
+                consumer_proc.kill()
+        for proc in reversed(procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+
+    print("== 5/5 summary and report", flush=True)
+    summary = summarize(
+        cfg, run_dir, df, decisions, drift_events, onset, first_version, models, replayed
+    )
+    summary["timings"] = {**timings, "total_s": time.time() - t_begin}
+    return summary
+
+
+def _free_port() -> int:
+    from serving._launch import free_port
+
+    return free_port()
+
+
+def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version, models, replayed):
+    from pipelines import demo_report as r
+
+    decisions["model_version"] = decisions["model_version"].astype(str)
+    decisions[c.TIMESTAMP] = pd.to_datetime(decisions[c.TIMESTAMP], utc=True)
+    joined = r.join_truth(decisions, truth)
+    first_end = truth[c.TIMESTAMP].min().normalize() + pd.Timedelta(days=cfg.first_train_days)
+    scored_live = joined.loc[joined[c.TIMESTAMP] >= first_end]  # warm-up rows are in-sample
+    phase_list = r.phases(scored_live, onset, first_version)
+    decided_at = pd.to_datetime(decisions["decided_at"], utc=True)
+    history = r.load_jsonl(run_dir / "retrain" / "history.jsonl")
+    windows = r.load_jsonl(run_dir / "stream" / "drift_windows.jsonl")
+    sustained = [e for e in drift_events if e.get("sustained")]
+    detected = min((e["window_end"] for e in sustained if e.get("window_end")), default=None)
+    detected_ts = pd.Timestamp(detected, unit="s", tz="UTC") if detected is not None else None
+    new_versions = sorted({v for v in decisions["model_version"] if v != first_version}, key=int)
+    trigger_to_serving = None
+    started = [h for h in history if h.get("started_at") and h.get("run_id")]
+    if started and new_versions:
+        t0 = pd.Timestamp(started[0]["started_at"])
+        first_new = decided_at[decisions["model_version"] == new_versions[0]].min()
+        trigger_to_serving = (first_new - t0).total_seconds()
+    before = next((p for p in phase_list if p.name.startswith("before")), None)
+    after = [p for p in phase_list if p.name.startswith("after retrain")]
+    recovery = (
+        after[-1].average_precision / before.average_precision
+        if after and before and after[-1].average_precision and before.average_precision
+        else None
+    )
+    e2e = decisions.get("end_to_end_ms")
+    span = (decided_at.max() - decided_at.min()).total_seconds()
+    summary = {
+        "scored": int(decisions[c.TRANSACTION_ID].nunique()),
+        "duplicates": int(len(decisions) - decisions[c.TRANSACTION_ID].nunique()),
+        "replayed": replayed.transactions,
+        "throughput": len(decisions) / span if span > 0 else None,
+        "p50_ms": float(np.percentile(e2e, 50)) if e2e is not None else None,
+        "p99_ms": float(np.percentile(e2e, 99)) if e2e is not None else None,
+        "alerts": int(decisions["decision"].isin([c.REVIEW, c.BLOCK]).sum()),
+        "phases": [p.__dict__ for p in phase_list],
+        "onset": onset.strftime(c.TIMESTAMP_FORMAT),
+        "detected_at": detected_ts.strftime(c.TIMESTAMP_FORMAT)
+        if detected_ts is not None
+        else None,
+        "detection_delay_h": (detected_ts - onset).total_seconds() / 3600 if detected_ts else None,
+        "trigger_to_serving_s": trigger_to_serving,
+        "recovery_ratio": recovery,
+        "versions": [first_version, *new_versions],
+        "retrains": history,
+    }
+    pr = {}
+    if new_versions:
+        post = joined.loc[joined["model_version"] == new_versions[-1]]
+        pr = offline_scores(
+            truth, post[c.TRANSACTION_ID], models, [first_version, new_versions[-1]]
+        )
+    rows = r.summary_rows(summary)
+    figs = r.plots(scored_live, onset, first_version, windows, pr)
+    notes = [
+        f"run directory: {run_dir}",
+        "AP phases use live decisions joined with the simulator's labels; PR curves score the "
+        "post-retrain traffic offline with both versions.",
+    ]
+    report = r.write_html(run_dir / "report.html", rows, figs, notes)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary["table"] = r.format_table(rows)
+    summary["report"] = str(report)
+    return summary
+
+
+def offline_scores(truth, tx_ids, models: Path, versions: list[str]) -> dict:
+    """Both versions on the same transactions (batch features over the full history)."""
+    from components.features.batch import build_feature_table
+    from components.scoring import SavedModelScorer
+
+    meta = json.loads((models / versions[-1] / "assets.extra" / "fraud_metadata.json").read_text())
+    table = build_feature_table(
+        truth, int(meta.get("label_delay_days", c.DEFAULT_LABEL_DELAY_DAYS))
+    )
+    table = table.loc[table[c.TRANSACTION_ID].isin(set(tx_ids))]
+    y = table[c.LABEL].to_numpy()
+    return {f"version {v}": (y, SavedModelScorer(models / v).score(table)) for v in versions}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="fraud demo", description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", type=Path, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    run_dir = args.run_dir or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    summary = run_demo(DemoConfig(run_dir=run_dir))
+    print()
+    print(summary["table"])
+    print(f"\ntotal {summary['timings']['total_s']:.0f} s; report: {summary['report']}")
+    return 0

@@ -1,0 +1,182 @@
+"""Summary table and HTML report of an end-to-end run (`make run`).
+
+Inputs are what the run produced: the decisions topic, the ground truth of the replayed data, the
+drift monitor's per-window records, the retrain history, and the pushed models (scored offline on
+the same post-drift traffic for the PR curves).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import contract as c
+
+
+@dataclass
+class Phase:
+    name: str
+    rows: int
+    frauds: int
+    average_precision: float | None
+    version: str
+
+
+def _ap(y: np.ndarray, s: np.ndarray) -> float | None:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, s)) if len(y) and 0 < y.sum() < len(y) else None
+
+
+def join_truth(decisions: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """One row per transaction (the first decision; at-least-once may repeat some) + labels."""
+    first = decisions.drop_duplicates(c.TRANSACTION_ID, keep="first")
+    cols = [c.TRANSACTION_ID, c.TIMESTAMP, c.LABEL]
+    if c.FRAUD_PATTERN in truth.columns:
+        cols.append(c.FRAUD_PATTERN)
+    return first.merge(truth[cols], on=c.TRANSACTION_ID, how="inner", suffixes=("_decision", ""))
+
+
+def phases(joined: pd.DataFrame, onset: pd.Timestamp, first_version: str) -> list[Phase]:
+    t = joined[c.TIMESTAMP]
+    version = joined["model_version"].astype(str)
+    parts = [
+        ("before drift (first model)", (t < onset) & (version == first_version), first_version),
+        ("after drift, first model", (t >= onset) & (version == first_version), first_version),
+    ]
+    for v in sorted(set(version) - {first_version}, key=lambda x: int(x)):
+        parts.append((f"after retrain (version {v})", version == v, v))
+    out = []
+    for name, mask, v in parts:
+        sel = joined.loc[mask]
+        y = sel[c.LABEL].to_numpy()
+        out.append(Phase(name, len(sel), int(y.sum()), _ap(y, sel["score"].to_numpy()), v))
+    return out
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(
+    joined: pd.DataFrame,
+    onset: pd.Timestamp,
+    first_version: str,
+    windows: list[dict],
+    pr_scores: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    figs = {}
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    old = joined["model_version"].astype(str) == first_version
+    bins = np.linspace(0, 1, 41)
+    for label, mask in (
+        ("before drift", old & (joined[c.TIMESTAMP] < onset)),
+        ("after drift (first model)", old & (joined[c.TIMESTAMP] >= onset)),
+        ("after retrain (new model)", ~old),
+    ):
+        if mask.any():
+            ax.hist(
+                joined.loc[mask, "score"], bins=bins, density=True, histtype="step", label=label
+            )
+    ax.set_yscale("log")
+    ax.set_xlabel("fraud score")
+    ax.legend()
+    ax.set_title("Score distributions")
+    figs["scores"] = _png(fig)
+    plt.close(fig)
+
+    if windows:
+        w = pd.DataFrame(windows)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        x = pd.to_datetime(w["end_time"], utc=True)
+        for col in [k for k in w.columns if k.startswith("psi_")][:6]:
+            ax.plot(x, w[col], label=col[4:])
+        if "alert_rate_ratio" in w:
+            ax.plot(x, w["alert_rate_ratio"], "k--", label="alert rate / expected")
+        ax.axvline(onset, color="red", lw=1)
+        ax.set_title("Drift metrics per window (red: onset)")
+        ax.legend(fontsize=7)
+        figs["drift"] = _png(fig)
+        plt.close(fig)
+
+    if pr_scores:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for name, (y, s) in pr_scores.items():
+            p, r, _ = precision_recall_curve(y, s)
+            ax.plot(r, p, label=f"{name} (AP {_ap(y, s):.3f})")
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_title("Post-drift traffic: old vs new model")
+        ax.legend()
+        figs["pr"] = _png(fig)
+        plt.close(fig)
+    return figs
+
+
+def summary_rows(summary: dict) -> list[tuple[str, str]]:
+    def num(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
+    rows = [
+        ("transactions scored", f"{summary['scored']:,}"),
+        ("duplicate decisions (at-least-once)", f"{summary['duplicates']:,}"),
+        ("throughput (tx/s)", num(summary["throughput"], ",.0f")),
+        (
+            "end-to-end latency p50 / p99 (ms)",
+            f"{num(summary['p50_ms'], '.1f')} / {num(summary['p99_ms'], '.1f')}",
+        ),
+        ("alerts (review + block)", f"{summary['alerts']:,}"),
+    ]
+    for p in summary["phases"]:
+        rows.append((f"AP {p['name']}", num(p["average_precision"], ".3f")))
+    rows += [
+        ("drift onset (event time)", summary["onset"]),
+        ("drift detected (event time)", summary["detected_at"] or "not detected"),
+        ("detection delay (simulated hours)", num(summary["detection_delay_h"], ".1f")),
+        ("retrain trigger -> new model serving (s)", num(summary["trigger_to_serving_s"], ".0f")),
+        ("AP after retrain / AP before drift", num(summary["recovery_ratio"], ".2f")),
+    ]
+    return rows
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def write_html(
+    path: Path, rows: list[tuple[str, str]], figs: dict[str, str], notes: list[str]
+) -> Path:
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    imgs = "".join(
+        f'<p><img src="data:image/png;base64,{b}" alt="{k}"></p>' for k, b in figs.items()
+    )
+    notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    path.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>Fraud platform run</title>"
+        "<style>body{font-family:sans-serif;max-width:900px;margin:2em auto}"
+        "td{padding:2px 12px;border-bottom:1px solid #ddd}</style></head><body>"
+        f"<h1>End-to-end run</h1><table>{table}</table><ul>{notes_html}</ul>{imgs}</body></html>"
+    )
+    return path
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,181 @@
+"""Drift monitoring and the retraining trigger, as the consumer runs them after each batch.
+
+``DriftLoop`` is the glue between the consumer and two self-contained parts:
+``serving.stream.drift.DriftMonitor`` (windowed drift statistics) and
+``serving.stream.retrain.RetrainTrigger`` (single-flight retraining). Its policy:
+
+* features are only compared once the consumer's feature state covers the longest window
+  (``warmup_s`` of event time after the first transaction it saw): before that, window counts are
+  low by construction and would read as drift;
+* sustained drift (N drifting windows in a row) schedules a retrain; it starts once the event
+  clock has passed the first drifting window by ``label_wait_s``. A retrain's windows end
+  label_delay before its as_of, so starting at detection would train and evaluate on data that
+  holds no labelled example of what changed;
+* each window's statistics go to a JSON-lines log; threshold crossings go to the drift-events
+  topic (via the ``publish`` callable) with the features involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components import contract as c
+from components.scoring import read_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriftLoopConfig:
+    model_base_path: Path
+    windows_log: Path
+    warmup_s: float = c.MAX_GAP_SECONDS
+    label_wait_s: float = (c.DEFAULT_LABEL_DELAY_DAYS + 7) * c.SECONDS_PER_DAY
+
+
+class DriftLoop:
+    def __init__(
+        self,
+        config: DriftLoopConfig,
+        drift_config: Any,
+        metrics: Any,
+        trigger: Any | None = None,
+        publish: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        self.config = config
+        self.drift_config = drift_config
+        self.metrics = metrics
+        self.trigger = trigger
+        self.publish = publish
+        self.monitor: Any | None = None
+        self._first_event: float | None = None
+        self._last_window = -1
+        self._pending: tuple[str, float] | None = None  # (reason, due event time)
+        self._streak_start: float | None = None
+        self.triggers: list[dict[str, Any]] = []
+        config.windows_log.parent.mkdir(parents=True, exist_ok=True)
+
+    def _ensure_monitor(self, version: int) -> bool:
+        from serving.stream.drift import DriftMonitor
+
+        if self.monitor is not None and self.monitor.model_version == version:
+            return True
+        try:
+            metadata = read_metadata(Path(self.config.model_base_path) / str(version))
+        except FileNotFoundError as err:
+            # Without the served version's training statistics there is nothing to compare
+            # against; scoring goes on, and the next batch tries again.
+            log.warning("drift: %s", err)
+            return False
+        if self.monitor is None:
+            self.monitor = DriftMonitor(metadata, self.drift_config, self.metrics)
+        else:
+            self.monitor.switch_model(metadata)
+        # A new model means a new reference: drift of the old one must not retrain the new one.
+        self._pending = None
+        self._streak_start = None
+        log.info("drift: monitoring against model version %s", version)
+        return True
+
+    def observe(
+        self,
+        version: int | str,
+        inputs: dict[str, Sequence[float]],
+        scores: Sequence[float],
+        decisions: Sequence[str],
+        event_times: Sequence[int],
+        transaction_ids: Sequence[str],
+    ) -> list[Any]:
+        """Feed one decided batch; returns the drift events it closed."""
+        times = np.asarray(event_times, dtype=np.int64)
+        if not len(times) or not self._ensure_monitor(int(version)):
+            return []
+        if self._first_event is None:
+            self._first_event = float(times.min())
+        keep = times >= self._first_event + self.config.warmup_s
+        events: list[Any] = []
+        if keep.any():
+            idx = np.flatnonzero(keep)
+            events = self.monitor.update(
+                {name: np.asarray(inputs[name], dtype=np.float64)[idx] for name in inputs},
+                np.asarray(scores, dtype=np.float64)[idx],
+                [decisions[i] for i in idx],
+                event_times=times[idx],
+                transaction_ids=[transaction_ids[i] for i in idx],
+            )
+        self._log_window()
+        for event in events:
+            message = event.to_message()
+            log.warning("drift: %s", json.dumps(message, default=str)[:500])
+            if self.publish is not None:
+                self.publish(message)
+            if self._streak_start is None and event.window_start is not None:
+                self._streak_start = float(event.window_start)
+        report = self.monitor.last_report
+        if report is not None and not report.drifting:
+            self._streak_start = None
+        if self.monitor.retrain_due and self._pending is None and self.trigger is not None:
+            onset = self._streak_start if self._streak_start is not None else float(times.max())
+            reason = (
+                f"sustained drift: {self.drift_config.sustained_windows} windows in a row since "
+                f"event time {_iso(onset)} (last window {report.window if report else '?'})"
+            )
+            self._pending = (reason, onset + self.config.label_wait_s)
+            log.warning(
+                "drift: retrain scheduled for event time %s: %s", _iso(self._pending[1]), reason
+            )
+        if self._pending is not None and float(times.max()) >= self._pending[1]:
+            reason, _ = self._pending
+            self._pending = None
+            result = self.trigger.trigger(reason)
+            record = {
+                "reason": reason,
+                "event_time": _iso(float(times.max())),
+                "result": repr(result),
+            }
+            self.triggers.append(record)
+            log.warning("drift: retrain trigger: %s", record)
+        return events
+
+    def add_labels(self, labels: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.add_labels(labels)
+
+    def _log_window(self) -> None:
+        if self.monitor is None:
+            return
+        new = [r for r in self.monitor.reports if r.window > self._last_window]
+        if new:
+            self._last_window = new[-1].window
+        with self.config.windows_log.open("a") as fh:
+            for report in new:
+                fh.write(json.dumps(self._record(report)) + "\n")
+
+    def _record(self, report: Any) -> dict[str, Any]:
+        return {
+            "window": report.window,
+            "model_version": self.monitor.model_version,
+            "start_time": _iso(report.window_start),
+            "end_time": _iso(report.window_end),
+            "transactions": report.transactions,
+            "alert_rate": report.alert_rate,
+            "alert_rate_ratio": report.alert_ratio,
+            "drifting": report.drifting,
+            **{f"psi_{k}": v for k, v in report.psi.items()},
+            **{f"js_{k}": v for k, v in report.js_distance.items()},
+        }
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime(c.TIMESTAMP_FORMAT)
