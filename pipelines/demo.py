@@ -34,10 +34,10 @@ class DemoConfig:
     run_dir: Path
     params: Path = REPO_ROOT / "params.yaml"
     data: Path = REPO_ROOT / "data" / "validated" / "transactions.parquet"
-    # The first model learns from [start, start + first_train_days); the replay starts
-    # warmup_days earlier so the consumer's feature state covers the longest window by then.
-    first_train_days: int = 60
-    warmup_days: int = 30
+    # The first model learns from [start, start + first_train_days) (training itself starts
+    # after the features' history warm-up); the replay starts a warm-up before its end, so the
+    # consumer's feature state is complete when the first model's unseen traffic begins.
+    first_train_days: int = 75
     rate: float = 2500.0  # transactions/s offered while no retrain runs
     hold_rate: float = 120.0  # ... and while one runs: the stream keeps flowing, slower
     partitions: int = 2
@@ -86,6 +86,7 @@ def read_topic(bootstrap: str, topic: str) -> list[dict]:
 def run_demo(cfg: DemoConfig) -> dict:
     from components.dataio import read_transactions
     from components.datajobs import load_params
+    from components.steps.ingest import history_warmup
     from pipelines.runners import run_local
     from serving._launch import ServerProcess
     from serving.stream.broker import EmbeddedBroker, create_topics
@@ -169,7 +170,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             f"== 4/5 stream: replay while the consumer scores (drift on {onset.date()})", flush=True
         )
         frame = load_replay_frame(cfg.data, delay)
-        frame = frame.loc[frame[c.TIMESTAMP] >= start + pd.Timedelta(days=cfg.warmup_days)]
+        frame = frame.loc[frame[c.TIMESTAMP] >= first_end - history_warmup(delay)]
         frame = frame[[*c.RAW_FIELDS, c.LABEL_AVAILABLE_AT]]
         t = time.time()
 

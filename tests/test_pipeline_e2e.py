@@ -27,14 +27,14 @@ from components.simulator import SimulationConfig, simulate
 
 pytestmark = pytest.mark.slow
 
-TRAIN_START, TRAIN_END = "2025-01-01", "2025-02-19"
+TRAIN_START, TRAIN_END = "2025-01-01", "2025-03-21"
 
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "transactions.parquet"
     write_transactions(
-        simulate(SimulationConfig(n_customers=500, n_terminals=1000, n_days=50)), path
+        simulate(SimulationConfig(n_customers=500, n_terminals=1000, n_days=80)), path
     )
     return path
 
@@ -127,7 +127,7 @@ def test_fraud_score_cli(pipeline_run, data_file, tmp_path):
             "--data",
             str(data_file),
             "--start",
-            "2025-02-10",
+            "2025-03-10",
             "--output",
             str(out),
         ]
@@ -137,7 +137,7 @@ def test_fraud_score_cli(pipeline_run, data_file, tmp_path):
     assert list(scores.columns) == [c.TRANSACTION_ID, "score", "decision"]
     assert set(scores["decision"]) <= set(c.DECISIONS)
     raw = read_transactions(data_file)
-    assert len(scores) == (raw[c.TIMESTAMP] >= pd.Timestamp("2025-02-10", tz="UTC")).sum()
+    assert len(scores) == (raw[c.TIMESTAMP] >= pd.Timestamp("2025-03-10", tz="UTC")).sum()
 
 
 def test_worse_model_is_not_pushed(pipeline_run):

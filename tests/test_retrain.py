@@ -92,7 +92,7 @@ def tiny_pipeline(
 
 @pytest.fixture(scope="module")
 def sim() -> pd.DataFrame:
-    return simulate(SimulationConfig(n_customers=150, n_terminals=300, n_days=40, seed=5))
+    return simulate(SimulationConfig(n_customers=400, n_terminals=800, n_days=70, seed=5))
 
 
 @pytest.fixture(scope="module")
@@ -492,7 +492,7 @@ def test_history_is_json_lines(tmp_path: Path, base_file: Path) -> None:
 def test_the_real_pipeline_runs_through_the_trigger(tmp_path: Path) -> None:
     """kfp.local end to end through the trigger, on consumed + base data (~3.5 min on 2 busy
     cores)."""
-    data = simulate(SimulationConfig(n_customers=500, n_terminals=1000, n_days=50, seed=8))
+    data = simulate(SimulationConfig(n_customers=500, n_terminals=1000, n_days=75, seed=8))
     # The base file ends on day 38; the consumer saw days 35-50 (overlapping the base by three
     # days) and the labels that had arrived by the end.
     start = data[c.TIMESTAMP].min().normalize()

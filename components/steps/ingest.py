@@ -129,8 +129,41 @@ def split(table: pd.DataFrame, windows: Windows, source: str = "data") -> Ingest
     return IngestResult(parts["training"], parts["evaluation"], windows)
 
 
+def history_warmup(label_delay_days: int) -> pd.Timedelta:
+    """How much history the window features need before they mean what they mean at serving
+    time: the longest customer window, and the terminal windows shifted by the label delay."""
+    longest = max(
+        max(c.CUSTOMER_WINDOWS.values()),
+        label_delay_days * c.SECONDS_PER_DAY + max(c.TERMINAL_WINDOWS.values()),
+    )
+    return pd.Timedelta(seconds=longest)
+
+
+def clip_to_history(windows: Windows, data_start: pd.Timestamp, label_delay_days: int) -> Windows:
+    """Start training no earlier than the data's start plus the feature warm-up.
+
+    Rows earlier than that have truncated window features (a 30-day count over 3 days of data);
+    a model trained on them, and drift checks against their statistics, would see a skew that
+    live traffic never has.
+    """
+    earliest = data_start + history_warmup(label_delay_days)
+    if windows.train_start >= earliest:
+        return windows
+    if earliest >= windows.train_end:
+        raise ValueError(
+            f"training window [{windows.train_start.date()}, {windows.train_end.date()}) lies "
+            f"within the first {history_warmup(label_delay_days).days} days of the data (from "
+            f"{data_start.date()}), where window features lack history; start it on or after "
+            f"{earliest.date()}"
+        )
+    return Windows(earliest, windows.train_end, windows.eval_start, windows.eval_end)
+
+
 def ingest(data_path: str, windows: Windows, label_delay_days: int) -> IngestResult:
     df = read_transactions(data_path)
+    if df.empty:
+        raise ValueError(f"{data_path}: no transactions")
+    windows = clip_to_history(windows, df[c.TIMESTAMP].min(), label_delay_days)
     # Features need only the past, so rows after the last window are not worth computing.
     df = df.loc[df[c.TIMESTAMP] < windows.eval_end]
     table = build_feature_table(df, label_delay_days)

@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 class DriftLoopConfig:
     model_base_path: Path
     windows_log: Path
-    warmup_s: float = c.MAX_GAP_SECONDS
-    label_wait_s: float = (c.DEFAULT_LABEL_DELAY_DAYS + 7) * c.SECONDS_PER_DAY
+    # The longest customer window, or the terminal windows shifted by the label delay.
+    warmup_s: float = c.DEFAULT_LABEL_DELAY_DAYS * c.SECONDS_PER_DAY + max(
+        c.TERMINAL_WINDOWS.values()
+    )
+    # label delay + evaluation days + days of the new behaviour to learn from
+    label_wait_s: float = (c.DEFAULT_LABEL_DELAY_DAYS + 7 + 7) * c.SECONDS_PER_DAY
 
 
 class DriftLoop:
