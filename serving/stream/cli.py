@@ -1,0 +1,308 @@
+"""`fraud broker|topics|stream ...`: command-line entry points of the streaming layer.
+
+``add_subcommands(subparsers)`` registers the commands on the platform CLI's subparsers; each
+handler takes ``(args, settings=None)`` like the other ``fraud`` commands (``settings`` defaults
+to ``Settings.from_env()``). ``python -m serving.stream.cli ...`` runs the same commands alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from components.settings import Settings
+
+log = logging.getLogger("serving.stream")
+
+
+def _settings(settings: Settings | None) -> Settings:
+    return settings if settings is not None else Settings.from_env()
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    # kafka-python logs every reconnect attempt at WARNING/ERROR while a broker starts or stops.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL if not verbose else logging.INFO)
+
+
+def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
+    return args.bootstrap_servers or settings.bootstrap_servers
+
+
+def _security(args: argparse.Namespace) -> Any:
+    from serving.stream.kafka_config import security_from_args
+
+    return security_from_args(args)
+
+
+# --- broker ----------------------------------------------------------------------------------
+
+
+def _broker_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    return Path(args.state_dir) if args.state_dir else settings.run_dir / "broker"
+
+
+def broker_start(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from serving.stream.broker import start_daemon
+
+    settings = _settings(settings)
+    info = start_daemon(_broker_dir(args, settings), port=args.port, host=args.host)
+    print(
+        f"broker started: pid {info.pid}, bootstrap servers {info.bootstrap_servers}, "
+        f"log {info.log_file}"
+    )
+    print(f"export FRAUD_BOOTSTRAP_SERVERS={info.bootstrap_servers}")
+    return 0
+
+
+def broker_stop(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from serving.stream.broker import stop_daemon
+
+    info = stop_daemon(_broker_dir(args, _settings(settings)))
+    print("broker stopped" if info else "no broker was running")
+    return 0
+
+
+def broker_status(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from serving.stream.broker import daemon_status
+
+    status = daemon_status(_broker_dir(args, _settings(settings)))
+    print(status.describe())
+    return 0 if status.reachable else 1
+
+
+# --- topics ----------------------------------------------------------------------------------
+
+
+def topics_create(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from serving.stream.broker import create_topics
+
+    settings = _settings(settings)
+    result = create_topics(
+        _bootstrap(args, settings),
+        settings.topics,
+        partitions=args.partitions,
+        replication=args.replication,
+        security=_security(args),
+    )
+    for name, what in result.items():
+        print(f"{name}: {what}")
+    return 0
+
+
+# --- stream ----------------------------------------------------------------------------------
+
+
+def stream_replay(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from serving.stream.replay import Pacing, replay
+
+    _setup_logging(args.verbose)
+    settings = _settings(settings)
+    pacing = Pacing(rate=args.rate, speedup=args.speedup)
+    result = replay(
+        args.input or settings.raw_data,
+        _bootstrap(args, settings),
+        topics=settings.topics,
+        pacing=pacing,
+        label_delay_days=args.label_delay_days or settings.label_delay_days,
+        limit=args.limit,
+        trailing_labels=not args.skip_trailing_labels,
+        progress=not args.no_progress,
+        security=_security(args),
+    )
+    print(
+        f"published {result.transactions:,} transactions and {result.labels:,} labels "
+        f"({result.trailing_labels:,} after the last transaction) in {result.seconds:.1f} s "
+        f"({result.rate:,.0f} tx/s)"
+    )
+    return 0
+
+
+def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from serving.stream.consumer import ConsumerConfig, StreamConsumer
+    from serving.stream.metrics import StreamMetrics
+    from serving.stream.scoring import Scorer, ThresholdStore, build_model_client
+
+    _setup_logging(args.verbose)
+    settings = _settings(settings)
+    serving_url = args.serving_url or settings.serving_url
+    model_name = args.model_name or settings.model_name
+    config = ConsumerConfig(
+        bootstrap_servers=_bootstrap(args, settings),
+        group_id=args.group_id,
+        topics=settings.topics,
+        state_dir=Path(args.state_dir) if args.state_dir else settings.run_dir / "stream",
+        model_name=model_name,
+        batch_size=args.batch_size,
+        max_messages=args.max_messages,
+        exit_when_idle_s=args.exit_when_idle_seconds,
+        snapshot_interval_s=args.snapshot_interval_seconds,
+        include_features=args.include_features,
+        label_delay_days=args.label_delay_days or settings.label_delay_days,
+        lag_bound_s=args.lag_bound_seconds,
+        write_dataset=not args.no_dataset,
+        session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=max(1_000, args.session_timeout_ms // 3),
+        security=_security(args),
+    )
+    client = build_model_client(serving_url, model_name, timeout_s=args.serving_timeout_seconds)
+    scorer = Scorer(client, ThresholdStore(Path(args.model_base_path or settings.model_base_path)))
+    metrics = StreamMetrics()
+    server = metrics.serve(args.metrics_port, addr=args.metrics_host) if args.metrics_port else None
+    consumer = StreamConsumer(config, scorer, metrics)
+
+    def _request_stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the current batch, then exiting", signum)
+        consumer.stop()
+
+    previous = {s: signal.signal(s, _request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a stuck consumer
+    # is without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        summary = consumer.run()
+    finally:
+        faulthandler.unregister(signal.SIGUSR1)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.shutdown()
+    print(summary.describe())
+    return 0
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+def _kafka_args(parser: argparse.ArgumentParser) -> None:
+    from serving.stream.kafka_config import add_kafka_arguments
+
+    add_kafka_arguments(parser, default_bootstrap=None)
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register ``broker``, ``topics`` and ``stream`` on the ``fraud`` CLI."""
+    broker = subparsers.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)")
+    broker_sub = broker.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
+    for name, func, helptext in (
+        ("start", broker_start, "start the in-memory broker in the background"),
+        ("stop", broker_stop, "stop the background broker"),
+        ("status", broker_status, "show pid, port and whether the broker answers"),
+    ):
+        p = broker_sub.add_parser(name, help=helptext)
+        p.add_argument("--state-dir", help="pid and log files (default: <run_dir>/broker)")
+        if name == "start":
+            p.add_argument("--port", type=int, help="listen port (default: a free one)")
+            p.add_argument("--host", default="127.0.0.1", help="listen address")
+        p.set_defaults(func=func)
+
+    topics = subparsers.add_parser("topics", help="manage the platform's Kafka topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
+    create = topics_sub.add_parser("create", help="create every topic (existing ones are kept)")
+    create.add_argument("--partitions", type=int, default=3)
+    create.add_argument("--replication", type=int, default=1)
+    _kafka_args(create)
+    create.set_defaults(func=topics_create)
+
+    stream = subparsers.add_parser("stream", help="real-time scoring over Kafka")
+    stream_sub = stream.add_subparsers(dest="stream_command", metavar="ACTION", required=True)
+
+    rep = stream_sub.add_parser(
+        "replay", help="publish a raw dataset to the transactions and labels topics in time order"
+    )
+    rep.add_argument("input", nargs="?", type=Path, help="raw CSV/Parquet (default: raw_data)")
+    pace = rep.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="transactions per second")
+    pace.add_argument("--speedup", type=float, help="event time runs X times faster than wall")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="no pacing (the default)")
+    rep.add_argument("--limit", type=int, help="only the first N transactions")
+    rep.add_argument("--label-delay-days", type=int, help="when the file has no label_available_at")
+    rep.add_argument(
+        "--skip-trailing-labels",
+        action="store_true",
+        help="do not publish labels that become available after the last transaction",
+    )
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.add_argument("-v", "--verbose", action="store_true")
+    _kafka_args(rep)
+    rep.set_defaults(func=stream_replay)
+
+    con = stream_sub.add_parser(
+        "consume", help="score transactions: features, batched :predict, decisions and alerts"
+    )
+    con.add_argument("--serving-url", help="model server REST base URL (default: serving_url)")
+    con.add_argument("--model-name", help="served model name (default: model_name)")
+    con.add_argument("--model-base-path", help="models volume, read for each version's thresholds")
+    con.add_argument("--group-id", default="fraud-scoring", help="consumer group")
+    con.add_argument("--state-dir", help="snapshots and consumed data (default: <run_dir>/stream)")
+    con.add_argument("--max-messages", type=int, help="exit after this many transactions")
+    con.add_argument(
+        "--exit-when-idle-seconds", type=float, help="exit after this long without transactions"
+    )
+    con.add_argument(
+        "--batch-size",
+        "--max-poll-records",
+        dest="batch_size",
+        type=int,
+        default=1000,
+        help="transactions per poll batch (one :predict call each)",
+    )
+    con.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    con.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")
+    con.add_argument(
+        "--snapshot-interval-seconds",
+        type=float,
+        default=2.0,
+        help="seconds between feature-state snapshots (0: after every commit)",
+    )
+    con.add_argument(
+        "--lag-bound-seconds",
+        type=float,
+        default=60.0,
+        help="how long a batch may wait for the model server before it is an incident",
+    )
+    con.add_argument("--serving-timeout-seconds", type=float, default=10.0)
+    con.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=10_000,
+        help="group session timeout: how long a crashed member blocks its partitions",
+    )
+    con.add_argument("--label-delay-days", type=int, help="must match the model's training")
+    con.add_argument(
+        "--include-features", action="store_true", help="put the features in each decision"
+    )
+    con.add_argument("--no-dataset", action="store_true", help="do not record consumed data")
+    con.add_argument("-v", "--verbose", action="store_true")
+    _kafka_args(con)
+    con.set_defaults(func=stream_consume)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.stream.cli", description="Streaming layer of the fraud platform."
+    )
+    add_subcommands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, Settings.from_env()) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"{args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,855 @@
+"""The real-time scoring consumer: transactions in, decisions and alerts out, at least once.
+
+One loop iteration handles one poll batch:
+
+1. read the labels topic up to its end (every instance reads all labels, outside the group);
+2. parse and validate each transaction; bad ones go to the dead-letter topic with the reason,
+   the original bytes and where they came from;
+3. per partition, in offset order: apply the labels available by the transaction's time, then
+   compute its stateful features with that partition's ``StreamingFeatureEngine``;
+4. ONE :predict call for the whole batch; decide with the thresholds of the version that
+   answered; when the model server is unavailable the batch is held and retried with backoff
+   (partitions paused, group membership kept), never dropped and never committed;
+5. produce a decision for every transaction and an alert for review/block, wait for the broker's
+   acknowledgements, append the batch to the consumed dataset, and only then commit the offsets;
+6. snapshot the feature state (every commit, or every ``snapshot_interval_s``).
+
+A restart restores each partition's snapshot and seeks to its offset; messages between the
+snapshot and the committed offset were decided already and are replayed through the feature
+engine only, so the features after a restart equal those of an uninterrupted run and at most one
+poll batch (the one in flight when the process died) is decided twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components import contract as c
+from components.settings import Topics
+from serving.stream import messages as m
+from serving.stream.dataset import ConsumedDataset
+from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
+from serving.stream.metrics import StreamMetrics
+from serving.stream.scoring import Scored, Scorer, ScoringUnavailable
+from serving.stream.state import LabelRouter, PartitionState, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    bootstrap_servers: str
+    group_id: str = "fraud-scoring"
+    topics: Topics = field(default_factory=Topics)
+    state_dir: Path = Path("runs/stream")
+    model_name: str = "fraud"
+    batch_size: int = 1000
+    poll_timeout_ms: int = 200
+    max_messages: int | None = None
+    exit_when_idle_s: float | None = None
+    # Seconds between feature snapshots (0: after every commit). Pickling every partition's
+    # state costs tens of ms, so a snapshot per 1000-message batch cost ~10 % of the throughput
+    # and added that much to the latency of the next batch; with an interval, a restart re-reads
+    # the messages between the snapshot and the committed offset through the feature engine
+    # only (no scoring, no output), so features stay exact and duplicates stay <= one batch.
+    snapshot_interval_s: float = 2.0
+    include_features: bool = False
+    label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS
+    # How long a batch may wait for the model server before that is an incident (logged as an
+    # error and counted); the batch keeps being retried after it, nothing is dropped.
+    lag_bound_s: float = 60.0
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    write_dataset: bool = True
+    fsync_snapshots: bool = True
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    security: KafkaSecurity | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"consumer: batch size must be >= 1, got {self.batch_size}")
+        if self.max_messages is not None and self.max_messages < 1:
+            raise ValueError(f"consumer: max messages must be >= 1, got {self.max_messages}")
+        if self.snapshot_interval_s < 0:
+            raise ValueError("consumer: snapshot interval must be >= 0")
+
+
+@dataclass
+class ConsumerSummary:
+    consumed: int = 0
+    decided: int = 0
+    dead_lettered: int = 0
+    replayed_for_state: int = 0
+    batches: int = 0
+    alerts: int = 0
+    seconds: float = 0.0
+    aborted_batches: int = 0
+    # Monotonic times of the first batch received and the last batch committed: their
+    # difference is the busy time, excluding group joins and idle waits (for throughput).
+    first_batch_at: float | None = None
+    last_commit_at: float | None = None
+
+    @property
+    def active_seconds(self) -> float:
+        if self.first_batch_at is None or self.last_commit_at is None:
+            return 0.0
+        return self.last_commit_at - self.first_batch_at
+
+    def describe(self) -> str:
+        return (
+            f"consumed {self.consumed:,} transactions in {self.batches:,} batches "
+            f"({self.decided:,} decided, {self.alerts:,} alerts, {self.dead_lettered:,} "
+            f"dead-lettered, {self.replayed_for_state:,} re-read for state) in "
+            f"{self.seconds:.1f} s"
+        )
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One transactions-topic message of the batch being processed."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    row: dict[str, Any] | None = None
+    epoch: int = 0
+    rejected: m.Rejected | None = None
+
+
+class LabelFeed:
+    """Reads the whole labels topic (no consumer group) and hands labels to the router."""
+
+    def __init__(
+        self,
+        consumer: Any,
+        topic: str,
+        router: LabelRouter,
+        metrics: StreamMetrics,
+        dataset: ConsumedDataset | None,
+    ) -> None:
+        self.consumer = consumer
+        self.topic = topic
+        self.router = router
+        self.metrics = metrics
+        self.dataset = dataset
+        self.partitions: list[Any] = []
+        # Labels-topic offsets handed to the router so far in this pass over the topic (tracked
+        # here rather than asked from the client: rebalance callbacks must not block on IO).
+        self._positions: dict[int, int] = {}
+        self._rewind = True
+        self._last_bad_log = 0.0
+        self.catch_up_timeout_s = 30.0
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        from kafka import TopicPartition
+
+        deadline = time.monotonic() + timeout_s
+        ids = self.consumer.partitions_for_topic(self.topic)
+        while not ids:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"labels topic {self.topic!r} has no partitions (does it exist? run "
+                    "`fraud topics create`)"
+                )
+            time.sleep(0.2)
+            ids = self.consumer.partitions_for_topic(self.topic)
+        self.partitions = [TopicPartition(self.topic, p) for p in sorted(ids)]
+        self.consumer.assign(self.partitions)
+
+    def rewind(self) -> None:
+        """Re-read from the beginning at the next drain (new partition states need every label)."""
+        self._rewind = True
+
+    def positions(self) -> dict[int, int]:
+        return dict(self._positions)
+
+    def drain(self) -> int:
+        """Read every label published so far; returns how many were read."""
+        if self._rewind:
+            self.consumer.seek_to_beginning(*self.partitions)
+            self._positions = {}
+            self._rewind = False
+        targets = self.consumer.end_offsets(self.partitions)
+        read = 0
+        deadline = time.monotonic() + self.catch_up_timeout_s
+        while any(self.consumer.position(tp) < targets[tp] for tp in self.partitions):
+            if time.monotonic() > deadline:
+                # Never stall scoring on the labels topic: what is missing now is read (and
+                # applied as late labels) at the next drain.
+                log.warning(
+                    "labels topic not caught up after %.0f s (positions %s, end offsets %s)",
+                    self.catch_up_timeout_s,
+                    {tp.partition: self.consumer.position(tp) for tp in self.partitions},
+                    {tp.partition: off for tp, off in targets.items()},
+                )
+                break
+            read += self._handle(self.consumer.poll(timeout_ms=100, max_records=20_000))
+        # Brokers that report the end as the start of the last record batch (Tansu does) leave
+        # the rest of that batch buffered: take what is already here without waiting.
+        while True:
+            got = self._handle(self.consumer.poll(timeout_ms=0, max_records=20_000))
+            if not got:
+                return read
+            read += got
+
+    def _handle(self, records: dict[Any, list[Any]]) -> int:
+        n = 0
+        to_store: list[tuple[int, int, m.Label]] = []
+        for tp, msgs in records.items():
+            if msgs:
+                self._positions[tp.partition] = msgs[-1].offset + 1
+            for msg in msgs:
+                n += 1
+                label = m.parse_label(msg.value)
+                if isinstance(label, m.Rejected):
+                    self.metrics.labels_rejected.inc()
+                    now = time.monotonic()
+                    if now - self._last_bad_log > 10:
+                        self._last_bad_log = now
+                        log.warning(
+                            "skipping unreadable label %s[%d]@%d: %s",
+                            tp.topic,
+                            tp.partition,
+                            msg.offset,
+                            label.reason,
+                        )
+                    continue
+                self.router.deliver(tp.partition, msg.offset, label)
+                if self.dataset is not None and self.dataset.wants_label(tp.partition, msg.offset):
+                    to_store.append((tp.partition, msg.offset, label))
+        if n:
+            self.metrics.labels_consumed.inc(n)
+        if to_store and self.dataset is not None:
+            self.dataset.append_labels(to_store)
+        return n
+
+
+class KeyPartitioner:
+    """Kafka's default keyed partitioning (murmur2 of the key), computed here with the
+    partition counts cached: kafka-python's own per-send partitioner path (metadata lookups
+    for every record) cost a quarter of each send."""
+
+    REFRESH_S = 60.0  # pick up added partitions within a minute
+
+    def __init__(self, producer: Any) -> None:
+        from kafka.partitioner.default import murmur2
+
+        self._producer = producer
+        self._murmur2 = murmur2
+        self._counts: dict[str, tuple[int, float]] = {}
+
+    def partition(self, topic: str, key: bytes) -> int:
+        cached = self._counts.get(topic)
+        if cached is None or time.monotonic() - cached[1] > self.REFRESH_S:
+            parts = self._producer.partitions_for(topic)
+            if not parts:
+                raise RuntimeError(f"topic {topic!r} has no partitions (create the topics first)")
+            cached = self._counts[topic] = (len(parts), time.monotonic())
+        return (self._murmur2(key) & 0x7FFFFFFF) % cached[0]
+
+
+class StreamConsumer:
+    """Owns the Kafka clients and the per-partition state; ``run()`` until stopped or done."""
+
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        scorer: Scorer,
+        metrics: StreamMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.scorer = scorer
+        self.metrics = metrics or StreamMetrics()
+        self.summary = ConsumerSummary()
+        self.router = LabelRouter()
+        self.store = SnapshotStore(config.state_dir, fsync=config.fsync_snapshots)
+        self._stop = threading.Event()
+        self._in_batch = False
+        self._abort_batch = False
+        # True while the engines hold updates that no successful commit covers yet: such state
+        # must never be snapshotted (it would skip the uncommitted messages after a restart).
+        self._dirty = False
+        self._last_snapshot = 0.0
+        self._warned_delay: set[int] = set()
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._partitioner: KeyPartitioner | None = None
+        self._labels: LabelFeed | None = None
+        self._dataset: ConsumedDataset | None = None
+        self._assigned_at: float | None = None
+        # Set by the rebalance callback, applied by the loop right after poll() returns:
+        # kafka-python 3 runs callbacks on its IO thread, where blocking calls are not allowed.
+        self._pending_assignment: set[Any] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish the current batch and exit (safe from signal handlers)."""
+        self._stop.set()
+
+    def run(self) -> ConsumerSummary:
+        start = time.monotonic()
+        try:
+            self._open()
+            self._loop()
+        finally:
+            self.summary.seconds = time.monotonic() - start
+            self._close()
+        log.info("consumer done: %s", self.summary.describe())
+        return self.summary
+
+    def _open(self) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+
+        cfg = self.config
+        if not install_fast_crc32c():
+            log.warning(
+                "no C CRC-32C implementation: kafka-python checksums in pure Python, which "
+                "costs a large share of the throughput (install the `crc32c` package)"
+            )
+        common = client_config(cfg.bootstrap_servers, cfg.security)
+        if cfg.write_dataset:
+            self._dataset = ConsumedDataset(cfg.state_dir, cfg.group_id)
+        self._producer = KafkaProducer(
+            **common,
+            acks="all",
+            # Every batch ends with flush(), which sends at once; a long linger keeps the sender
+            # thread from waking (and taking the GIL) for every few records in between.
+            linger_ms=1000,
+            batch_size=256 * 1024,
+            max_request_size=8 * 1024 * 1024,
+            metrics_enabled=False,
+        )
+        self._partitioner = KeyPartitioner(self._producer)
+        label_consumer = KafkaConsumer(
+            **common,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Short, so a drain that finds the topic up to date returns fast; not shorter: a
+            # broker needs the time to gather a re-read from the beginning of the topic.
+            fetch_max_wait_ms=20,
+            metrics_enabled=False,
+        )
+        self._labels = LabelFeed(
+            label_consumer, cfg.topics.labels, self.router, self.metrics, self._dataset
+        )
+        self._labels.start()
+        self._consumer = KafkaConsumer(
+            **common,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=cfg.batch_size,
+            fetch_max_wait_ms=100,
+            # Tansu completes a group join only after the session timeout of a departed member;
+            # 10 s (not Kafka's 45 s) keeps restarts quick and still tolerates GC pauses.
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            metrics_enabled=False,
+        )
+        owner = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                owner._on_revoked(revoked)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                owner._on_assigned(assigned)
+
+        self._consumer.subscribe([cfg.topics.transactions], listener=_Listener())
+
+    def _close(self) -> None:
+        errors: list[BaseException] = []
+        if self._consumer is not None and not self._dirty:
+            try:
+                self._snapshot_all(force=True)
+            except (OSError, ValueError) as err:
+                errors.append(err)
+        for name, closer in (
+            ("producer", lambda: self._producer and self._producer.close(timeout=30)),
+            ("consumer", lambda: self._consumer and self._consumer.close(autocommit=False)),
+            ("labels consumer", lambda: self._labels and self._labels.consumer.close(False)),
+            ("dataset", lambda: self._dataset and self._dataset.close()),
+        ):
+            try:
+                closer()
+            except Exception as err:  # close everything, then report the first failure
+                log.error("closing the %s failed: %s", name, err)
+                errors.append(err)
+        if errors:
+            raise RuntimeError(f"consumer shutdown failed: {errors[0]}") from errors[0]
+
+    # -- rebalancing -------------------------------------------------------------------------
+    def _on_revoked(self, revoked: Any) -> None:
+        """Runs on kafka-python's IO thread: file IO only, no blocking Kafka calls."""
+        self._assigned_at = None  # a rebalance in progress is not idleness
+        if not self._dirty:
+            # The state matches the committed offsets: hand it over exactly.
+            self._snapshot_all(force=True)
+        for tp in revoked:
+            self.router.partitions.pop(tp.partition, None)
+            with contextlib.suppress(KeyError):  # no lag was reported for it yet
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    def _on_assigned(self, assigned: Any) -> None:
+        self.metrics.rebalances.inc()
+        if self._in_batch:
+            self._abort_batch = True  # a held batch is re-read from the restored positions
+        self._pending_assignment = set(assigned)
+
+    def _apply_assignment(self, records: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """Restore state for newly assigned partitions and seek them; returns the records of
+        ``records`` that are still valid (those of partitions kept across the rebalance)."""
+        assigned, self._pending_assignment = self._pending_assignment or set(), None
+        if self._dirty:
+            # Feature updates that no commit covers: restore everything owned from snapshots.
+            self.router.partitions.clear()
+            self._dirty = False
+        for partition in [
+            p for p in self.router.partitions if p not in {tp.partition for tp in assigned}
+        ]:
+            del self.router.partitions[partition]
+        positions = self._labels.positions() if self._labels else {}
+        new = [tp for tp in assigned if tp.partition not in self.router.partitions]
+        for state in self.router.partitions.values():
+            state.delivered_positions = dict(positions)
+        for tp in new:
+            self.router.partitions[tp.partition] = self._restore(tp)
+        if new and self._labels is not None:
+            self._labels.rewind()
+        self.metrics.assigned_partitions.set(len(assigned))
+        self._assigned_at = time.monotonic()
+        log.info(
+            "assigned %s",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)) or "nothing",
+        )
+        fresh = set(new)
+        # Records fetched for a new partition came from the group's committed position, which
+        # the seek above may have moved: drop them, they are fetched again from there.
+        return {tp: msgs for tp, msgs in records.items() if tp not in fresh}
+
+    def _restore(self, tp: Any) -> PartitionState:
+        cfg = self.config
+        state, snap = self.store.restore(tp.topic, tp.partition, cfg.label_delay_days)
+        committed = self._consumer.committed(tp)
+        if snap is not None:
+            self._consumer.seek(tp, snap.next_offset)
+            if committed is not None and committed > snap.next_offset:
+                state.silent_until = committed
+            log.info(
+                "%s[%d]: restored snapshot at offset %d (committed %s)",
+                tp.topic,
+                tp.partition,
+                snap.next_offset,
+                committed,
+            )
+        elif committed is not None:
+            # Decided before, but the state is gone: rebuild it from the retained history.
+            self._consumer.seek_to_beginning(tp)
+            state.silent_until = committed
+            log.warning(
+                "%s[%d]: no snapshot in %s; rebuilding features from the earliest retained "
+                "offset up to the committed offset %d",
+                tp.topic,
+                tp.partition,
+                self.store.dir,
+                committed,
+            )
+        else:
+            self._consumer.seek_to_beginning(tp)
+        return state
+
+    # -- main loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        cfg = self.config
+        last_data = time.monotonic()
+        while not self._stop.is_set():
+            if self._pending_assignment is not None:  # from a poll during a scoring hold
+                self._apply_assignment({})
+            max_records = cfg.batch_size
+            if cfg.max_messages is not None:
+                remaining = cfg.max_messages - self.summary.consumed
+                if remaining <= 0:
+                    return
+                max_records = min(max_records, remaining)
+            records = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=max_records)
+            if self._pending_assignment is not None:
+                records = self._apply_assignment(records)
+            if not records:
+                # Idle time counts from the first assignment: joining the group is not idleness.
+                if cfg.exit_when_idle_s is not None and self._assigned_at is not None:
+                    since = max(last_data, self._assigned_at)
+                    if time.monotonic() - since >= cfg.exit_when_idle_s:
+                        log.info("idle for %.1f s: exiting", cfg.exit_when_idle_s)
+                        return
+                continue
+            last_data = time.monotonic()
+            self._process(records)
+            self._update_lag()
+
+    def _process(self, records: dict[Any, list[Any]]) -> None:
+        cfg = self.config
+        started = time.monotonic()
+        if self.summary.first_batch_at is None:
+            self.summary.first_batch_at = started
+        self._in_batch = True
+        self._abort_batch = False
+        try:
+            assert self._labels is not None
+            self._labels.drain()
+            entries = self._parse(records)
+            if not entries:
+                return
+            scored_entries, features, dead = self._features(entries)
+            scored: Scored | None = None
+            if scored_entries:
+                scored = self._score_with_hold(scored_entries, features)
+                if scored is None:
+                    self.summary.aborted_batches += 1
+                    return  # stopping, or the partitions moved: the batch will be re-read
+            futures = self._produce(scored_entries, features, scored, dead)
+            self._await_acks(futures)
+            acked = time.time()
+            for e in scored_entries:
+                self.metrics.end_to_end_latency.observe(max(0.0, acked - e.timestamp_ms / 1000))
+            if self._dataset is not None:
+                self._dataset.append_transactions(e.row for e in scored_entries)  # type: ignore[misc]
+                self._dataset.flush()
+            if self._commit(records):
+                self._dirty = False
+                self.summary.last_commit_at = time.monotonic()
+                self._snapshot_all(force=cfg.snapshot_interval_s == 0)
+            self.summary.batches += 1
+            self.metrics.batch_size.observe(len(entries))
+            self.metrics.batch_duration.observe(time.monotonic() - started)
+        finally:
+            self._in_batch = False
+
+    def _parse(self, records: dict[Any, list[Any]]) -> list[_Entry]:
+        """Entries in per-partition offset order, each with a row or a rejection."""
+        entries: list[_Entry] = []
+        for tp, msgs in records.items():
+            state = self.router.partitions.get(tp.partition)
+            if state is None:
+                continue  # revoked while these were in flight: the new owner reads them
+            for msg in msgs:
+                if state.next_offset is not None and msg.offset < state.next_offset:
+                    continue  # already applied to the state (a re-fetch after a seek)
+                entry = _Entry(tp.partition, msg.offset, msg.timestamp, msg.key, msg.value)
+                parsed = m.parse_transaction(msg.value)
+                if isinstance(parsed, m.Rejected):
+                    entry.rejected = parsed
+                else:
+                    entry.row = parsed
+                entries.append(entry)
+        candidates = [e for e in entries if e.row is not None]
+        if candidates:
+            valid, rejected = m.validate_batch([e.row for e in candidates])  # type: ignore[misc]
+            for entry, tx in zip(candidates, valid, strict=True):
+                if tx is None:
+                    entry.row = None
+                else:
+                    entry.row, entry.epoch = tx.row, tx.epoch
+            for i, why in rejected.items():
+                candidates[i].rejected = why
+        return entries
+
+    def _features(
+        self, entries: list[_Entry]
+    ) -> tuple[list[_Entry], list[dict[str, float]], list[_Entry]]:
+        """Advance each partition's state; returns (to score, their features, to dead-letter)."""
+        to_score: list[_Entry] = []
+        features: list[dict[str, float]] = []
+        dead: list[_Entry] = []
+        self._dirty = True
+        for e in entries:
+            state = self.router.partitions[e.partition]
+            silent = e.offset < state.silent_until
+            state.next_offset = e.offset + 1
+            if silent:
+                self.summary.replayed_for_state += 1
+                self.metrics.replayed_for_state.inc()
+            else:
+                self.summary.consumed += 1
+                self.metrics.consumed.inc()
+            if e.row is None:
+                if not silent:
+                    dead.append(e)
+                continue
+            row = e.row
+            state.advance_to(e.epoch)
+            feats = state.engine.update(
+                row[c.CUSTOMER_ID], row[c.TERMINAL_ID], e.epoch, row[c.AMOUNT]
+            )
+            if not silent:
+                to_score.append(e)
+                features.append(feats)
+        return to_score, features, dead
+
+    # -- scoring -----------------------------------------------------------------------------
+    def _score_with_hold(
+        self, entries: list[_Entry], features: list[dict[str, float]]
+    ) -> Scored | None:
+        inputs = self._model_inputs(entries, features)
+        cfg = self.config
+        delay = cfg.retry_initial_s
+        held_since = time.monotonic()
+        paused = False
+        bound_reported = False
+        last_log = 0.0
+        try:
+            while True:
+                try:
+                    scored = self.scorer.score(inputs, len(entries))
+                    self.metrics.scoring_latency.observe(scored.latency_s)
+                    self.metrics.model_version.labels(cfg.model_name).set(scored.version)
+                    self._check_delay(scored)
+                    if paused:
+                        log.info(
+                            "model server answers again after %.1f s: resuming",
+                            time.monotonic() - held_since,
+                        )
+                    return scored
+                except ScoringUnavailable as err:
+                    self.metrics.scoring_failures.inc()
+                    held = time.monotonic() - held_since
+                    self.metrics.held_seconds.set(held)
+                    if time.monotonic() - last_log >= 10:
+                        last_log = time.monotonic()
+                        log.warning(
+                            "scoring unavailable, holding %d transactions for %.1f s "
+                            "(not committed; retrying): %s",
+                            len(entries),
+                            held,
+                            err,
+                        )
+                    if held > cfg.lag_bound_s and not bound_reported:
+                        bound_reported = True
+                        self.metrics.hold_bound_exceeded.inc()
+                        log.error(
+                            "model server unavailable for %.0f s, over the %.0f s lag bound: "
+                            "decisions are late; still retrying (nothing is dropped)",
+                            held,
+                            cfg.lag_bound_s,
+                        )
+                    if not paused:
+                        self._consumer.pause(*self._consumer.assignment())
+                        paused = True
+                    if not self._wait_keeping_membership(delay):
+                        return None
+                    delay = min(delay * 2, cfg.retry_max_s)
+        finally:
+            self.metrics.held_seconds.set(0)
+            if paused and not self._abort_batch:
+                self._consumer.resume(*self._consumer.paused())
+
+    def _wait_keeping_membership(self, seconds: float) -> bool:
+        """Sleep while polling the (paused) consumer so the group keeps us; False = give up."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self._stop.is_set() or self._abort_batch:
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            polled = self._consumer.poll(timeout_ms=int(min(left, 0.2) * 1000) or 1)
+            if self._abort_batch:
+                return False  # rebalanced: records of new partitions are fetched again
+            if polled:  # cannot happen while paused; refuse to lose messages silently if it does
+                raise RuntimeError("paused consumer returned records during a scoring hold")
+
+    def _model_inputs(
+        self, entries: list[_Entry], features: list[dict[str, float]]
+    ) -> dict[str, list[Any]]:
+        inputs: dict[str, list[Any]] = {}
+        for name in c.MODEL_INPUTS:
+            if name in c.RAW_MODEL_INPUTS:
+                inputs[name] = [e.row[name] for e in entries]  # type: ignore[index]
+            else:
+                inputs[name] = [f[name] for f in features]
+        return inputs
+
+    def _check_delay(self, scored: Scored) -> None:
+        model_delay = scored.thresholds.label_delay_days
+        if (
+            model_delay is not None
+            and model_delay != self.config.label_delay_days
+            and scored.version not in self._warned_delay
+        ):
+            self._warned_delay.add(scored.version)
+            log.error(
+                "model version %d was trained with a label delay of %d days but this consumer "
+                "computes terminal features with %d: its scores are off; restart with "
+                "--label-delay-days %d",
+                scored.version,
+                model_delay,
+                self.config.label_delay_days,
+                model_delay,
+            )
+
+    # -- output ------------------------------------------------------------------------------
+    def _produce(
+        self,
+        entries: list[_Entry],
+        features: list[dict[str, float]],
+        scored: Scored | None,
+        dead: list[_Entry],
+    ) -> list[Any]:
+        cfg = self.config
+        topics = cfg.topics
+        producer = self._producer
+        part = self._partitioner.partition
+        futures: list[Any] = []
+        f = m.DecisionFields
+        if scored is not None:
+            th = scored.thresholds
+            thresholds = {c.REVIEW: th.review, c.BLOCK: th.block}
+            scoring_ms = round(scored.latency_s * 1000, 3)
+            now = time.time()
+            decided_at = m.now_iso()
+            score_hist = self.metrics.score
+            counts = dict.fromkeys(c.DECISIONS, 0)
+            for e, feats, score in zip(entries, features, scored.scores, strict=True):
+                row = e.row
+                assert row is not None
+                decision = th.decide(score)
+                counts[decision] += 1
+                score_hist.observe(score)
+                payload = {
+                    c.TRANSACTION_ID: row[c.TRANSACTION_ID],
+                    c.TIMESTAMP: row[c.TIMESTAMP],
+                    c.CUSTOMER_ID: row[c.CUSTOMER_ID],
+                    c.TERMINAL_ID: row[c.TERMINAL_ID],
+                    c.AMOUNT: row[c.AMOUNT],
+                    f.SCORE: score,
+                    f.DECISION: decision,
+                    f.MODEL_NAME: cfg.model_name,
+                    f.MODEL_VERSION: scored.version,
+                    f.THRESHOLDS: thresholds,
+                    f.SCORING_MS: scoring_ms,
+                    f.END_TO_END_MS: round(now * 1000 - e.timestamp_ms, 3),
+                    f.DECIDED_AT: decided_at,
+                }
+                if cfg.include_features:
+                    payload[f.FEATURES] = feats
+                value = m.encode(payload)
+                key = row[c.TRANSACTION_ID].encode()
+                futures.append(
+                    producer.send(
+                        topics.decisions,
+                        key=key,
+                        value=value,
+                        partition=part(topics.decisions, key),
+                    )
+                )
+                if decision != c.APPROVE:
+                    futures.append(
+                        producer.send(
+                            topics.alerts, key=key, value=value, partition=part(topics.alerts, key)
+                        )
+                    )
+            for decision, n in counts.items():
+                if n:
+                    self.metrics.decisions.labels(decision).inc(n)
+            self.metrics.decided.inc(len(entries))
+            self.summary.decided += len(entries)
+            self.summary.alerts += counts[c.REVIEW] + counts[c.BLOCK]
+        for e in dead:
+            assert e.rejected is not None
+            futures.append(
+                producer.send(
+                    topics.dead_letter,
+                    key=e.key,
+                    value=m.dead_letter(
+                        e.rejected,
+                        topic=topics.transactions,
+                        partition=e.partition,
+                        offset=e.offset,
+                        timestamp_ms=e.timestamp_ms,
+                        key=e.key,
+                        value=e.value,
+                        group_id=cfg.group_id,
+                    ),
+                )
+            )
+            self.metrics.dead_lettered.labels(e.rejected.kind).inc()
+        self.summary.dead_lettered += len(dead)
+        return futures
+
+    def _await_acks(self, futures: list[Any]) -> None:
+        if not futures:
+            return
+        self._producer.flush(timeout=60)
+        failed = [fut for fut in futures if not fut.is_done or fut.failed()]
+        if failed:
+            first = failed[0].exception if failed[0].is_done else "no answer within 60 s"
+            # Not committing is not enough: the state already moved past this batch. Stop; the
+            # restart restores the snapshot and decides the batch again (at least once).
+            raise RuntimeError(
+                f"{len(failed)} of {len(futures)} output messages not acknowledged by "
+                f"{self.config.bootstrap_servers}: {first}"
+            )
+
+    def _commit(self, records: dict[Any, list[Any]]) -> bool:
+        from kafka.errors import CommitFailedError, KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        offsets = {}
+        for tp in records:
+            state = self.router.partitions.get(tp.partition)
+            # Never move a committed offset back while re-reading for state.
+            if (
+                state is not None
+                and state.next_offset is not None
+                and state.next_offset > state.silent_until
+            ):
+                offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
+        if not offsets:
+            return True
+        try:
+            self._consumer.commit(offsets=offsets)
+        except (CommitFailedError, KafkaError) as err:
+            # A rebalance took the partitions: the decisions are out (at least once) and the
+            # assignment callback restores state from the snapshots.
+            self.metrics.commit_failures.inc()
+            log.warning("commit failed (%s); the new owner re-reads from the last commit", err)
+            return False
+        self.metrics.commits.inc()
+        self.metrics.last_commit_timestamp.set(time.time())
+        return True
+
+    def _snapshot_all(self, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_snapshot < self.config.snapshot_interval_s:
+            return
+        if self._labels is None:
+            return
+        positions = self._labels.positions()
+        started = time.monotonic()
+        total = 0
+        topic = self.config.topics.transactions
+        for state in self.router.partitions.values():
+            if state.next_offset is None or state.next_offset <= state.silent_until:
+                continue  # nothing new, or still rebuilding: the old snapshot stays valid
+            total += self.store.save(topic, state, positions)
+            self.metrics.snapshots.inc()
+        self._last_snapshot = time.monotonic()
+        self.metrics.snapshot_duration.observe(self._last_snapshot - started)
+        self.metrics.snapshot_bytes.set(total)
+
+    def _update_lag(self) -> None:
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            lag = max(0, high - self._consumer.position(tp))
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)

@@ -1,0 +1,159 @@
+"""Prometheus metrics of the scoring consumer. Names are a contract with the Grafana dashboard:
+add new ones freely, but do not rename or change the labels of existing ones.
+
+Every metric lives in a ``StreamMetrics`` object with its own registry (nothing is registered at
+import time), served by ``serve()`` on ``--metrics-port``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PREFIX = "fraud_stream_"
+
+# Counters (exposed with a _total suffix).
+CONSUMED = PREFIX + "consumed"
+DECIDED = PREFIX + "decided"
+DECISIONS = PREFIX + "decisions"  # label: decision
+DEAD_LETTERED = PREFIX + "dead_lettered"  # label: reason_kind
+LABELS_CONSUMED = PREFIX + "labels_consumed"
+LABELS_REJECTED = PREFIX + "labels_rejected"
+REPLAYED_FOR_STATE = PREFIX + "replayed_for_state"
+SCORING_FAILURES = PREFIX + "scoring_failures"
+HOLD_BOUND_EXCEEDED = PREFIX + "hold_bound_exceeded"
+COMMITS = PREFIX + "commits"
+COMMIT_FAILURES = PREFIX + "commit_failures"
+SNAPSHOTS = PREFIX + "snapshots"
+REBALANCES = PREFIX + "rebalances"
+# Histograms.
+END_TO_END_LATENCY = PREFIX + "end_to_end_latency_seconds"
+SCORING_LATENCY = PREFIX + "scoring_latency_seconds"
+BATCH_SIZE = PREFIX + "batch_size"
+BATCH_DURATION = PREFIX + "batch_duration_seconds"
+SCORE = PREFIX + "score"
+SNAPSHOT_DURATION = PREFIX + "snapshot_duration_seconds"
+# Gauges.
+MODEL_VERSION = PREFIX + "serving_model_version"  # label: model_name
+CONSUMER_LAG = PREFIX + "consumer_lag"  # labels: topic, partition
+HELD_SECONDS = PREFIX + "scoring_held_seconds"
+ASSIGNED_PARTITIONS = PREFIX + "assigned_partitions"
+SNAPSHOT_BYTES = PREFIX + "snapshot_bytes"
+LAST_COMMIT_TIMESTAMP = PREFIX + "last_commit_timestamp_seconds"
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
+SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class StreamMetrics:
+    """The consumer's instruments; one instance per consumer (tests run several per process)."""
+
+    def __init__(self, registry: Any | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(CONSUMED, "Messages read from the transactions topic", registry=r)
+        self.decided = Counter(DECIDED, "Transactions scored and decided", registry=r)
+        self.decisions = Counter(
+            DECISIONS, "Decisions produced, by decision", ["decision"], registry=r
+        )
+        self.dead_lettered = Counter(
+            DEAD_LETTERED,
+            "Transactions sent to the dead-letter topic, by reason kind",
+            ["reason_kind"],
+            registry=r,
+        )
+        self.labels_consumed = Counter(LABELS_CONSUMED, "Labels read", registry=r)
+        self.labels_rejected = Counter(LABELS_REJECTED, "Unreadable labels skipped", registry=r)
+        self.replayed_for_state = Counter(
+            REPLAYED_FOR_STATE,
+            "Already-decided transactions re-read only to rebuild feature state after a restart",
+            registry=r,
+        )
+        self.scoring_failures = Counter(
+            SCORING_FAILURES, "Failed scoring attempts (the batch is held and retried)", registry=r
+        )
+        self.hold_bound_exceeded = Counter(
+            HOLD_BOUND_EXCEEDED,
+            "Batches held longer than the lag bound because the model server was unavailable",
+            registry=r,
+        )
+        self.commits = Counter(COMMITS, "Offset commits", registry=r)
+        self.commit_failures = Counter(
+            COMMIT_FAILURES, "Offset commits rejected (rebalance)", registry=r
+        )
+        self.snapshots = Counter(SNAPSHOTS, "Partition feature snapshots written", registry=r)
+        self.rebalances = Counter(REBALANCES, "Partition assignments received", registry=r)
+        self.end_to_end_latency = Histogram(
+            END_TO_END_LATENCY,
+            "Transaction produced (Kafka timestamp) to its decision acknowledged by the broker",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scoring_latency = Histogram(
+            SCORING_LATENCY,
+            "One batched :predict call, as seen by the consumer",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            BATCH_SIZE, "Transactions per poll batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_duration = Histogram(
+            BATCH_DURATION,
+            "Poll batch processing time, parse to commit",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.score = Histogram(SCORE, "Fraud probabilities", buckets=SCORE_BUCKETS, registry=r)
+        self.snapshot_duration = Histogram(
+            SNAPSHOT_DURATION,
+            "Writing all owned partitions' snapshots",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_version = Gauge(
+            MODEL_VERSION, "Version of the model that answered last", ["model_name"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            CONSUMER_LAG,
+            "High watermark minus position, per owned partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.held_seconds = Gauge(
+            HELD_SECONDS, "How long the current batch has waited for the model server", registry=r
+        )
+        self.assigned_partitions = Gauge(
+            ASSIGNED_PARTITIONS, "Transactions partitions owned by this consumer", registry=r
+        )
+        self.snapshot_bytes = Gauge(
+            SNAPSHOT_BYTES, "Size of the last snapshot of all owned partitions", registry=r
+        )
+        self.last_commit_timestamp = Gauge(
+            LAST_COMMIT_TIMESTAMP, "Unix time of the last successful commit", registry=r
+        )
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+        """Expose /metrics on ``port`` in a daemon thread; returns the server (``shutdown()``)."""
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server

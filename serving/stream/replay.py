@@ -1,0 +1,255 @@
+"""Replay producer: publish a raw dataset to the transactions and labels topics in event time.
+
+Transactions go out in stream order (timestamp, transaction_id), keyed by customer_id so one
+customer's transactions stay ordered in one partition, without their label. Each label is
+published to the labels topic when it becomes available (``label_available_at`` if the file has
+it, else timestamp + label delay), interleaved with the transactions in time order: a label
+available at t goes out before the first transaction at t or later.
+
+Pacing: ``rate`` (transactions per second of wall time), ``speedup`` (event time runs that many
+times faster than wall time) or neither (as fast as possible).
+
+Ordering across topics is best effort, as in any Kafka deployment: the producer keeps one request
+in flight and large batches, so a label is never sent in a later request than a transaction that
+followed it; the consumer additionally reads the labels topic up to its end before each batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components import contract as c
+from components.settings import Topics
+from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
+from serving.stream.messages import LABEL_FIELDS, encode
+
+log = logging.getLogger(__name__)
+
+_PROGRESS_EVERY = 1_000  # transactions between progress-bar refreshes (tqdm calls are not free)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    transactions: int
+    labels: int
+    trailing_labels: int  # labels that became available after the last transaction
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.transactions / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """At most one of ``rate`` and ``speedup``; neither means as fast as possible."""
+
+    rate: float | None = None
+    speedup: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and self.speedup is not None:
+            raise ValueError("replay: give --rate or --speedup, not both")
+        for name in ("rate", "speedup"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"replay: {name} must be > 0, got {value}")
+
+
+def replay_producer_config(
+    bootstrap_servers: str, security: KafkaSecurity | None = None
+) -> dict[str, Any]:
+    return {
+        **client_config(bootstrap_servers, security),
+        "acks": "all",
+        # A few ms of batching: without it every record is its own batch, and Tansu's in-memory
+        # fetch from the start of a topic of tiny batches gets slow enough to time out.
+        "linger_ms": 5,
+        # One request in flight and batches that rarely fill up: every partition's pending batch
+        # rides in the same request, which keeps labels ahead of later transactions.
+        "max_in_flight_requests_per_connection": 1,
+        "batch_size": 256 * 1024,
+        "max_request_size": 8 * 1024 * 1024,
+        "metrics_enabled": False,  # kafka-python's per-record sensors cost ~10 % throughput
+    }
+
+
+def load_replay_frame(path: Path, label_delay_days: int) -> Any:
+    """The dataset in stream order with a ``label_available_at`` column (UTC datetimes)."""
+    import pandas as pd
+
+    from components.dataio import read_transactions
+
+    df = read_transactions(path)
+    if c.LABEL_AVAILABLE_AT in df.columns:
+        # pandas 2 needs format="ISO8601" for mixed ISO forms; 1.x parses them without it.
+        iso = {"format": "ISO8601"} if int(pd.__version__.split(".")[0]) >= 2 else {}
+        avail = pd.to_datetime(df[c.LABEL_AVAILABLE_AT], utc=True, errors="coerce", **iso)
+        if avail.isna().any():
+            row = int(np.flatnonzero(avail.isna().to_numpy())[0])
+            raise ValueError(
+                f"{path}: {c.LABEL_AVAILABLE_AT} unparsable at stream position {row}: "
+                f"{df[c.LABEL_AVAILABLE_AT].iloc[row]!r}"
+            )
+        df[c.LABEL_AVAILABLE_AT] = avail.dt.floor("s")
+    else:
+        df[c.LABEL_AVAILABLE_AT] = df[c.TIMESTAMP] + pd.Timedelta(days=label_delay_days)
+    return df
+
+
+def replay(
+    path: Path,
+    bootstrap_servers: str,
+    topics: Topics = Topics(),  # noqa: B008 - frozen dataclass, safe as a default
+    pacing: Pacing = Pacing(),  # noqa: B008
+    label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS,
+    limit: int | None = None,
+    trailing_labels: bool = True,
+    progress: bool = True,
+    security: KafkaSecurity | None = None,
+    flush_timeout_s: float = 120.0,
+) -> ReplayResult:
+    """Publish ``path`` (CSV/Parquet raw schema with labels); returns what was sent.
+
+    ``limit`` replays only the first N transactions (and the labels available by then, plus
+    their own labels at the end if ``trailing_labels``).
+    """
+    df = load_replay_frame(Path(path), label_delay_days)
+    if limit is not None:
+        df = df.iloc[:limit].reset_index(drop=True)
+    return replay_frame(
+        df,
+        bootstrap_servers,
+        topics=topics,
+        pacing=pacing,
+        trailing_labels=trailing_labels,
+        progress=progress,
+        security=security,
+        flush_timeout_s=flush_timeout_s,
+    )
+
+
+def replay_frame(
+    df: Any,
+    bootstrap_servers: str,
+    topics: Topics = Topics(),  # noqa: B008
+    pacing: Pacing = Pacing(),  # noqa: B008
+    trailing_labels: bool = True,
+    progress: bool = True,
+    security: KafkaSecurity | None = None,
+    flush_timeout_s: float = 120.0,
+) -> ReplayResult:
+    """Publish an in-memory frame in stream order (see ``load_replay_frame`` for its columns)."""
+    from kafka import KafkaProducer
+    from tqdm import tqdm
+
+    from components.dataio import format_timestamps, sort_stream_order
+    from components.features.batch import epoch_seconds
+
+    install_fast_crc32c()
+    df = sort_stream_order(df)
+    n = len(df)
+    ts = epoch_seconds(df[c.TIMESTAMP])
+    avail = epoch_seconds(df[c.LABEL_AVAILABLE_AT])
+    tx_values = _tx_values(df, format_timestamps)
+    label_values = _label_values(df, format_timestamps)
+    tx_keys = [k.encode() for k in df[c.CUSTOMER_ID].astype(str)]
+    label_keys = [k.encode() for k in df[c.TERMINAL_ID].astype(str)]
+
+    # Label j is due before the first transaction i with ts[i] >= avail[j]; in stream order that
+    # is a binary search, so the interleaving is exact without sorting a merged event list.
+    label_order = np.argsort(avail, kind="stable")
+    due_before = np.searchsorted(ts, avail[label_order], side="left")
+
+    producer = KafkaProducer(**replay_producer_config(bootstrap_servers, security))
+    sent_labels = 0
+    futures: list[Any] = []
+    start = time.monotonic()
+    t0 = int(ts[0]) if n else 0
+    bar = tqdm(total=n, unit="tx", desc="replay", disable=not progress, mininterval=0.5)
+    try:
+        j = 0
+        for i in range(n):
+            while j < n and due_before[j] <= i:
+                k = int(label_order[j])
+                futures.append(
+                    producer.send(topics.labels, key=label_keys[k], value=label_values[k])
+                )
+                j += 1
+            _wait_until(start, i, int(ts[i]) - t0, pacing)
+            futures.append(producer.send(topics.transactions, key=tx_keys[i], value=tx_values[i]))
+            if (i + 1) % _PROGRESS_EVERY == 0:
+                bar.update(_PROGRESS_EVERY)
+                futures = _drop_done(futures)
+        bar.update(n - bar.n)
+        sent_labels = j
+        trailing = 0
+        if trailing_labels:
+            while j < n:
+                k = int(label_order[j])
+                futures.append(
+                    producer.send(topics.labels, key=label_keys[k], value=label_values[k])
+                )
+                j += 1
+                trailing += 1
+        producer.flush(timeout=flush_timeout_s)
+        failed = [f for f in futures if f.failed()]
+        if failed:
+            raise RuntimeError(
+                f"replay: {len(failed)} message(s) were not acknowledged by {bootstrap_servers}; "
+                f"first error: {failed[0].exception!r}"
+            )
+    finally:
+        bar.close()
+        producer.close(timeout=flush_timeout_s)
+    seconds = time.monotonic() - start
+    result = ReplayResult(n, sent_labels + trailing, trailing, seconds)
+    log.info(
+        "replayed %d transactions and %d labels in %.1f s (%.0f tx/s)",
+        result.transactions,
+        result.labels,
+        seconds,
+        result.rate,
+    )
+    return result
+
+
+def _wait_until(start: float, index: int, event_offset_s: int, pacing: Pacing) -> None:
+    if pacing.rate is not None:
+        due = start + index / pacing.rate
+    elif pacing.speedup is not None:
+        due = start + event_offset_s / pacing.speedup
+    else:
+        return
+    delay = due - time.monotonic()
+    if delay > 0.001:  # shorter sleeps cost more than they pace
+        time.sleep(delay)
+
+
+def _drop_done(futures: list[Any]) -> list[Any]:
+    """Keep only unfinished sends (and failures, to report them) so memory stays bounded."""
+    return [f for f in futures if not f.is_done or f.failed()]
+
+
+def _tx_values(df: Any, format_timestamps: Any) -> list[bytes]:
+    cols = {f: df[f] for f in c.LIVE_FIELDS}
+    cols[c.TIMESTAMP] = format_timestamps(df[c.TIMESTAMP])
+    return _json_rows(cols, c.LIVE_FIELDS)
+
+
+def _label_values(df: Any, format_timestamps: Any) -> list[bytes]:
+    cols = {f: df[f] for f in LABEL_FIELDS}
+    cols[c.TIMESTAMP] = format_timestamps(df[c.TIMESTAMP])
+    cols[c.LABEL_AVAILABLE_AT] = format_timestamps(df[c.LABEL_AVAILABLE_AT])
+    return _json_rows(cols, LABEL_FIELDS)
+
+
+def _json_rows(cols: dict[str, Any], names: tuple[str, ...]) -> list[bytes]:
+    lists = [cols[name].tolist() for name in names]
+    return [encode(dict(zip(names, values, strict=True))) for values in zip(*lists, strict=True)]

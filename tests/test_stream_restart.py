@@ -1,0 +1,305 @@
+"""Restarts and failures: snapshots, SIGTERM, kill -9 during a replay, model server down.
+
+Every test checks the two promises of the consumer: every transaction gets at least one
+decision (at-least-once; duplicates only from the batch in flight at a crash), and the features
+after any restart equal those of one uninterrupted streaming run.
+
+``STREAM_KILL_TEST_TRANSACTIONS`` sets the size of the kill -9 test (default 20,000; the
+100,000 run is documented in docs/streaming.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+from stream_fixtures import (  # noqa: F401 - pytest fixtures
+    broker,
+    child_env,
+    consume,
+    consumer_command,
+    make_topics,
+    model_base,
+    model_server,
+    read_topic,
+    reference_stream_features,
+    simulated,
+    start_model_server,
+    wait_for,
+)
+
+from components import contract as c
+from components.settings import Topics
+from serving.stream.broker import free_port
+from serving.stream.messages import DecisionFields
+from serving.stream.replay import Pacing, replay_frame
+
+pytestmark = pytest.mark.slow
+KILL_TEST_TRANSACTIONS = int(os.environ.get("STREAM_KILL_TEST_TRANSACTIONS", "20000"))
+BATCH = 500
+
+
+class DecisionWatcher:
+    """Reads a decisions topic from the beginning in a background thread."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=50
+        )
+        parts = self._consumer.partitions_for_topic(topic) or set()
+        self._consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+        self._consumer.seek_to_beginning()
+        self.decisions: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msgs in self._consumer.poll(timeout_ms=200, max_records=20_000).values():
+                self.decisions.extend(orjson.loads(m.value) for m in msgs)
+
+    def count(self) -> int:
+        return len(self.decisions)
+
+    def close(self) -> list[dict[str, Any]]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._consumer.close(autocommit=False)
+        return self.decisions
+
+
+class ConsumerProcess:
+    """``python -m serving.stream.cli stream consume`` as its own process."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.cmd, self.env, self.log_dir = cmd, env, log_dir
+        self.runs = 0
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.runs += 1
+        log = open(self.log_dir / f"consumer-{self.runs}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=log)
+        log.close()  # the child has its own descriptor
+
+    def signal(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def dump_stacks(self) -> None:
+        """Ask a live consumer for its threads' stacks (they land in its log)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+
+    def wait(self, timeout_s: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout_s)
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:]
+            for p in sorted(self.log_dir.glob("consumer-*.log"))
+        )
+
+
+def _check_features(decisions: list[dict[str, Any]], df: pd.DataFrame) -> None:
+    """Every decision (duplicates included) carries the uninterrupted run's features."""
+    ref = reference_stream_features(df)
+    got = pd.DataFrame(
+        [d[DecisionFields.FEATURES] for d in decisions],
+        index=[d[c.TRANSACTION_ID] for d in decisions],
+    )[list(c.STATEFUL_FEATURES)]
+    expected = ref.loc[got.index]
+    mismatched = (got != expected).any(axis=1)
+    assert not mismatched.any(), (
+        f"{int(mismatched.sum())} decisions with features != uninterrupted run, e.g.\n"
+        f"{got[mismatched].head(3)}\nexpected\n{expected[mismatched].head(3)}"
+    )
+
+
+def _start_replay(
+    df: pd.DataFrame, bootstrap: str, topics: Topics, rate: float
+) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            replay_frame(df, bootstrap, topics, pacing=Pacing(rate=rate), progress=False)
+        except BaseException as err:  # surfaced by the test through .errors
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def test_restart_from_snapshots_and_from_nothing(broker, model_server, model_base, tmp_path):  # noqa: F811
+    """Graceful stops: the snapshot carries the state; without snapshots the consumer rebuilds
+    the state from the topic (silently) up to the committed offsets."""
+    df = simulated(150, 30, seed=21)
+    topics = make_topics(broker.bootstrap_servers)
+    replay_frame(df, broker.bootstrap_servers, topics, progress=False)
+    state = tmp_path / "state"
+    args = dict(group_id="restart", batch_size=700)
+    third = len(df) // 3
+    first = consume(broker.bootstrap_servers, topics, model_server, model_base, state,
+                    max_messages=third, **args)  # fmt: skip
+    assert first.decided == third
+    assert list((state / "snapshots").glob("*.snapshot"))  # the partitions it touched
+    second = consume(broker.bootstrap_servers, topics, model_server, model_base, state,
+                     max_messages=third, **args)  # fmt: skip
+    assert second.decided == third and second.replayed_for_state == 0
+    shutil.rmtree(state / "snapshots")  # state lost: rebuilt from the retained history
+    last = consume(broker.bootstrap_servers, topics, model_server, model_base, state, **args)
+    assert last.decided == len(df) - 2 * third
+    assert last.replayed_for_state == 2 * third
+    decisions = [
+        d["value"] for d in read_topic(broker.bootstrap_servers, topics.decisions, expect=len(df))
+    ]
+    ids = Counter(d[c.TRANSACTION_ID] for d in decisions)
+    assert len(ids) == len(df) and max(ids.values()) == 1  # graceful: no duplicates
+    _check_features(decisions, df)
+
+
+def test_kill_9_three_times_during_a_replay(broker, model_server, model_base, tmp_path):  # noqa: F811
+    n = KILL_TEST_TRANSACTIONS
+    days = max(20, n // 700)
+    df = simulated(max(100, n // (2 * days)), days, seed=33)
+    df = df.head(n).reset_index(drop=True)
+    topics = make_topics(broker.bootstrap_servers)
+    watcher = DecisionWatcher(broker.bootstrap_servers, topics.decisions)
+    cmd = consumer_command(
+        broker.bootstrap_servers,
+        model_server.url,
+        model_base,
+        tmp_path / "state",
+        "kill9",
+        "--batch-size",
+        str(BATCH),
+        "--exit-when-idle-seconds",
+        "6",
+        # A killed member holds its partitions until its session expires: keep that short.
+        "--session-timeout-ms",
+        "6000",
+    )
+    consumer = ConsumerProcess(cmd, child_env(topics), tmp_path)
+    consumer.start()
+    # Paced so that the kills fall while the replay is still publishing (each rejoin waits for
+    # the dead member's session to expire).
+    rate = max(500.0, n / 30)
+    replay = _start_replay(df, broker.bootstrap_servers, topics, rate)
+    kills: list[int] = []
+    try:
+        # One graceful stop first: SIGTERM finishes the batch, commits, snapshots, exits 0.
+        wait_for(lambda: watcher.count() >= n * 0.1, 120, "first decisions", poll_s=0.05)
+        assert consumer.signal(signal.SIGTERM) == 0, consumer.logs()
+        consumer.start()
+        for share in (0.3, 0.5, 0.7):
+            if not wait_for(lambda s=share: watcher.count() >= n * s, 180, "", 0.05, quiet=True):
+                consumer.dump_stacks()
+                raise AssertionError(
+                    f"{watcher.count()} decisions, waiting for {share:.0%} of {n}; consumer "
+                    f"logs:\n{consumer.logs()}"
+                )
+            kills.append(watcher.count())
+            consumer.signal(signal.SIGKILL)
+            consumer.start()
+        replay.join(timeout=600)
+        assert not replay.errors, replay.errors  # type: ignore[attr-defined]
+        assert consumer.wait(timeout_s=300) == 0, consumer.logs()
+    finally:
+        if consumer.proc and consumer.proc.poll() is None:
+            consumer.signal(signal.SIGKILL)
+    wait_for(lambda: watcher.count() >= n, 60, "all decisions", quiet=True)
+    time.sleep(1)
+    decisions = watcher.close()
+    ids = Counter(d[c.TRANSACTION_ID] for d in decisions)
+    missing = set(df[c.TRANSACTION_ID]) - set(ids)
+    assert not missing, (
+        f"{len(missing)} transactions without a decision, e.g. {sorted(missing)[:5]}; "
+        f"consumer logs:\n{consumer.logs()}"
+    )
+    duplicates = sum(ids.values()) - len(ids)
+    assert duplicates <= 3 * BATCH, f"{duplicates} duplicate decisions for 3 kills"
+    _check_features(decisions, df)
+    print(f"kill -9 at {kills} decisions of {len(df)}: {duplicates} duplicates")
+
+
+def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path_factory):  # noqa: F811
+    """The server dies mid-stream and comes back on the same port 10 s later: the consumer
+    holds its batch (no crash, nothing committed or dropped) and resumes by itself."""
+    server = start_model_server(model_base, tmp_path_factory.mktemp("down-server"))
+    port = server.port
+    df = simulated(100, 20, seed=44)
+    topics = make_topics(broker.bootstrap_servers)
+    watcher = DecisionWatcher(broker.bootstrap_servers, topics.decisions)
+    metrics_port = free_port()
+    cmd = consumer_command(
+        broker.bootstrap_servers,
+        server.url,
+        model_base,
+        tmp_path / "state",
+        "down",
+        "--batch-size",
+        str(BATCH),
+        "--exit-when-idle-seconds",
+        "8",
+        "--metrics-port",
+        str(metrics_port),
+        "--metrics-host",
+        "127.0.0.1",
+        "--lag-bound-seconds",
+        "5",
+    )
+    consumer = ConsumerProcess(cmd, child_env(topics), tmp_path)
+    consumer.start()
+    replay = _start_replay(df, broker.bootstrap_servers, topics, rate=len(df) / 40)
+    try:
+        wait_for(lambda: watcher.count() >= len(df) * 0.2, 120, "first decisions", poll_s=0.05)
+        server.stop()
+        down_at = watcher.count()
+        time.sleep(10)
+        assert consumer.proc is not None and consumer.proc.poll() is None, consumer.logs()
+        held = _metric(metrics_port, "fraud_stream_scoring_held_seconds")
+        failures = _metric(metrics_port, "fraud_stream_scoring_failures_total")
+        assert failures > 0 and held > 3, (held, failures)
+        assert _metric(metrics_port, "fraud_stream_hold_bound_exceeded_total") == 1
+        assert watcher.count() <= down_at + BATCH  # nothing decided while the server was down
+        server = start_model_server(model_base, tmp_path_factory.mktemp("down-server-2"), port)
+        replay.join(timeout=300)
+        assert consumer.wait(timeout_s=300) == 0, consumer.logs()
+    finally:
+        server.stop()
+        if consumer.proc and consumer.proc.poll() is None:
+            consumer.signal(signal.SIGKILL)
+    wait_for(lambda: watcher.count() >= len(df), 60, "all decisions")
+    decisions = watcher.close()
+    ids = Counter(d[c.TRANSACTION_ID] for d in decisions)
+    assert set(ids) == set(df[c.TRANSACTION_ID])
+    assert max(ids.values()) == 1  # held, not crashed: nothing decided twice
+    _check_features(decisions, df)
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exposed")

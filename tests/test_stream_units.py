@@ -1,0 +1,349 @@
+"""Fast tests of the streaming layer's parts (no broker, no model server)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from stream_fixtures import reference_stream_features, simulated
+
+from components import contract as c
+from components.dataio import validate_frame
+from components.features.batch import epoch_seconds as batch_epoch_seconds
+from components.features.stream import StreamingFeatureEngine
+from serving.stream import messages as m
+from serving.stream.dataset import ConsumedDataset, load_consumed
+from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
+from serving.stream.metrics import PREFIX, StreamMetrics
+from serving.stream.scoring import (
+    METADATA_FILE,
+    ModelThresholds,
+    Scorer,
+    ScoringUnavailable,
+    ThresholdStore,
+)
+from serving.stream.state import LabelRouter, PartitionState, SnapshotStore
+
+
+def _tx(**overrides: object) -> dict:
+    row = {
+        c.TRANSACTION_ID: "T1",
+        c.TIMESTAMP: "2025-03-01T10:00:00Z",
+        c.CUSTOMER_ID: "C1",
+        c.TERMINAL_ID: "M1",
+        c.AMOUNT: 12.5,
+    }
+    row.update(overrides)
+    return row
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def test_parse_rejects_structural_problems() -> None:
+    assert m.parse_transaction(b"{not json").kind == m.MALFORMED_JSON
+    assert m.parse_transaction(b"[1, 2]").kind == m.NOT_AN_OBJECT
+    missing = {k: v for k, v in _tx().items() if k != c.AMOUNT}
+    rejected = m.parse_transaction(orjson.dumps(missing))
+    assert rejected.kind == m.MISSING_FIELD and c.AMOUNT in rejected.reason
+    assert m.parse_transaction(m.transaction_message(_tx())) == _tx()
+
+
+def test_validate_batch_matches_dataio_rules() -> None:
+    rows = [
+        _tx(),
+        _tx(**{c.TRANSACTION_ID: "T2", c.AMOUNT: -3.0}),
+        _tx(**{c.TRANSACTION_ID: "T3", c.TIMESTAMP: "yesterday"}),
+        _tx(**{c.TRANSACTION_ID: "T4", c.CUSTOMER_ID: "  "}),
+        _tx(**{c.TRANSACTION_ID: "T1"}),  # duplicate of the first
+        # Valid but not canonical: decided by validate_frame, normalised to the canonical form.
+        _tx(**{c.TRANSACTION_ID: "T5", c.TIMESTAMP: "2025-03-01 11:00:00+01:00", c.AMOUNT: "7"}),
+        _tx(**{c.TRANSACTION_ID: "T6", c.TIMESTAMP: "2025-02-30T10:00:00Z"}),
+    ]
+    valid, rejected = m.validate_batch(rows)
+    assert [tx is not None for tx in valid] == [True, False, False, False, False, True, False]
+    assert "negative amount" in rejected[1].reason and rejected[1].reason.startswith(c.AMOUNT)
+    assert rejected[2].reason.startswith(c.TIMESTAMP)
+    assert rejected[3].reason.startswith(c.CUSTOMER_ID)
+    assert "duplicate id 'T1'" in rejected[4].reason
+    assert rejected[6].reason.startswith(c.TIMESTAMP)
+    t5 = valid[5]
+    assert t5 is not None
+    assert t5.row[c.TIMESTAMP] == "2025-03-01T10:00:00Z" and t5.row[c.AMOUNT] == 7.0
+    assert t5.epoch == 1740823200
+    # The same verdicts as validate_frame on the same rows (the rules of a raw file).
+    frame = pd.DataFrame(rows)
+    _, errors = validate_frame(frame, Path("x.parquet"), require_label=False)
+    assert {e.row - 1 for e in errors} == set(rejected)
+
+
+def test_fast_path_agrees_with_validate_frame_on_simulated_rows() -> None:
+    df = simulated(30, 5).head(300)
+    rows = [orjson.loads(m.transaction_message(r)) for r in df.to_dict("records")]
+    valid, rejected = m.validate_batch(rows)
+    assert not rejected
+    expected = batch_epoch_seconds(df[c.TIMESTAMP]).tolist()
+    assert [tx.epoch for tx in valid] == expected  # type: ignore[union-attr]
+
+
+def test_epoch_seconds_and_labels() -> None:
+    assert m.epoch_seconds("2024-02-29T23:59:59Z") == 1709251199
+    assert m.epoch_seconds("2024-02-29T23:59:59") == 1709251199  # no zone = UTC
+    with pytest.raises(ValueError):
+        m.epoch_seconds("2025-02-30T00:00:00Z")
+    label = {
+        c.TRANSACTION_ID: "T1",
+        c.TERMINAL_ID: "M1",
+        c.CUSTOMER_ID: "C1",
+        c.TIMESTAMP: "2025-03-01T10:00:00Z",
+        c.LABEL: 1,
+        c.LABEL_AVAILABLE_AT: "2025-03-08T10:00:00Z",
+    }
+    parsed = m.parse_label(m.label_message(label))
+    assert isinstance(parsed, m.Label)
+    assert parsed.available_at - parsed.tx_ts == 7 * c.SECONDS_PER_DAY
+    assert m.parse_label(orjson.dumps({**label, c.LABEL: 2})).kind == m.INVALID_VALUE
+    assert m.parse_label(orjson.dumps({**label, c.LABEL: True})).kind == m.INVALID_VALUE
+
+
+def test_dead_letter_carries_the_original_bytes() -> None:
+    raw = b'{"broken": '
+    out = orjson.loads(
+        m.dead_letter(
+            m.Rejected(m.MALFORMED_JSON, "bad"),
+            topic="tx",
+            partition=2,
+            offset=41,
+            timestamp_ms=1,
+            key=b"C1",
+            value=raw,
+            group_id="g",
+        )
+    )
+    f = m.DeadLetterFields
+    assert base64.b64decode(out[f.VALUE_B64]) == raw
+    assert (out[f.SOURCE_TOPIC], out[f.SOURCE_PARTITION], out[f.SOURCE_OFFSET]) == ("tx", 2, 41)
+    assert out[f.REASON_KIND] == m.MALFORMED_JSON
+
+
+# --- label routing and snapshots ---------------------------------------------------------------
+
+
+def _labels_of(df: pd.DataFrame) -> list[m.Label]:
+    ts = batch_epoch_seconds(df[c.TIMESTAMP])
+    avail = batch_epoch_seconds(df[c.LABEL_AVAILABLE_AT])
+    return [
+        m.Label(
+            r[c.TRANSACTION_ID],
+            r[c.TERMINAL_ID],
+            r[c.CUSTOMER_ID],
+            int(t),
+            int(r[c.LABEL]),
+            int(a),
+            "",
+            "",
+        )  # fmt: skip
+        for r, t, a in zip(df.to_dict("records"), ts, avail, strict=True)
+    ]
+
+
+def _run_partition(
+    df: pd.DataFrame, state: PartitionState, router: LabelRouter, labels_at: dict[int, list]
+) -> dict[str, dict[str, float]]:
+    """Process rows in stream order; ``labels_at[i]`` are delivered just before row i."""
+    ts = batch_epoch_seconds(df[c.TIMESTAMP])
+    out = {}
+    for i, r in enumerate(df.to_dict("records")):
+        for offset, label in labels_at.get(i, []):
+            router.deliver(0, offset, label)
+        state.advance_to(int(ts[i]))
+        out[r[c.TRANSACTION_ID]] = state.engine.update(
+            r[c.CUSTOMER_ID], r[c.TERMINAL_ID], int(ts[i]), r[c.AMOUNT]
+        )
+        state.next_offset = i + 1
+    return out
+
+
+def test_router_gates_labels_by_availability_even_when_they_arrive_early() -> None:
+    df = simulated(120, 20).head(3000)
+    labels = _labels_of(df)
+    router = LabelRouter()
+    state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
+    # Every label arrives at the very start, long before it is available.
+    got = _run_partition(df, state, router, {0: list(enumerate(labels))})
+    ref = reference_stream_features(df, partitions=1)
+    mine = pd.DataFrame.from_dict(got, orient="index").loc[ref.index][list(c.STATEFUL_FEATURES)]
+    pd.testing.assert_frame_equal(mine, ref)
+
+
+def test_snapshot_restore_resumes_exactly(tmp_path: Path) -> None:
+    df = simulated(120, 20).head(3000)
+    labels = _labels_of(df)
+    ts = batch_epoch_seconds(df[c.TIMESTAMP])
+    avail = np.array([lab.available_at for lab in labels])
+    # Labels arrive (in label-offset order) right before the first transaction that may use them.
+    order = np.argsort(avail, kind="stable")
+    due = np.searchsorted(ts, avail[order], side="left")
+    labels_at: dict[int, list] = {}
+    for offset, (k, i) in enumerate(zip(order, due, strict=True)):
+        labels_at.setdefault(int(min(i, len(df) - 1)), []).append((offset, labels[int(k)]))
+    cut = 1700
+    first = {i: v for i, v in labels_at.items() if i < cut}
+    rest = {i - cut: v for i, v in labels_at.items() if i >= cut}
+
+    router = LabelRouter()
+    state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
+    before = _run_partition(df.iloc[:cut], state, router, first)
+    store = SnapshotStore(tmp_path)
+    delivered = sum(len(v) for v in first.values())
+    store.save("tx", state, {0: delivered})
+    assert not list(tmp_path.glob("snapshots/.*tmp"))  # written atomically, nothing left over
+
+    restored, snap = store.restore("tx", 0, c.DEFAULT_LABEL_DELAY_DAYS)
+    assert snap is not None and snap.next_offset == cut
+    router2 = LabelRouter()
+    router2.partitions[0] = restored
+    # A restart re-reads the whole labels topic before going on.
+    replayed = {0: [lv for i in sorted(first) for lv in first[i]]}
+    for i, v in rest.items():
+        replayed.setdefault(i, []).extend(v)
+    after = _run_partition(df.iloc[cut:].reset_index(drop=True), restored, router2, replayed)
+    got = pd.DataFrame.from_dict({**before, **after}, orient="index")
+    ref = reference_stream_features(df, partitions=1)
+    pd.testing.assert_frame_equal(got.loc[ref.index][list(c.STATEFUL_FEATURES)], ref)
+
+
+def test_snapshot_rejects_other_label_delay_and_corruption(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, fsync=False)
+    state = PartitionState(1, StreamingFeatureEngine(3), next_offset=5, last_ts=10)
+    store.save("tx", state, {})
+    with pytest.raises(ValueError, match="label delay"):
+        store.restore("tx", 1, 7)
+    store.path("tx", 1).write_bytes(pickle.dumps({"version": 99}))
+    with pytest.raises(ValueError, match="snapshot version"):
+        store.load("tx", 1)
+    assert store.restore("tx", 2, 7)[1] is None
+
+
+# --- thresholds and scoring -------------------------------------------------------------------
+
+
+def _write_meta(base: Path, version: int, thresholds: dict) -> None:
+    path = base / str(version) / METADATA_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"thresholds": thresholds, "label_delay_days": 7}))
+
+
+class _Answer:
+    def __init__(self, scores: list[float], version: str) -> None:
+        self.scores, self.model_version, self.latency_s = np.array(scores), version, 0.01
+
+
+class _Client:
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def predict(self, inputs: dict) -> _Answer:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer  # type: ignore[return-value]
+
+
+def test_thresholds_per_answering_version(tmp_path: Path) -> None:
+    _write_meta(tmp_path, 1, {"review": 0.5, "block": 0.9})
+    _write_meta(tmp_path, 2, {"review": 0.2, "block": 0.4})
+    store = ThresholdStore(tmp_path)
+    scored = Scorer(_Client(_Answer([0.3, 0.95], "2")), store).score({}, 2)
+    assert scored.version == 2
+    assert [scored.thresholds.decide(s) for s in scored.scores] == [c.REVIEW, c.BLOCK]
+    assert store.get(1) == ModelThresholds(1, 0.5, 0.9, 7)
+
+
+def test_scoring_failures_become_unavailable(tmp_path: Path) -> None:
+    _write_meta(tmp_path, 1, {"review": 0.9, "block": 0.5})
+    store = ThresholdStore(tmp_path)
+    with pytest.raises(ScoringUnavailable, match="review <= block"):
+        Scorer(_Client(_Answer([0.1], "1")), store).score({}, 1)
+    with pytest.raises(ScoringUnavailable, match="ConnectionError"):
+        Scorer(_Client(ConnectionError("refused")), store).score({}, 1)
+    with pytest.raises(ScoringUnavailable, match="does not exist"):
+        Scorer(_Client(_Answer([0.1], "3")), store).score({}, 1)
+    with pytest.raises(ScoringUnavailable, match="2 scores for 1 rows"):
+        Scorer(_Client(_Answer([0.1, 0.2], "1")), store).score({}, 1)
+
+
+# --- kafka settings, metrics, dataset ---------------------------------------------------------
+
+
+def test_kafka_security_settings() -> None:
+    env = {
+        "FRAUD_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "FRAUD_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "FRAUD_KAFKA_SASL_PLAIN_USERNAME": "scorer",
+        "FRAUD_KAFKA_SASL_PLAIN_PASSWORD": "s3cret",
+        "FRAUD_KAFKA_SSL_CAFILE": "/etc/ca.pem",
+    }
+    cfg = client_config("a:9093, b:9093", KafkaSecurity.from_env(env))
+    assert cfg["bootstrap_servers"] == ["a:9093", "b:9093"]
+    assert cfg["sasl_plain_password"] == "s3cret" and cfg["ssl_cafile"] == "/etc/ca.pem"
+    assert client_config("k:9092") == {
+        "bootstrap_servers": ["k:9092"],
+        "security_protocol": "PLAINTEXT",
+    }
+    with pytest.raises(ValueError, match="needs sasl_mechanism"):
+        KafkaSecurity(security_protocol="SASL_PLAINTEXT")
+    with pytest.raises(ValueError, match="username and a password"):
+        KafkaSecurity(security_protocol="SASL_SSL", sasl_mechanism="PLAIN")
+
+
+def test_fast_crc32c_matches_kafka_python() -> None:
+    from kafka.record import default_records
+    from kafka.record._crc32c import crc as pure_python
+
+    assert install_fast_crc32c()
+    data = bytes(range(256)) * 300
+    assert default_records.calc_crc32c(memoryview(data)) == pure_python(memoryview(data))
+
+
+def test_metric_names_are_prefixed_and_exposed() -> None:
+    from prometheus_client import generate_latest
+
+    metrics = StreamMetrics()
+    metrics.decisions.labels(c.BLOCK).inc()
+    metrics.consumer_lag.labels("tx", "0").set(3)
+    text = generate_latest(metrics.registry).decode()
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert names and all(n.startswith(PREFIX) for n in names)
+    assert f'{PREFIX}decisions_total{{decision="{c.BLOCK}"}} 1.0' in text
+
+
+def test_consumed_dataset_round_trip(tmp_path: Path) -> None:
+    df = simulated(20, 10).head(200)
+    ds = ConsumedDataset(tmp_path, "group/1", rows_per_file=70)
+    rows = [orjson.loads(m.transaction_message(r)) for r in df.to_dict("records")]
+    ds.append_transactions(rows)
+    ds.append_transactions(rows[:10])  # redelivered after a crash: duplicates
+    labels = [
+        (0, i, m.parse_label(m.label_message(r))) for i, r in enumerate(df.to_dict("records"))
+    ]
+    ds.append_labels(labels[:150])
+    ds.flush()
+    assert not ds.wants_label(0, 149) and ds.wants_label(0, 150)
+    ds.close()
+    # A truncated last line (process killed mid-write) is skipped.
+    part = sorted((tmp_path / "dataset" / "transactions").glob("part-*.jsonl"))[-1]
+    with open(part, "ab") as f:
+        f.write(b'{"transaction_id": "T9')
+    got = load_consumed(tmp_path)
+    assert len(got) == 150
+    want = df.head(150)
+    assert got[c.TRANSACTION_ID].tolist() == want[c.TRANSACTION_ID].tolist()
+    assert got[c.LABEL].tolist() == want[c.LABEL].tolist()
+    assert (got[c.TIMESTAMP].to_numpy() == want[c.TIMESTAMP].to_numpy()).all()
+    assert ConsumedDataset(tmp_path, "group/1").label_positions == {0: 150}
