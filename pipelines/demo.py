@@ -41,7 +41,7 @@ class DemoConfig:
     rate: float = 2500.0  # transactions/s offered while no retrain runs
     hold_rate: float = 120.0  # ... and while one runs: the stream keeps flowing, slower
     partitions: int = 2
-    drift_window: int = 1500
+    drift_window: int = 3000  # about a day of traffic: windows then hold whole daily cycles
     retrain_train_days: int = 42
     retrain_eval_days: int = 7
     epochs: int = 12
@@ -57,11 +57,15 @@ def _retrain_state(run_dir: Path) -> str:
     from pipelines.demo_report import load_jsonl
 
     records = load_jsonl(run_dir / "retrain" / "history.jsonl")
-    started = [r for r in records if r.get("outcome") in (None, "started") and r.get("run_id")]
-    finished = {r.get("run_id") for r in records if r.get("outcome") not in (None, "started")}
-    if any(r["run_id"] not in finished for r in started):
+    started = {r["run_id"] for r in records if r.get("status") == "started" and r.get("run_id")}
+    ended = {
+        r["run_id"]
+        for r in records
+        if r.get("status") not in ("started", "refused") and r.get("run_id")
+    }
+    if started - ended:
         return "running"
-    return "done" if finished else "idle"
+    return "done" if ended else "idle"
 
 
 def read_topic(bootstrap: str, topic: str) -> list[dict]:
@@ -233,9 +237,13 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
     detected_ts = pd.Timestamp(detected, unit="s", tz="UTC") if detected is not None else None
     new_versions = sorted({v for v in decisions["model_version"] if v != first_version}, key=int)
     trigger_to_serving = None
-    started = [h for h in history if h.get("started_at") and h.get("run_id")]
+    started = [h for h in history if h.get("status") == "started"]
     if started and new_versions:
-        t0 = pd.Timestamp(started[0]["started_at"])
+        t0 = (
+            pd.Timestamp(started[0]["started_at"], tz="UTC")
+            if pd.Timestamp(started[0]["started_at"]).tzinfo is None
+            else pd.Timestamp(started[0]["started_at"])
+        )
         first_new = decided_at[decisions["model_version"] == new_versions[0]].min()
         trigger_to_serving = (first_new - t0).total_seconds()
     before = next((p for p in phase_list if p.name.startswith("before")), None)

@@ -158,7 +158,8 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
     scorer = Scorer(client, ThresholdStore(Path(args.model_base_path or settings.model_base_path)))
     metrics = StreamMetrics()
     server = metrics.serve(args.metrics_port, addr=args.metrics_host) if args.metrics_port else None
-    consumer = StreamConsumer(config, scorer, metrics)
+    drift_loop = _drift_loop(args, settings, config, metrics) if args.drift_window else None
+    consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop)
 
     def _request_stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the current batch, then exiting", signum)
@@ -181,6 +182,74 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
 
 
 # --- registration ----------------------------------------------------------------------------
+
+
+def _typed(value: str) -> Any:
+    """'12' -> 12, '0.5' -> 0.5, else the string: pipeline parameters are typed."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metrics: Any) -> Any:
+    """The drift monitor (+ retrain trigger) on the consumer's own metrics registry."""
+    from components import contract as c
+    from serving.stream.drift import DriftConfig, DriftMetrics, RetrainMetrics
+    from serving.stream.monitoring import DriftLoop, DriftLoopConfig
+
+    low, high = (float(x) for x in args.drift_alert_bounds.split(","))
+    drift_config = DriftConfig(
+        window_size=args.drift_window,
+        psi_threshold=args.drift_psi,
+        js_threshold=args.drift_js,
+        alert_rate_bounds=(low, high),
+        sustained_windows=args.drift_sustained,
+        min_samples=min(1_000, args.drift_window),
+    )
+    model_base_path = Path(args.model_base_path or settings.model_base_path)
+    trigger = None
+    if args.retrain != "off":
+        from serving.stream.retrain import RetrainConfig, RetrainTrigger
+
+        params = {}
+        for pair in args.retrain_set or []:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"--retrain-set {pair!r}: expected NAME=VALUE")
+            params[key] = _typed(value)
+        run_dir = (
+            Path(args.retrain_run_dir) if args.retrain_run_dir else settings.run_dir / "retrain"
+        )
+        trigger = RetrainTrigger(
+            RetrainConfig(
+                run_dir=run_dir,
+                mode=args.retrain,
+                cooldown_s=args.retrain_cooldown,
+                state_dir=config.state_dir,
+                base_data=Path(args.retrain_base_data) if args.retrain_base_data else None,
+                train_days=args.retrain_train_days,
+                eval_days=args.retrain_eval_days,
+                label_delay_days=config.label_delay_days,
+                model_base_path=model_base_path,
+                model_name=config.model_name,
+                pipeline_params=params,
+                host=args.retrain_host,
+            ),
+            metrics=RetrainMetrics(metrics.registry),
+        )
+    wait_days = args.retrain_label_wait_days
+    if wait_days is None:
+        wait_days = config.label_delay_days + args.retrain_eval_days + 7
+    loop_config = DriftLoopConfig(
+        model_base_path=model_base_path,
+        windows_log=config.state_dir / "drift_windows.jsonl",
+        warmup_s=config.label_delay_days * c.SECONDS_PER_DAY + max(c.TERMINAL_WINDOWS.values()),
+        label_wait_s=wait_days * c.SECONDS_PER_DAY,
+    )
+    return DriftLoop(loop_config, drift_config, DriftMetrics(metrics.registry), trigger)
 
 
 def _kafka_args(parser: argparse.ArgumentParser) -> None:
@@ -284,6 +353,37 @@ def add_subcommands(subparsers: Any) -> None:
     con.add_argument("--no-dataset", action="store_true", help="do not record consumed data")
     con.add_argument("-v", "--verbose", action="store_true")
     _kafka_args(con)
+    drift = con.add_argument_group("drift monitoring and retraining")
+    drift.add_argument(
+        "--drift-window", type=int, default=0, help="transactions per drift window (0: off)"
+    )
+    drift.add_argument("--drift-sustained", type=int, default=2, help="windows in a row")
+    drift.add_argument("--drift-psi", type=float, default=0.2, help="PSI threshold")
+    drift.add_argument("--drift-js", type=float, default=0.1, help="Jensen-Shannon distance")
+    drift.add_argument(
+        "--drift-alert-bounds",
+        default="0.33,3.0",
+        help="alert rate / expected rate outside LOW,HIGH is drift",
+    )
+    drift.add_argument(
+        "--retrain", choices=("off", "local", "cluster"), default="off", help="on sustained drift"
+    )
+    drift.add_argument("--retrain-run-dir", help="history, lock and run artifacts")
+    drift.add_argument("--retrain-base-data", help="historical labelled data to merge")
+    drift.add_argument("--retrain-train-days", type=int, default=42)
+    drift.add_argument("--retrain-eval-days", type=int, default=7)
+    drift.add_argument("--retrain-cooldown", type=float, default=3600.0, help="seconds")
+    drift.add_argument(
+        "--retrain-label-wait-days",
+        type=float,
+        default=None,
+        help="start the retrain this long after drift began (default: label delay + eval days "
+        "+ 7 days of the new behaviour to learn from)",
+    )
+    drift.add_argument("--retrain-host", help="KFP endpoint (cluster mode)")
+    drift.add_argument(
+        "--retrain-set", action="append", metavar="NAME=VALUE", help="pipeline parameter"
+    )
     con.set_defaults(func=stream_consume)
 
 

@@ -148,6 +148,8 @@ class LabelFeed:
         self._rewind = True
         self._last_bad_log = 0.0
         self.catch_up_timeout_s = 30.0
+        # Called with each drained batch of valid labels (the drift monitor's live precision).
+        self.on_labels: Any | None = None
 
     def start(self, timeout_s: float = 30.0) -> None:
         from kafka import TopicPartition
@@ -204,6 +206,7 @@ class LabelFeed:
     def _handle(self, records: dict[Any, list[Any]]) -> int:
         n = 0
         to_store: list[tuple[int, int, m.Label]] = []
+        valid: list[m.Label] = []
         for tp, msgs in records.items():
             if msgs:
                 self._positions[tp.partition] = msgs[-1].offset + 1
@@ -224,12 +227,15 @@ class LabelFeed:
                         )
                     continue
                 self.router.deliver(tp.partition, msg.offset, label)
+                valid.append(label)
                 if self.dataset is not None and self.dataset.wants_label(tp.partition, msg.offset):
                     to_store.append((tp.partition, msg.offset, label))
         if n:
             self.metrics.labels_consumed.inc(n)
         if to_store and self.dataset is not None:
             self.dataset.append_labels(to_store)
+        if valid and self.on_labels is not None:
+            self.on_labels(valid)
         return n
 
 
@@ -265,9 +271,13 @@ class StreamConsumer:
         config: ConsumerConfig,
         scorer: Scorer,
         metrics: StreamMetrics | None = None,
+        drift: Any | None = None,
     ) -> None:
         self.config = config
         self.scorer = scorer
+        # serving.stream.monitoring.DriftLoop: drift checks and the retrain trigger, fed with
+        # every decided batch (None: no monitoring).
+        self.drift = drift
         self.metrics = metrics or StreamMetrics()
         self.summary = ConsumerSummary()
         self.router = LabelRouter()
@@ -342,6 +352,8 @@ class StreamConsumer:
         self._labels = LabelFeed(
             label_consumer, cfg.topics.labels, self.router, self.metrics, self._dataset
         )
+        if self.drift is not None:
+            self._labels.on_labels = self.drift.add_labels
         self._labels.start()
         self._consumer = KafkaConsumer(
             **common,
@@ -517,6 +529,8 @@ class StreamConsumer:
                     self.summary.aborted_batches += 1
                     return  # stopping, or the partitions moved: the batch will be re-read
             futures = self._produce(scored_entries, features, scored, dead)
+            if self.drift is not None and scored is not None:
+                futures += self._observe_drift(scored_entries, features, scored)
             self._await_acks(futures)
             acked = time.time()
             for e in scored_entries:
@@ -677,6 +691,24 @@ class StreamConsumer:
             else:
                 inputs[name] = [f[name] for f in features]
         return inputs
+
+    def _observe_drift(
+        self, entries: list[_Entry], features: list[dict[str, float]], scored: Scored
+    ) -> list[Any]:
+        events = self.drift.observe(
+            scored.version,
+            {n: [f[n] for f in features] for n in c.STATEFUL_FEATURES}
+            | {c.AMOUNT: [e.row[c.AMOUNT] for e in entries]},  # type: ignore[index]
+            scored.scores,
+            [scored.thresholds.decide(s) for s in scored.scores],
+            [e.epoch for e in entries],
+            [e.row[c.TRANSACTION_ID] for e in entries],  # type: ignore[index]
+        )
+        topic = self.config.topics.drift_events
+        return [
+            self._producer.send(topic, key=ev.kind.encode(), value=m.encode(ev.to_message()))
+            for ev in events
+        ]
 
     def _check_delay(self, scored: Scored) -> None:
         model_delay = scored.thresholds.label_delay_days

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ class Pacing:
 
     rate: float | None = None
     speedup: float | None = None
+    # Asked every few hundred messages for the current rate (overrides ``rate``): lets a demo
+    # slow the stream down while something else happens, without restarting the replay.
+    rate_source: Callable[[], float] | None = None
 
     def __post_init__(self) -> None:
         if self.rate is not None and self.speedup is not None:
@@ -173,6 +177,7 @@ def replay_frame(
     start = time.monotonic()
     t0 = int(ts[0]) if n else 0
     bar = tqdm(total=n, unit="tx", desc="replay", disable=not progress, mininterval=0.5)
+    next_due, rate = time.monotonic(), pacing.rate or 1.0
     try:
         j = 0
         for i in range(n):
@@ -182,7 +187,12 @@ def replay_frame(
                     producer.send(topics.labels, key=label_keys[k], value=label_values[k])
                 )
                 j += 1
-            _wait_until(start, i, int(ts[i]) - t0, pacing)
+            if pacing.rate_source is not None:
+                if i % 200 == 0:
+                    rate = pacing.rate_source()
+                next_due = _wait_dynamic(next_due, rate)
+            else:
+                _wait_until(start, i, int(ts[i]) - t0, pacing)
             futures.append(producer.send(topics.transactions, key=tx_keys[i], value=tx_values[i]))
             if (i + 1) % _PROGRESS_EVERY == 0:
                 bar.update(_PROGRESS_EVERY)
@@ -230,6 +240,15 @@ def _wait_until(start: float, index: int, event_offset_s: int, pacing: Pacing) -
     delay = due - time.monotonic()
     if delay > 0.001:  # shorter sleeps cost more than they pace
         time.sleep(delay)
+
+
+def _wait_dynamic(due: float, rate: float) -> float:
+    """Sleep until ``due``; returns when the next message is due at ``rate``."""
+    now = time.monotonic()
+    if due - now > 0.001:
+        time.sleep(due - now)
+    # After a stall, do not burst to catch up: pace from now on.
+    return max(due, now - 1.0) + 1.0 / rate
 
 
 def _drop_done(futures: list[Any]) -> list[Any]:
