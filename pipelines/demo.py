@@ -38,8 +38,10 @@ class DemoConfig:
     # after the features' history warm-up); the replay starts a warm-up before its end, so the
     # consumer's feature state is complete when the first model's unseen traffic begins.
     first_train_days: int = 75
-    rate: float = 2500.0  # transactions/s offered while no retrain runs
-    hold_rate: float = 120.0  # ... and while one runs: the stream keeps flowing, slower
+    rate: float = 1500.0  # transactions/s offered while no retrain runs
+    hold_rate: float = 100.0  # ... and while one runs: the stream keeps flowing, slower
+    # Retrain once this many days of labelled post-drift data exist beyond the evaluation window.
+    label_wait_days: float = 17
     partitions: int = 2
     drift_window: int = 3000  # about a day of traffic: windows then hold whole daily cycles
     retrain_train_days: int = 42
@@ -155,7 +157,6 @@ def run_demo(cfg: DemoConfig) -> dict:
             f"--serving-url={server.url}",
             f"--model-base-path={models}",
             f"--state-dir={run_dir / 'stream'}",
-            "--exit-when-idle-seconds=20",
             f"--metrics-port={_free_port()}",
             f"--drift-window={cfg.drift_window}",
             "--retrain=local",
@@ -164,6 +165,9 @@ def run_demo(cfg: DemoConfig) -> dict:
             f"--retrain-train-days={cfg.retrain_train_days}",
             f"--retrain-eval-days={cfg.retrain_eval_days}",
             f"--retrain-set=epochs={cfg.epochs}",
+            f"--retrain-label-wait-days={cfg.label_wait_days}",
+            "--drift-sustained=1",
+            "--drift-alert-bounds=0.4,2.0",
         ]
         consumer_log = open(run_dir / "logs" / "consumer.log", "ab")  # noqa: SIM115
         consumer_proc = subprocess.Popen(
@@ -188,10 +192,17 @@ def run_demo(cfg: DemoConfig) -> dict:
             pacing=Pacing(rate=cfg.rate, rate_source=current_rate),
         )
         timings["replay_s"] = time.time() - t
-        # A retrain still running when the stream ends finishes before the report.
+        # A retrain still running when the stream ends finishes before the report; then the
+        # consumer drains (every replayed transaction decided) and is asked to stop.
         while _retrain_state(run_dir) == "running":
             time.sleep(2)
-        consumer_proc.wait(timeout=600)
+        deadline = time.time() + 600
+        while _count(broker.bootstrap_servers, cfg.topics.decisions) < replayed.transactions:
+            if consumer_proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the consumer stopped early; see {run_dir / 'logs'}")
+            time.sleep(1)
+        consumer_proc.terminate()
+        consumer_proc.wait(timeout=120)
         consumer_log.close()
         decisions = pd.DataFrame(read_topic(broker.bootstrap_servers, cfg.topics.decisions))
         drift_events = read_topic(broker.bootstrap_servers, cfg.topics.drift_events)
@@ -214,6 +225,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     return summary
 
 
+def _count(bootstrap: str, topic: str) -> int:
+    """Messages in a topic (sum of end offsets: nothing is ever deleted here)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        return sum(consumer.end_offsets(parts).values())
+    finally:
+        consumer.close()
+
+
 def _free_port() -> int:
     from serving._launch import free_port
 
@@ -232,8 +255,10 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
     decided_at = pd.to_datetime(decisions["decided_at"], utc=True)
     history = r.load_jsonl(run_dir / "retrain" / "history.jsonl")
     windows = r.load_jsonl(run_dir / "stream" / "drift_windows.jsonl")
-    sustained = [e for e in drift_events if e.get("sustained")]
-    detected = min((e["window_end"] for e in sustained if e.get("window_end")), default=None)
+    sustained = [e for e in drift_events if e.get("sustained") and e.get("window_end")]
+    detected = min(
+        (e["window_end"] for e in sustained if e["window_end"] >= onset.timestamp()), default=None
+    )
     detected_ts = pd.Timestamp(detected, unit="s", tz="UTC") if detected is not None else None
     new_versions = sorted({v for v in decisions["model_version"] if v != first_version}, key=int)
     trigger_to_serving = None
@@ -265,6 +290,7 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
         "alerts": int(decisions["decision"].isin([c.REVIEW, c.BLOCK]).sum()),
         "phases": [p.__dict__ for p in phase_list],
         "onset": onset.strftime(c.TIMESTAMP_FORMAT),
+        "false_alarms_before_onset": sum(e["window_end"] < onset.timestamp() for e in sustained),
         "detected_at": detected_ts.strftime(c.TIMESTAMP_FORMAT)
         if detected_ts is not None
         else None,

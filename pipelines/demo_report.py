@@ -147,6 +147,7 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
     rows += [
         ("drift onset (event time)", summary["onset"]),
         ("drift detected (event time)", summary["detected_at"] or "not detected"),
+        ("drift alarms before the onset", str(summary["false_alarms_before_onset"])),
         ("detection delay (simulated hours)", num(summary["detection_delay_h"], ".1f")),
         ("retrain trigger -> new model serving (s)", num(summary["trigger_to_serving_s"], ".0f")),
         ("AP after retrain / AP before drift", num(summary["recovery_ratio"], ".2f")),
