@@ -149,6 +149,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             log_path=run_dir / "logs" / "model_server.log",
         ).start()
         procs.append(server)
+        metrics_port = _free_port()
         consumer_cmd = [
             _bin("fraud"),
             "stream",
@@ -157,7 +158,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             f"--serving-url={server.url}",
             f"--model-base-path={models}",
             f"--state-dir={run_dir / 'stream'}",
-            f"--metrics-port={_free_port()}",
+            f"--metrics-port={metrics_port}",
             f"--drift-window={cfg.drift_window}",
             "--retrain=local",
             f"--retrain-run-dir={run_dir / 'retrain'}",
@@ -197,7 +198,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         while _retrain_state(run_dir) == "running":
             time.sleep(2)
         deadline = time.time() + 600
-        while _count(broker.bootstrap_servers, cfg.topics.decisions) < replayed.transactions:
+        while _decided(metrics_port) < replayed.transactions:
             if consumer_proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the consumer stopped early; see {run_dir / 'logs'}")
             time.sleep(1)
@@ -225,16 +226,21 @@ def run_demo(cfg: DemoConfig) -> dict:
     return summary
 
 
-def _count(bootstrap: str, topic: str) -> int:
-    """Messages in a topic (sum of end offsets: nothing is ever deleted here)."""
-    from kafka import KafkaConsumer, TopicPartition
+def _decided(metrics_port: int) -> float:
+    """Transactions the consumer has decided, from its own Prometheus endpoint."""
+    import urllib.request
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    from serving.stream.metrics import DECIDED
+
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        return sum(consumer.end_offsets(parts).values())
-    finally:
-        consumer.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{DECIDED}_total ") or line.startswith(f"{DECIDED} "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def _free_port() -> int:
