@@ -197,7 +197,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         # consumer drains (every replayed transaction decided) and is asked to stop.
         while _retrain_state(run_dir) == "running":
             time.sleep(2)
-        deadline = time.time() + 600
+        deadline = time.time() + 1200
         while _decided(metrics_port) < replayed.transactions:
             if consumer_proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the consumer stopped early; see {run_dir / 'logs'}")

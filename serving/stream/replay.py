@@ -67,14 +67,14 @@ class Pacing:
 
 
 def replay_producer_config(
-    bootstrap_servers: str, security: KafkaSecurity | None = None
+    bootstrap_servers: str, security: KafkaSecurity | None = None, linger_ms: int = 5
 ) -> dict[str, Any]:
     return {
         **client_config(bootstrap_servers, security),
         "acks": "all",
         # A few ms of batching: without it every record is its own batch, and Tansu's in-memory
         # fetch from the start of a topic of tiny batches gets slow enough to time out.
-        "linger_ms": 5,
+        "linger_ms": linger_ms,
         # One request in flight and batches that rarely fill up: every partition's pending batch
         # rides in the same request, which keeps labels ahead of later transactions.
         "max_in_flight_requests_per_connection": 1,
@@ -171,7 +171,10 @@ def replay_frame(
     label_order = np.argsort(avail, kind="stable")
     due_before = np.searchsorted(ts, avail[label_order], side="left")
 
-    producer = KafkaProducer(**replay_producer_config(bootstrap_servers, security))
+    # A slow stream sends one-record batches unless the producer lingers, and a broker that
+    # stores each batch separately (Tansu) then serves the labels topic one record per fetch.
+    linger_ms = 5 if pacing.rate_source is None and (pacing.rate or 1e9) >= 1000 else 100
+    producer = KafkaProducer(**replay_producer_config(bootstrap_servers, security, linger_ms))
     sent_labels = 0
     futures: list[Any] = []
     start = time.monotonic()
