@@ -61,6 +61,60 @@ BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
 SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
+class BatchHistogram:
+    """A Prometheus histogram fed a whole batch at a time.
+
+    The consumer observes two values per transaction (score, end-to-end latency); with
+    prometheus_client's ``Histogram`` that is a lock and a bucket loop per value, several
+    percent of the consumer's time. Here a batch is one ``numpy.searchsorted``; the exposition
+    is the same (``_bucket``/``_sum``/``_count``).
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: Any):
+        import threading
+
+        import numpy as np
+
+        self._np = np
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Any) -> None:
+        np = self._np
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not len(arr):
+            return
+        # le buckets: a value equal to a bound belongs to it (side="left").
+        idx = np.searchsorted(self.bounds, arr, side="left")
+        counts = np.bincount(idx, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(arr.sum())
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def collect(self) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        with self._lock:
+            cumulative = self._np.cumsum(self._counts).tolist()
+            total = self._sum
+        buckets = [(repr(float(b)), c) for b, c in zip(self.bounds, cumulative, strict=False)]
+        buckets.append(("+Inf", cumulative[-1]))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+    def describe(self) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+
 class StreamMetrics:
     """The consumer's instruments; one instance per consumer (tests run several per process)."""
 
@@ -101,11 +155,11 @@ class StreamMetrics:
         )
         self.snapshots = Counter(SNAPSHOTS, "Partition feature snapshots written", registry=r)
         self.rebalances = Counter(REBALANCES, "Partition assignments received", registry=r)
-        self.end_to_end_latency = Histogram(
+        self.end_to_end_latency = BatchHistogram(
             END_TO_END_LATENCY,
             "Transaction produced (Kafka timestamp) to its decision acknowledged by the broker",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
         self.scoring_latency = Histogram(
             SCORING_LATENCY,
@@ -122,7 +176,7 @@ class StreamMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.score = Histogram(SCORE, "Fraud probabilities", buckets=SCORE_BUCKETS, registry=r)
+        self.score = BatchHistogram(SCORE, "Fraud probabilities", SCORE_BUCKETS, r)
         self.snapshot_duration = Histogram(
             SNAPSHOT_DURATION,
             "Writing all owned partitions' snapshots",

@@ -140,10 +140,16 @@ class SnapshotStore:
         )
 
     def save(self, topic: str, state: PartitionState, label_positions: dict[int, int]) -> int:
-        """Persist one partition's state; returns the bytes written."""
+        """Persist one partition's state now; returns the bytes written."""
+        blob = self.encode(topic, state, label_positions)
+        self.write(topic, state.partition, blob)
+        return len(blob)
+
+    def encode(self, topic: str, state: PartitionState, label_positions: dict[int, int]) -> bytes:
+        """The snapshot of one partition as bytes (a consistent copy: the state may move on)."""
         if state.next_offset is None:
             raise ValueError(f"{topic}-{state.partition}: nothing processed yet, nothing to save")
-        blob = pickle.dumps(
+        return pickle.dumps(
             {
                 "version": SNAPSHOT_VERSION,
                 "topic": topic,
@@ -156,8 +162,10 @@ class SnapshotStore:
             },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
+
+    def write(self, topic: str, partition: int, blob: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.path(topic, state.partition)
+        path = self.path(topic, partition)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             f.write(blob)
@@ -165,7 +173,6 @@ class SnapshotStore:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)  # readers see the old or the new snapshot, never half of one
-        return len(blob)
 
     def restore(
         self, topic: str, partition: int, label_delay_days: int
@@ -189,3 +196,80 @@ class SnapshotStore:
             snapshot_label_positions=dict(snap.label_positions),
         )
         return state, snap
+
+
+class SnapshotWriter:
+    """Writes encoded snapshots on a background thread.
+
+    fsync took up to a quarter of a second on this machine's disk, and it ran in the scoring
+    loop: every transaction that arrived meanwhile waited for it (the p99 latency). Only the
+    write moves off the loop; the state is encoded in the loop, so each file is a consistent
+    cut. A file written late is merely older, and a restart replays from an older snapshot up to
+    the committed offset through the feature engine only, so this never changes a feature or
+    adds a duplicate decision. Newer blobs for a partition replace queued older ones.
+    """
+
+    def __init__(self, store: SnapshotStore) -> None:
+        import threading
+
+        self.store = store
+        self._lock = threading.Condition()
+        self._queued: dict[tuple[str, int], bytes] = {}
+        self._busy = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, topic: str, partition: int, blob: bytes) -> None:
+        with self._lock:
+            self._raise_error()
+            self._queued[(topic, partition)] = blob
+            self._lock.notify_all()
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until every submitted snapshot is on disk; raises the writer's failure."""
+        with self._lock:
+            if not self._lock.wait_for(
+                lambda: (not self._queued and not self._busy) or self._error is not None,
+                timeout=timeout_s,
+            ):
+                raise TimeoutError(
+                    f"snapshots to {self.store.dir} not written within {timeout_s:.0f} s"
+                )
+            self._raise_error()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+                self._lock.notify_all()
+            self._thread.join(timeout=10)
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(
+                f"writing a feature snapshot to {self.store.dir} failed: {self._error}"
+            ) from self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._queued or self._closed)
+                if not self._queued:
+                    return
+                (topic, partition), blob = self._queued.popitem()
+                self._busy = True
+            try:
+                self.store.write(topic, partition, blob)
+            except BaseException as err:  # handed to the loop thread at its next call
+                with self._lock:
+                    self._error = err
+                    self._busy = False
+                    self._lock.notify_all()
+                return
+            with self._lock:
+                self._busy = False
+                self._lock.notify_all()
