@@ -10,7 +10,9 @@ One run, one embedded broker (Tansu, loopback) and one model server subprocess s
    poll batch, decisions + alerts, acks before commit, snapshots.
 
 And the end-to-end latency of (3) (transaction produced -> decision produced) at a steady
-offered rate (500 tx/s by default), with the consumer as its own process as in production;
+offered rate (500 tx/s by default), with the consumer as its own process as in production, next
+to that of (1) relaying the same paced stream as its own process (measured first, so the broker
+is no fuller for it than for (3)): the latency floor of this broker and client;
 measured first, while the broker is still empty (see ``run``).
 
     python -m bench.bench_stream [--transactions 20000] [--per-message 1500] [--json out.json]
@@ -52,6 +54,8 @@ class BenchResult:
     latency_p50_ms: float
     latency_p99_ms: float
     latency_max_ms: float
+    raw_latency_p50_ms: float
+    raw_latency_p99_ms: float
     batch_size: int
     snapshot_interval_s: float
 
@@ -87,6 +91,11 @@ class BenchResult:
                 f"{self.latency_p99_ms:.1f} ms",
                 f"target <= {TARGET_P99_MS:.0f} ms: {mark(self.latency_p99_ms <= TARGET_P99_MS)}"
                 f" (p50 {self.latency_p50_ms:.1f} ms, max {self.latency_max_ms:.1f} ms)",
+            ),
+            (
+                f"(1) p99 end-to-end at {self.latency_rate:.0f} tx/s offered",
+                f"{self.raw_latency_p99_ms:.1f} ms",
+                f"the same broker and client with no work (p50 {self.raw_latency_p50_ms:.1f} ms)",
             ),
         ]
         width = max(len(r[0]) for r in rows)
@@ -239,6 +248,77 @@ def our_consumer(
     return n / summary.active_seconds
 
 
+def relay(bootstrap: str, source: str, sink: str, group_id: str) -> None:
+    """The raw pipe as its own process, until SIGTERM: the latency ceiling of (1)."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from serving.stream.kafka_config import install_fast_crc32c
+
+    install_fast_crc32c()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    consumer = KafkaConsumer(
+        source,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1000,
+        fetch_max_wait_ms=100,  # as the scoring consumer's transactions fetch
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+        metrics_enabled=False,
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=1000, metrics_enabled=False
+    )
+    try:
+        while not stop:
+            records = consumer.poll(timeout_ms=200, max_records=1000)
+            for msgs in records.values():
+                for msg in msgs:
+                    producer.send(sink, key=msg.key, value=msg.value)
+            if records:
+                producer.flush()
+                consumer.commit()
+    finally:
+        producer.close()
+        consumer.close(autocommit=False)
+
+
+def raw_latency_run(fx: Any, bootstrap: str, frame: Any, rate: float, work: Path) -> list[float]:
+    """End-to-end ms (source record -> relayed record, both producer timestamps) of each
+    transaction replayed at ``rate`` through ``relay`` in a subprocess."""
+    from components import contract as c
+    from serving.stream.replay import Pacing, replay_frame
+
+    topics = fx.make_topics(bootstrap, "bench-raw-latency")
+    sink = topics.decisions  # created with the set (a topic read before it exists reads nothing)
+    warmup, measured = frame.iloc[:200], frame.iloc[200:]
+    cmd = [sys.executable, "-m", "bench.bench_stream", "--relay", bootstrap, topics.transactions]
+    log_file = open(work / "raw-latency.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [*cmd, sink], cwd=REPO, env=fx.child_env(topics), stdout=log_file, stderr=log_file
+    )
+    try:
+        replay_frame(warmup, bootstrap, topics, progress=False, trailing_labels=False)
+        fx.read_topic(bootstrap, sink, expect=len(warmup), timeout_s=120)
+        replay_frame(measured, bootstrap, topics, pacing=Pacing(rate=rate), progress=False)
+        out = fx.read_topic(bootstrap, sink, expect=len(frame), timeout_s=120)
+        source = fx.read_topic(bootstrap, topics.transactions, expect=len(frame), timeout_s=120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log_file.close()
+    sent = {m["value"][c.TRANSACTION_ID]: m["timestamp_ms"] for m in source}
+    wanted = set(measured[c.TRANSACTION_ID])
+    return [
+        m["timestamp_ms"] - sent[m["value"][c.TRANSACTION_ID]]
+        for m in out
+        if m["value"][c.TRANSACTION_ID] in wanted
+    ]
+
+
 def latency_run(
     fx: Any,
     bootstrap: str,
@@ -322,6 +402,17 @@ def run(args: argparse.Namespace) -> BenchResult:
                 latency_frame = frame.iloc[n : n + lat_n]
                 if len(latency_frame) < lat_n:
                     latency_frame = frame.iloc[:lat_n]
+                raw_e2e = np.asarray(
+                    raw_latency_run(
+                        fx,
+                        bootstrap,
+                        latency_frame.reset_index(drop=True),
+                        args.latency_rate,
+                        work,
+                    ),
+                    dtype=float,
+                )
+                print(f"raw pipe latency at {args.latency_rate:.0f} tx/s measured", flush=True)
                 e2e = latency_run(
                     fx,
                     bootstrap,
@@ -377,6 +468,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             latency_p50_ms=float(np.percentile(e2e_arr, 50)),
             latency_p99_ms=float(np.percentile(e2e_arr, 99)),
             latency_max_ms=float(e2e_arr.max()),
+            raw_latency_p50_ms=float(np.percentile(raw_e2e, 50)),
+            raw_latency_p99_ms=float(np.percentile(raw_e2e, 99)),
             batch_size=args.batch_size,
             snapshot_interval_s=args.snapshot_interval,
         )
@@ -401,7 +494,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--relay",
+        nargs=3,
+        metavar=("BOOTSTRAP", "SOURCE", "SINK"),
+        help=argparse.SUPPRESS,  # internal: the raw pipe's latency process
+    )
     args = parser.parse_args(argv)
+    if args.relay:
+        relay(*args.relay, group_id=f"bench-relay-{os.getpid()}")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     result = run(args)
