@@ -388,3 +388,81 @@ def test_label_window_slides_and_pending_decisions_are_bounded(metadata: dict) -
     assert mon.add_labels([("tx-2", 1), ("tx-3", 1), ("tx-4", 0)]) == 3
     # Only the last two matched labels count: tx-3 (alerted fraud) and tx-4 (approved legit).
     assert (mon.live_precision, mon.live_recall) == (1.0, 1.0)
+
+
+# --- event-time windows ---------------------------------------------------------------------------
+
+HOUR = 3_600
+
+
+def timed_monitor(metadata: dict, window_h: int = 6, **overrides) -> d.DriftMonitor:
+    cfg = d.DriftConfig(
+        **{
+            "window_seconds": window_h * HOUR,
+            "hop_seconds": HOUR,
+            "min_samples": 2_000,
+            **overrides,
+        }
+    )
+    return d.DriftMonitor(metadata, cfg, d.DriftMetrics(CollectorRegistry()))
+
+
+def test_timed_windows_cover_the_last_span_every_hop_whatever_the_batches(metadata: dict) -> None:
+    cols, scores, times = stream(seed=11, windows=1, size=30 * HOUR // SECONDS_PER_TX)
+    hop0 = T0 // HOUR
+    runs = []
+    for batch in (1_000_000, 777, 51):
+        mon = timed_monitor(metadata)
+        assert feed(mon, cols, scores, times, batch=batch) == []
+        runs.append([(r.transactions, r.window_start, r.window_end, r.psi) for r in mon.reports])
+    assert runs[0] == runs[1] == runs[2]
+    # 515 rows an hour: the windows ending with hops 0..2 hold < 2,000 rows and are skipped;
+    # the last hop is still open (no later row arrived), so hops 3..28 end a window each.
+    reports = mon.reports
+    assert len(reports) == 26 and [r.window for r in reports] == list(range(26))
+    for r, last_hop in zip(reports, range(hop0 + 3, hop0 + 29), strict=True):
+        inside = (times >= (last_hop - 5) * HOUR) & (times < (last_hop + 1) * HOUR)
+        assert r.transactions == int(inside.sum())
+        assert (r.window_start, r.window_end) == (times[inside][0], times[inside][-1])
+    assert mon.window_fill == int((times >= (hop0 + 24) * HOUR).sum())
+    # flush() evaluates the open window too.
+    (last,) = [mon.flush(), mon.reports[-1]][1:]
+    assert last.window_end == times[-1] and len(mon.reports) == 27
+
+
+def test_timed_alert_drift_is_detected_in_the_window_that_ends_with_its_first_hour(
+    metadata: dict,
+) -> None:
+    onset_hour = 20
+    cols, scores, times = stream(seed=12, windows=1, size=40 * HOUR // SECONDS_PER_TX)
+    review, block = metadata["thresholds"][c.REVIEW], metadata["thresholds"][c.BLOCK]
+    rng = np.random.default_rng(120)
+    after = times >= T0 + onset_hour * HOUR
+    hot = after & (rng.random(len(scores)) < 0.2)
+    scores[hot] = review + (block - review) * rng.random(int(hot.sum()))
+    mon = timed_monitor(metadata, sustained_windows=3)
+    events = feed(mon, cols, scores, times, batch=333)
+    # Later windows, mostly new hours, move the score histogram too.
+    assert {e.kind for e in events} == {d.ALERT_RATE_DRIFT, d.SCORE_DRIFT}
+    first = events[0]
+    assert first.kind == d.ALERT_RATE_DRIFT
+    onset_hop_end = T0 + (onset_hour + 1) * HOUR
+    # The first window holding the new hour drifts (a fifth of an hour's rows alerted is more
+    # than twice a 6-hour window's expected alerts), and no window before it does.
+    assert first.window_end == times[times < onset_hop_end][-1]
+    assert not any(r.drifting for r in mon.reports if r.window < first.window)
+    assert all(r.drifting for r in mon.reports if r.window >= first.window)
+    windows = sorted({e.window for e in events})
+    sustained = {e.window: e.sustained for e in events}
+    assert [sustained[w] for w in windows[:3]] == [False, False, True]
+
+
+def test_timed_windows_need_event_times_and_whole_hops(metadata: dict) -> None:
+    mon = timed_monitor(metadata)
+    cols, scores, _ = stream(seed=13, windows=1)
+    with pytest.raises(ValueError, match="event_times"):
+        mon.update(cols, scores)
+    with pytest.raises(ValueError, match="whole multiple"):
+        d.DriftConfig(window_seconds=5 * HOUR, hop_seconds=2 * HOUR)
+    with pytest.raises(ValueError, match="go together"):
+        d.DriftConfig(window_seconds=5 * HOUR)

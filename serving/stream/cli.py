@@ -158,7 +158,8 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
     scorer = Scorer(client, ThresholdStore(Path(args.model_base_path or settings.model_base_path)))
     metrics = StreamMetrics()
     server = metrics.serve(args.metrics_port, addr=args.metrics_host) if args.metrics_port else None
-    drift_loop = _drift_loop(args, settings, config, metrics) if args.drift_window else None
+    drift_on = args.drift_window or args.drift_window_time
+    drift_loop = _drift_loop(args, settings, config, metrics) if drift_on else None
     consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop)
 
     def _request_stop(signum: int, _frame: Any) -> None:
@@ -184,42 +185,36 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
 # --- registration ----------------------------------------------------------------------------
 
 
-def _typed(value: str) -> Any:
-    """'12' -> 12, '0.5' -> 0.5, else the string: pipeline parameters are typed."""
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
 def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metrics: Any) -> Any:
     """The drift monitor (+ retrain trigger) on the consumer's own metrics registry."""
     from components import contract as c
     from serving.stream.drift import DriftConfig, DriftMetrics, RetrainMetrics
     from serving.stream.monitoring import DriftLoop, DriftLoopConfig
+    from serving.stream.retrain import parse_duration
 
     low, high = (float(x) for x in args.drift_alert_bounds.split(","))
+    timed = {}
+    if args.drift_window_time:
+        timed = {
+            "window_seconds": parse_duration(args.drift_window_time),
+            "hop_seconds": parse_duration(args.drift_hop),
+        }
     drift_config = DriftConfig(
-        window_size=args.drift_window,
+        window_size=args.drift_window or DriftConfig.window_size,
         psi_threshold=args.drift_psi,
         js_threshold=args.drift_js,
         alert_rate_bounds=(low, high),
         sustained_windows=args.drift_sustained,
-        min_samples=min(1_000, args.drift_window),
+        min_samples=min(1_000, args.drift_window) if args.drift_window else 1_000,
+        **timed,
     )
     model_base_path = Path(args.model_base_path or settings.model_base_path)
     trigger = None
     if args.retrain != "off":
+        from pipelines.params import parse_params
         from serving.stream.retrain import RetrainConfig, RetrainTrigger
 
-        params = {}
-        for pair in args.retrain_set or []:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise ValueError(f"--retrain-set {pair!r}: expected NAME=VALUE")
-            params[key] = _typed(value)
+        params = parse_params(args.retrain_set, "--retrain-set")
         run_dir = (
             Path(args.retrain_run_dir) if args.retrain_run_dir else settings.run_dir / "retrain"
         )
@@ -357,6 +352,12 @@ def add_subcommands(subparsers: Any) -> None:
     drift.add_argument(
         "--drift-window", type=int, default=0, help="transactions per drift window (0: off)"
     )
+    drift.add_argument(
+        "--drift-window-time",
+        help="event-time drift windows of this span instead (e.g. 24h), evaluated every "
+        "--drift-hop",
+    )
+    drift.add_argument("--drift-hop", default="1h", help="with --drift-window-time")
     drift.add_argument("--drift-sustained", type=int, default=2, help="windows in a row")
     drift.add_argument("--drift-psi", type=float, default=0.2, help="PSI threshold")
     drift.add_argument("--drift-js", type=float, default=0.1, help="Jensen-Shannon distance")

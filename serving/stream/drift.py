@@ -201,6 +201,13 @@ class DriftConfig:
     label_window: int = 10_000
     # Monitored inputs; None = every numeric model input of the contract.
     features: tuple[str, ...] | None = None
+    # Event-time windows instead of count windows: every ``hop_seconds`` of event time, evaluate
+    # the last ``window_seconds``. A window of whole days holds whole daily cycles wherever it
+    # starts, so traffic's rhythm does not read as drift (a count window of about a day does:
+    # it covers some hours twice), and the hop bounds the detection lag by the hop, not by
+    # the window. ``window_size`` is then unused; ``min_samples`` still applies.
+    window_seconds: float | None = None
+    hop_seconds: float | None = None
 
     def __post_init__(self) -> None:
         low, high = self.alert_rate_bounds
@@ -214,17 +221,39 @@ class DriftConfig:
             (0 <= low < high, f"alert_rate_bounds must satisfy 0 <= low < high, got {low}, {high}"),
             (self.sustained_windows >= 1, "sustained_windows must be >= 1"),
             (
-                1 <= self.min_samples <= self.window_size,
+                self.min_samples >= 1
+                and (self.window_seconds is not None or self.min_samples <= self.window_size),
                 f"min_samples must be in [1, window_size={self.window_size}], "
                 f"got {self.min_samples}",
             ),
             (0 < self.epsilon < 0.01, f"epsilon must be in (0, 0.01), got {self.epsilon}"),
             (self.max_pending_labels >= 1, "max_pending_labels must be >= 1"),
             (self.label_window >= 1, "label_window must be >= 1"),
+            (
+                (self.window_seconds is None) == (self.hop_seconds is None),
+                "window_seconds and hop_seconds go together",
+            ),
+            (
+                self.window_seconds is None
+                or (
+                    self.hop_seconds is not None
+                    and 0 < self.hop_seconds <= self.window_seconds
+                    and math.isclose(
+                        self.window_seconds / self.hop_seconds,
+                        round(self.window_seconds / self.hop_seconds),
+                    )
+                ),
+                f"window_seconds ({self.window_seconds}) must be a whole multiple of "
+                f"hop_seconds ({self.hop_seconds}) > 0",
+            ),
         )
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"drift config: {message}")
+
+    @property
+    def timed(self) -> bool:
+        return self.window_seconds is not None
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -389,6 +418,30 @@ def _epoch_seconds(values: Any, n: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Acc:
+    """What a window (or one hop of one) holds: histogram counts per monitored value, etc."""
+
+    counts: dict[str, np.ndarray]
+    missing: dict[str, int]
+    n: int = 0
+    alerts: int = 0
+    blocks: int = 0
+    t_min: float = math.inf
+    t_max: float = -math.inf
+
+    def merge(self, other: _Acc) -> None:
+        for name, counts in other.counts.items():
+            self.counts[name] += counts
+        for name, k in other.missing.items():
+            self.missing[name] += k
+        self.n += other.n
+        self.alerts += other.alerts
+        self.blocks += other.blocks
+        self.t_min = min(self.t_min, other.t_min)
+        self.t_max = max(self.t_max, other.t_max)
+
+
 class DriftMonitor:
     """Windowed drift checks of one served model version.
 
@@ -401,8 +454,12 @@ class DriftMonitor:
       thresholds); ``event_times`` epoch seconds, ISO strings or datetimes (default: the
       ``contract.TIMESTAMP`` column of ``features`` when present); ``transaction_ids`` enable
       the label join of ``add_labels``;
-    * splits the batch at window boundaries, so windows hold exactly ``window_size``
-      transactions in arrival order whatever the batch sizes;
+    * count windows (default): splits the batch at window boundaries, so windows hold exactly
+      ``window_size`` transactions in arrival order whatever the batch sizes;
+    * event-time windows (``window_seconds``/``hop_seconds``): needs event times; a window
+      ending with hop h is evaluated when the first row of a later hop arrives, over the rows
+      of hops (h - window/hop, h]; a row later than its hop's window still counts in the
+      windows that follow; windows under ``min_samples`` rows are skipped;
     * returns the events of every window that closed during the call (possibly several, usually
       none), in window order. ``last_report`` and ``reports`` keep what each window measured.
     """
@@ -497,16 +554,17 @@ class DriftMonitor:
         self.metrics.consecutive_windows.set(0)
         self.metrics.sustained.set(0)
 
+    def _new_acc(self) -> _Acc:
+        return _Acc(
+            {n: np.zeros(len(p.proportions), np.int64) for n, p in self._profiles.items()},
+            dict.fromkeys(self._profiles, 0),
+        )
+
     def _reset_window(self) -> None:
-        self._counts = {
-            n: np.zeros(len(p.proportions), np.int64) for n, p in self._profiles.items()
-        }
-        self._missing = dict.fromkeys(self._profiles, 0)
-        self._n = 0
-        self._alerts = 0
-        self._blocks = 0
-        self._t_min = math.inf
-        self._t_max = -math.inf
+        self._acc = self._new_acc()
+        # Timed mode: hop index -> what arrived with event times in that hop.
+        self._buckets: dict[int, _Acc] = {}
+        self._open_hop: int | None = None
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -527,7 +585,9 @@ class DriftMonitor:
     @property
     def window_fill(self) -> int:
         """Transactions in the window being filled."""
-        return self._n
+        if self.config.timed:
+            return self._window_acc(self._open_hop).n if self._open_hop is not None else 0
+        return self._acc.n
 
     # -- input -----------------------------------------------------------------------------------
     def _columns(self, features: Any) -> tuple[dict[str, np.ndarray], Any]:
@@ -589,66 +649,130 @@ class DriftMonitor:
 
         events: list[DriftEvent] = []
         self._retrain_due = False
+        if self.config.timed:
+            if times is None:
+                raise ValueError("drift update: event-time windows need event_times")
+            return self._update_timed(cols, alerted, blocked, times)
         lo = 0
         while lo < n:
-            take = min(n - lo, self.config.window_size - self._n)
+            take = min(n - lo, self.config.window_size - self._acc.n)
             hi = lo + take
-            self._accumulate(cols, alerted, blocked, times, lo, hi)
+            self._accumulate(self._acc, cols, alerted, blocked, times, slice(lo, hi))
             lo = hi
-            if self._n >= self.config.window_size:
-                events.extend(self._close())
+            if self._acc.n >= self.config.window_size:
+                events.extend(self._close(self._acc))
+                self._acc = self._new_acc()
         return events
+
+    def _update_timed(
+        self,
+        cols: Mapping[str, np.ndarray],
+        alerted: np.ndarray,
+        blocked: np.ndarray,
+        times: np.ndarray,
+    ) -> list[DriftEvent]:
+        cfg = self.config
+        assert cfg.hop_seconds is not None
+        hops = np.floor(times / cfg.hop_seconds).astype(np.int64)
+        # Partitions interleave in a batch: take its rows hop by hop, so a window closes only
+        # after every row of the batch that belongs to it was counted.
+        order = np.argsort(hops, kind="stable")
+        ordered = hops[order]
+        firsts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        ends = np.r_[firsts[1:], len(order)]
+        events: list[DriftEvent] = []
+        for lo, hi in zip(firsts.tolist(), ends.tolist(), strict=True):
+            hop = int(ordered[lo])
+            if self._open_hop is None:
+                self._open_hop = hop
+            elif hop > self._open_hop:
+                # Event time passed the open hop: the window ending with it is complete.
+                events.extend(self._close_timed(self._open_hop))
+                self._open_hop = hop
+                oldest = hop - self._hops_per_window + 1
+                for old in [h for h in self._buckets if h < oldest]:
+                    del self._buckets[old]
+            # A row older than every retained hop still counts, in the oldest one.
+            target = max(hop, self._open_hop - self._hops_per_window + 1)
+            acc = self._buckets.get(target)
+            if acc is None:
+                acc = self._buckets[target] = self._new_acc()
+            self._accumulate(acc, cols, alerted, blocked, times, order[lo:hi])
+        return events
+
+    @property
+    def _hops_per_window(self) -> int:
+        cfg = self.config
+        assert cfg.window_seconds is not None and cfg.hop_seconds is not None
+        return round(cfg.window_seconds / cfg.hop_seconds)
+
+    def _window_acc(self, last_hop: int) -> _Acc:
+        total = self._new_acc()
+        for hop in range(last_hop - self._hops_per_window + 1, last_hop + 1):
+            acc = self._buckets.get(hop)
+            if acc is not None:
+                total.merge(acc)
+        return total
+
+    def _close_timed(self, last_hop: int) -> list[DriftEvent]:
+        acc = self._window_acc(last_hop)
+        if acc.n < self.config.min_samples:
+            return []  # too few rows to compare (the stream's start, or a quiet period)
+        return self._close(acc)
 
     def flush(self) -> list[DriftEvent]:
         """Close the partial window now (shutdown, a long pause): evaluated when it holds at
         least ``min_samples`` transactions, otherwise dropped."""
         self._retrain_due = False
-        if self._n >= self.config.min_samples:
-            return self._close()
-        if self._n:
-            log.info("drift: dropping a partial window of %d transactions (< min_samples)", self._n)
+        acc = self._window_acc(self._open_hop) if self._open_hop is not None else self._acc
+        events: list[DriftEvent] = []
+        if acc.n >= self.config.min_samples:
+            events = self._close(acc)
+        elif acc.n:
+            log.info("drift: dropping a partial window of %d transactions (< min_samples)", acc.n)
         self._reset_window()
-        return []
+        return events
 
     def _accumulate(
         self,
+        acc: _Acc,
         cols: Mapping[str, np.ndarray],
         alerted: np.ndarray,
         blocked: np.ndarray,
         times: np.ndarray | None,
-        lo: int,
-        hi: int,
+        rows: slice | np.ndarray,
     ) -> None:
         for name, prof in self._profiles.items():
-            values = cols[name][lo:hi]
+            values = cols[name][rows]
             ok = np.isfinite(values)
             if not ok.all():
-                self._missing[name] += int((~ok).sum())
+                acc.missing[name] += int((~ok).sum())
                 values = values[ok]
             bins = np.searchsorted(prof.inner, values, side="right")
-            self._counts[name] += np.bincount(bins, minlength=len(prof.proportions))
-        self._alerts += int(alerted[lo:hi].sum())
-        self._blocks += int(blocked[lo:hi].sum())
-        if times is not None and hi > lo:
-            self._t_min = min(self._t_min, float(times[lo:hi].min()))
-            self._t_max = max(self._t_max, float(times[lo:hi].max()))
-        self._n += hi - lo
+            acc.counts[name] += np.bincount(bins, minlength=len(prof.proportions))
+        taken = alerted[rows]
+        acc.alerts += int(taken.sum())
+        acc.blocks += int(blocked[rows].sum())
+        if times is not None and len(taken):
+            acc.t_min = min(acc.t_min, float(times[rows].min()))
+            acc.t_max = max(acc.t_max, float(times[rows].max()))
+        acc.n += len(taken)
 
     # -- window evaluation -----------------------------------------------------------------------
-    def _close(self) -> list[DriftEvent]:
+    def _close(self, acc: _Acc) -> list[DriftEvent]:
         cfg = self.config
-        n = self._n
+        n = acc.n
         psis: dict[str, float] = {}
         jss: dict[str, float] = {}
         for name, prof in self._profiles.items():
-            counts = self._counts[name]
+            counts = acc.counts[name]
             if counts.sum() == 0:  # every value was missing: nothing to compare
                 psis[name] = jss[name] = math.nan
                 continue
             psis[name] = psi(counts, prof.proportions, cfg.epsilon)
             jss[name] = js_distance(counts, prof.proportions)
-        alert_rate = self._alerts / n
-        block_rate = self._blocks / n
+        alert_rate = acc.alerts / n
+        block_rate = acc.blocks / n
         ratio = alert_rate / self.expected_alert_rate if self.expected_alert_rate > 0 else None
 
         def crossed(name: str) -> bool:
@@ -667,8 +791,8 @@ class DriftMonitor:
         sustained = self.sustained
         # Sticky within one update() call, which may close several windows.
         self._retrain_due |= sustained and self.consecutive % cfg.sustained_windows == 0
-        t0 = None if math.isinf(self._t_min) else self._t_min
-        t1 = None if math.isinf(self._t_max) else self._t_max
+        t0 = None if math.isinf(acc.t_min) else acc.t_min
+        t1 = None if math.isinf(acc.t_max) else acc.t_max
         detected_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
         def event(kind: str, names: tuple[str, ...], values: dict, thresholds: dict) -> DriftEvent:
@@ -720,7 +844,7 @@ class DriftMonitor:
             alert_rate=alert_rate,
             block_rate=block_rate,
             alert_ratio=ratio,
-            missing={k: v for k, v in self._missing.items() if v},
+            missing={k: v for k, v in acc.missing.items() if v},
             drifting=drifting,
             events=tuple(events),
         )
@@ -739,7 +863,6 @@ class DriftMonitor:
                 " (sustained)" if sustained else "",
             )
         self.window_index += 1
-        self._reset_window()
         return events
 
     def _export(self, report: WindowReport) -> None:
