@@ -79,21 +79,10 @@ def _schema_infer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {pair!r}: expected NAME=VALUE")
-        out[key.replace("-", "_")] = value
-    return out
-
-
 def _pipeline_params(args: argparse.Namespace, settings: Settings) -> dict:
     """Pipeline arguments from the flags, typed by the pipeline's own input spec."""
-    from pipelines.pipeline import create_pipeline
+    from pipelines.params import parse_assignments, typed_params
 
-    inputs = create_pipeline().component_spec.inputs or {}
     given = {
         "data_path": str(args.data) if args.data else None,
         "train_start": args.train_start,
@@ -106,21 +95,9 @@ def _pipeline_params(args: argparse.Namespace, settings: Settings) -> dict:
         "model_base_path": str(args.model_base_path or settings.model_base_path),
         "model_name": args.model_name or settings.model_name,
         "label_delay_days": settings.label_delay_days,
-        **_parse_sets(args.set),
+        **parse_assignments(args.set),
     }
-    params = {}
-    casts = {"Integer": int, "Float": float, "String": str}
-    for key, value in given.items():
-        if value is None:
-            continue
-        if key not in inputs:
-            raise ValueError(f"unknown pipeline parameter {key!r}; known: {sorted(inputs)}")
-        kind = getattr(inputs[key], "type", "STRING")
-        try:
-            params[key] = casts.get(str(kind), str)(value)
-        except ValueError as err:
-            raise ValueError(f"pipeline parameter {key}={value!r}: {err}") from err
-    return params
+    return typed_params(given)
 
 
 def _pipeline_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -184,11 +184,6 @@ def push(
     from components.steps.jobs import push_step
 
     logging.basicConfig(level=logging.INFO)
-    extra = {
-        "label_delay_days": label_delay_days,
-        "data_version": train_data.metadata.get("data_version", "unknown"),
-        "windows": {k: v for k, v in train_data.metadata.items() if k.endswith(("_start", "_end"))},
-    }
     result = push_step(
         model.path,
         blessing.path,
@@ -196,7 +191,8 @@ def push(
         statistics.path,
         model_base_path,
         model_name,
-        extra,
+        label_delay_days,
+        dict(train_data.metadata),
     )
     Path(pushed.path).write_text(json.dumps(result, indent=2))
     for key, value in result.items():

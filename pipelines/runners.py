@@ -163,11 +163,6 @@ def run_steps(params: dict, work_dir: str | Path) -> dict:
         paths["blessing"],
         {**{k: p[k] for k in gate}, "block_budget": p["block_budget"]},
     )
-    extra = {
-        "label_delay_days": p["label_delay_days"],
-        "data_version": info["data_version"],
-        "windows": {k: v for k, v in info.items() if k.endswith(("_start", "_end"))},
-    }
     return jobs.push_step(
         paths["model"],
         paths["blessing"],
@@ -175,5 +170,6 @@ def run_steps(params: dict, work_dir: str | Path) -> dict:
         paths["stats.pb"],
         p["model_base_path"],
         p["model_name"],
-        extra,
+        p["label_delay_days"],
+        info,
     )

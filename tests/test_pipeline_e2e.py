@@ -168,6 +168,7 @@ def test_worse_model_is_not_pushed(pipeline_run):
         str(_artifact(root, "validate", "statistics")),
         params["model_base_path"],
         "fraud",
+        7,
         {},
     )
     assert result == {"pushed": False, "reasons": verdict.reasons}

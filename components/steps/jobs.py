@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -158,9 +160,14 @@ def push_step(
     stats_path: str,
     model_base_path: str,
     model_name: str,
-    extra_metadata: dict,
+    label_delay_days: int,
+    split_info: Mapping[str, Any],
 ) -> dict:
-    """Pushes only a blessed model (the gate lives here: kfp.local runs no dsl.If)."""
+    """Pushes only a blessed model (the gate lives here: kfp.local runs no dsl.If).
+
+    ``split_info`` is what ingest recorded about its split (the Dataset artifact's metadata):
+    the data version and the window bounds go into the model's metadata.
+    """
     from components.steps.pusher import push, training_profile
 
     if not str(model_base_path).strip():
@@ -182,7 +189,9 @@ def push_step(
         "signature": c.SERVING_SIGNATURE,
         "output": c.SCORE_OUTPUT,
         "training_stats": training_profile(train, scores, verdict["thresholds"]),
-        **extra_metadata,
+        "label_delay_days": label_delay_days,
+        "data_version": split_info.get("data_version", "unknown"),
+        "windows": {k: v for k, v in split_info.items() if k.endswith(("_start", "_end"))},
     }
     version, target = push(model_dir, model_base_path, metadata, stats_path)
     log.info("push: model %s version %d -> %s", model_name, version, target)

@@ -49,6 +49,7 @@ from typing import IO, Any
 
 from components import contract as c
 from components.settings import Settings
+from pipelines.params import parse_params
 from serving.stream.drift import RetrainMetrics
 
 log = logging.getLogger(__name__)
@@ -741,30 +742,6 @@ def run_schedule(
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-def _parse_sets(pairs: list[str] | None) -> dict[str, Any]:
-    """--set NAME=VALUE pairs; values typed by the pipeline's own input spec."""
-    if not pairs:
-        return {}
-    from pipelines.pipeline import create_pipeline
-
-    inputs = create_pipeline().component_spec.inputs or {}
-    casts = {"Integer": int, "Float": float, "String": str}
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"--set {pair!r}: expected NAME=VALUE")
-        if key not in inputs:
-            raise ValueError(f"--set {key}: unknown pipeline parameter; known: {sorted(inputs)}")
-        kind = str(getattr(inputs[key], "type", "String"))
-        try:
-            out[key] = casts.get(kind, str)(value)
-        except ValueError as err:
-            raise ValueError(f"--set {key}={value!r}: {err}") from err
-    return out
-
-
 def config_from_args(args: argparse.Namespace, settings: Settings) -> RetrainConfig:
     return RetrainConfig(
         run_dir=Path(args.run_dir) if args.run_dir else settings.run_dir / "retrain",
@@ -784,7 +761,7 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> RetrainCon
         label_delay_days=args.label_delay_days or settings.label_delay_days,
         model_base_path=Path(args.model_base_path or settings.model_base_path),
         model_name=args.model_name or settings.model_name,
-        pipeline_params=_parse_sets(args.set),
+        pipeline_params=parse_params(args.set),
         host=args.host,
         experiment=args.experiment,
         package=Path(args.package) if args.package else None,
