@@ -416,18 +416,18 @@ def test_timed_windows_cover_the_last_span_every_hop_whatever_the_batches(metada
         assert feed(mon, cols, scores, times, batch=batch) == []
         runs.append([(r.transactions, r.window_start, r.window_end, r.psi) for r in mon.reports])
     assert runs[0] == runs[1] == runs[2]
-    # 515 rows an hour: the windows ending with hops 0..2 hold < 2,000 rows and are skipped;
-    # the last hop is still open (no later row arrived), so hops 3..28 end a window each.
+    # Windows ending with hops 0..4 reach back before the first row and are skipped; the last
+    # hop is still open (no later row arrived), so hops 5..28 end a window each.
     reports = mon.reports
-    assert len(reports) == 26 and [r.window for r in reports] == list(range(26))
-    for r, last_hop in zip(reports, range(hop0 + 3, hop0 + 29), strict=True):
+    assert len(reports) == 24 and [r.window for r in reports] == list(range(24))
+    for r, last_hop in zip(reports, range(hop0 + 5, hop0 + 29), strict=True):
         inside = (times >= (last_hop - 5) * HOUR) & (times < (last_hop + 1) * HOUR)
         assert r.transactions == int(inside.sum())
         assert (r.window_start, r.window_end) == (times[inside][0], times[inside][-1])
     assert mon.window_fill == int((times >= (hop0 + 24) * HOUR).sum())
     # flush() evaluates the open window too.
     (last,) = [mon.flush(), mon.reports[-1]][1:]
-    assert last.window_end == times[-1] and len(mon.reports) == 27
+    assert last.window_end == times[-1] and len(mon.reports) == 25
 
 
 def test_timed_alert_drift_is_detected_in_the_window_that_ends_with_its_first_hour(

@@ -459,7 +459,8 @@ class DriftMonitor:
     * event-time windows (``window_seconds``/``hop_seconds``): needs event times; a window
       ending with hop h is evaluated when the first row of a later hop arrives, over the rows
       of hops (h - window/hop, h]; a row later than its hop's window still counts in the
-      windows that follow; windows under ``min_samples`` rows are skipped;
+      windows that follow; windows that reach back before the first row seen (since the start
+      or a model switch), and windows under ``min_samples`` rows, are skipped;
     * returns the events of every window that closed during the call (possibly several, usually
       none), in window order. ``last_report`` and ``reports`` keep what each window measured.
     """
@@ -565,6 +566,7 @@ class DriftMonitor:
         # Timed mode: hop index -> what arrived with event times in that hop.
         self._buckets: dict[int, _Acc] = {}
         self._open_hop: int | None = None
+        self._first_hop: int | None = None
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -684,7 +686,7 @@ class DriftMonitor:
         for lo, hi in zip(firsts.tolist(), ends.tolist(), strict=True):
             hop = int(ordered[lo])
             if self._open_hop is None:
-                self._open_hop = hop
+                self._open_hop = self._first_hop = hop
             elif hop > self._open_hop:
                 # Event time passed the open hop: the window ending with it is complete.
                 events.extend(self._close_timed(self._open_hop))
@@ -715,9 +717,15 @@ class DriftMonitor:
         return total
 
     def _close_timed(self, last_hop: int) -> list[DriftEvent]:
+        assert self._first_hop is not None
+        if last_hop - self._hops_per_window + 1 < self._first_hop:
+            # The window reaches back before the first row seen (the stream's start, or a new
+            # model's reference): it would hold only some hours of the day, and the daily
+            # rhythm would read as drift (it did, in the demo's first 16 hours).
+            return []
         acc = self._window_acc(last_hop)
         if acc.n < self.config.min_samples:
-            return []  # too few rows to compare (the stream's start, or a quiet period)
+            return []  # too few rows to compare (a quiet period)
         return self._close(acc)
 
     def flush(self) -> list[DriftEvent]:
