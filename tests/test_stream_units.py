@@ -347,3 +347,76 @@ def test_consumed_dataset_round_trip(tmp_path: Path) -> None:
     assert got[c.LABEL].tolist() == want[c.LABEL].tolist()
     assert (got[c.TIMESTAMP].to_numpy() == want[c.TIMESTAMP].to_numpy()).all()
     assert ConsumedDataset(tmp_path, "group/1").label_positions == {0: 150}
+
+
+def test_dynamic_pacing_sends_in_bursts_of_a_tenth_of_a_second(monkeypatch) -> None:
+    from serving.stream import replay
+
+    clock = {"now": 1_000.0}
+    monkeypatch.setattr(replay.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(replay.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    sent, due = [], clock["now"]
+    for _ in range(1_000):
+        due = replay._wait_dynamic(due, 100.0)  # the demo's slow phase: 100 tx/s
+        sent.append(clock["now"])
+    times = np.asarray(sent)
+    # The rate holds (999 gaps of 10 ms, give or take the first burst) ...
+    assert times[-1] - times[0] == pytest.approx(9.9, abs=0.11)
+    # ... but messages leave in bursts: a sleep only once the next one is over 100 ms ahead,
+    # so 11 messages (110 ms of traffic) per burst.
+    bursts = np.split(times, np.flatnonzero(np.diff(times) > 0) + 1)
+    assert len(bursts) == 91
+    assert {len(b) for b in bursts[1:-1]} == {11}
+    # At a fast rate, no message goes out later than it is due.
+    due, late = clock["now"], []
+    for _ in range(1_000):
+        planned = due
+        due = replay._wait_dynamic(due, 1_500.0)
+        late.append(clock["now"] - planned)
+    assert max(late) <= 0
+
+
+def test_snapshot_writer_writes_the_latest_blob_and_reports_failures(tmp_path: Path) -> None:
+    from serving.stream.state import SnapshotWriter
+
+    store = SnapshotStore(tmp_path, fsync=False)
+    engine = StreamingFeatureEngine(c.DEFAULT_LABEL_DELAY_DAYS)
+    writer = SnapshotWriter(store)
+    for offset in (10, 20, 30):
+        state = PartitionState(0, engine, next_offset=offset)
+        writer.submit("tx", 0, store.encode("tx", state, {0: offset}))
+    writer.flush()
+    assert store.load("tx", 0).next_offset == 30  # never an older blob after a newer one
+    writer.close()
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the snapshot directory should be")
+    bad = SnapshotWriter(SnapshotStore(blocked, fsync=False))
+    bad.submit("tx", 1, b"x")
+    with pytest.raises(RuntimeError, match="writing a feature snapshot to .*not-a-dir"):
+        bad.flush()
+    with pytest.raises(RuntimeError, match="writing a feature snapshot"):
+        bad.submit("tx", 1, b"y")
+
+
+def test_batch_histogram_exposes_what_prometheus_histogram_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from serving.stream.metrics import SCORE_BUCKETS, BatchHistogram
+
+    values = np.random.default_rng(3).beta(0.5, 5, 5_000)
+    values[:5] = SCORE_BUCKETS[:5]  # values on a bound belong to its bucket (le)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    hist = BatchHistogram("h", "doc", SCORE_BUCKETS, ours)
+    ref = Histogram("h", "doc", buckets=SCORE_BUCKETS, registry=theirs)
+    for chunk in np.array_split(values, 7):
+        hist.observe_many(chunk)
+    for v in values:
+        ref.observe(v)
+    for le in (*map(str, SCORE_BUCKETS), "+Inf"):
+        assert ours.get_sample_value("h_bucket", {"le": le}) == theirs.get_sample_value(
+            "h_bucket", {"le": le}
+        ), le
+    assert ours.get_sample_value("h_count") == 5_000
+    assert ours.get_sample_value("h_sum") == pytest.approx(theirs.get_sample_value("h_sum"))
+    assert b"# TYPE h histogram" in generate_latest(ours)

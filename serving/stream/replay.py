@@ -171,12 +171,7 @@ def replay_frame(
     label_order = np.argsort(avail, kind="stable")
     due_before = np.searchsorted(ts, avail[label_order], side="left")
 
-    # A slow stream sends one-record batches unless the producer lingers, and a broker that
-    # stores each batch separately (Tansu) then serves the labels topic one record per fetch.
-    # Only a rate that changes mid-stream (the demo's slow phase) lingers: fixed-rate runs keep
-    # 5 ms so latency benches measure the consumer, not the producer's batching.
-    linger_ms = 100 if pacing.rate_source is not None else 5
-    producer = KafkaProducer(**replay_producer_config(bootstrap_servers, security, linger_ms))
+    producer = KafkaProducer(**replay_producer_config(bootstrap_servers, security))
     sent_labels = 0
     futures: list[Any] = []
     start = time.monotonic()
@@ -247,10 +242,18 @@ def _wait_until(start: float, index: int, event_offset_s: int, pacing: Pacing) -
         time.sleep(delay)
 
 
+# Under a rate source, messages go out up to this early, i.e. in bursts of this much traffic. At
+# the demo's slow rate (100 tx/s) single sends make one-record batches, which Tansu stores and
+# serves one per fetch: the consumer then fell minutes behind on the labels topic. A producer
+# linger would batch too, but its wait would count in every transaction's end-to-end latency.
+_BURST_S = 0.1
+
+
 def _wait_dynamic(due: float, rate: float) -> float:
-    """Sleep until ``due``; returns when the next message is due at ``rate``."""
+    """Sleep until ``due`` unless it is under ``_BURST_S`` away; returns when the next message
+    is due at ``rate``."""
     now = time.monotonic()
-    if due - now > 0.001:
+    if due - now > _BURST_S:
         time.sleep(due - now)
     # After a stall, do not burst to catch up: pace from now on.
     return max(due, now - 1.0) + 1.0 / rate
