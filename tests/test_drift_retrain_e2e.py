@@ -157,6 +157,9 @@ def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  
         == 1
     )
     assert Path(tmp_path / "retrain" / "history.jsonl").exists()
+    # The drifting windows after the trigger do not ask again while the run is going or
+    # cooling down (each ask would only be refused and logged).
+    assert [r["status"] for r in trigger.history()] == ["started", "pushed"]
 
 
 def _serving(url: str) -> str | None:

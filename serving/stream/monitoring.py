@@ -125,7 +125,12 @@ class DriftLoop:
         report = self.monitor.last_report
         if report is not None and not report.drifting:
             self._streak_start = None
-        if self.monitor.retrain_due and self._pending is None and self.trigger is not None:
+        if (
+            self.monitor.retrain_due
+            and self._pending is None
+            and self.trigger is not None
+            and not self._trigger_busy()
+        ):
             onset = self._streak_start if self._streak_start is not None else float(times.max())
             reason = (
                 f"sustained drift: {self.drift_config.sustained_windows} windows in a row since "
@@ -147,6 +152,16 @@ class DriftLoop:
             self.triggers.append(record)
             log.warning("drift: retrain trigger: %s", record)
         return events
+
+    def _trigger_busy(self) -> bool:
+        """A run in progress or cooling down: asking again would only be refused. With hourly
+        windows a sustained drift is due every hour, and the demo's history filled with ~90
+        refusals during one retrain."""
+        status = getattr(self.trigger, "status", None)
+        if status is None:
+            return False
+        current = status()
+        return bool(current.get("in_progress") or current.get("cooling_down"))
 
     def add_labels(self, labels: Any) -> None:
         if self.monitor is not None:
