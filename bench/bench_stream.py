@@ -303,7 +303,16 @@ def raw_latency_run(fx: Any, bootstrap: str, frame: Any, rate: float, work: Path
     try:
         replay_frame(warmup, bootstrap, topics, progress=False, trailing_labels=False)
         fx.read_topic(bootstrap, sink, expect=len(warmup), timeout_s=120)
-        replay_frame(measured, bootstrap, topics, pacing=Pacing(rate=rate), progress=False)
+        # No trailing labels: dumping every label not yet due at the end (thousands at once) is
+        # the end of a finite replay, not a steady stream, and the last batches waited for it.
+        replay_frame(
+            measured,
+            bootstrap,
+            topics,
+            pacing=Pacing(rate=rate),
+            progress=False,
+            trailing_labels=False,
+        )
         out = fx.read_topic(bootstrap, sink, expect=len(frame), timeout_s=120)
         source = fx.read_topic(bootstrap, topics.transactions, expect=len(frame), timeout_s=120)
     finally:
@@ -355,7 +364,16 @@ def latency_run(
         # Warm up (group join, first model call) before the measured, paced part.
         replay_frame(warmup, bootstrap, topics, progress=False, trailing_labels=False)
         fx.read_topic(bootstrap, topics.decisions, expect=len(warmup), timeout_s=120)
-        replay_frame(measured, bootstrap, topics, pacing=Pacing(rate=rate), progress=False)
+        # No trailing labels: dumping every label not yet due at the end (thousands at once) is
+        # the end of a finite replay, not a steady stream, and the last batches waited for it.
+        replay_frame(
+            measured,
+            bootstrap,
+            topics,
+            pacing=Pacing(rate=rate),
+            progress=False,
+            trailing_labels=False,
+        )
         decisions = fx.read_topic(bootstrap, topics.decisions, expect=len(frame), timeout_s=120)
     finally:
         proc.send_signal(signal.SIGTERM)

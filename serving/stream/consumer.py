@@ -395,6 +395,7 @@ class StreamConsumer:
             ("labels consumer", lambda: self._labels and self._labels.consumer.close(False)),
             ("dataset", lambda: self._dataset and self._dataset.close()),
             ("snapshot writer", lambda: self._writer and self._writer.close()),
+            ("drift state", lambda: self.drift is not None and self.drift.save()),
         ):
             try:
                 closer()

@@ -569,6 +569,43 @@ class DriftMonitor:
         self._first_hop: int | None = None
 
     # -- state -----------------------------------------------------------------------------------
+    _STATE_FIELDS = (
+        "window_index",
+        "consecutive",
+        "_pending",
+        "_matched",
+        "_tp",
+        "_alerted",
+        "_frauds",
+        "unmatched_labels",
+        "_acc",
+        "_buckets",
+        "_open_hop",
+        "_first_hop",
+    )
+
+    def state(self) -> dict[str, Any]:
+        """What a restarted consumer needs to carry on (windows, streak, label join) against
+        the same model version; ``restore_state`` takes it back."""
+        return {
+            "model_version": self.model_version,
+            "timed": self.config.timed,
+            **{name: getattr(self, name) for name in self._STATE_FIELDS},
+        }
+
+    def restore_state(self, state: Mapping[str, Any]) -> bool:
+        """Take over a saved state; False (nothing changed) when it was saved against another
+        model version or window kind, whose windows mean something else."""
+        if state.get("model_version") != self.model_version or state.get("timed") != (
+            self.config.timed
+        ):
+            return False
+        for name in self._STATE_FIELDS:
+            setattr(self, name, state[name])
+        self.metrics.consecutive_windows.set(self.consecutive)
+        self.metrics.sustained.set(1 if self.sustained else 0)
+        return True
+
     @property
     def sustained(self) -> bool:
         """True after ``sustained_windows`` consecutive drifting windows (until one is clean)."""

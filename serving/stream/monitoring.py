@@ -12,13 +12,20 @@
   label_delay before its as_of, so starting at detection would train and evaluate on data that
   holds no labelled example of what changed;
 * each window's statistics go to a JSON-lines log; threshold crossings go to the drift-events
-  topic (via the ``publish`` callable) with the features involved.
+  topic (via the ``publish`` callable) with the features involved;
+* its state (the monitor's windows, streak and label join, the warm-up clock and a scheduled
+  retrain) is saved to ``state_path`` every ``save_interval_s`` and by ``save()`` at shutdown,
+  and taken back at start when the same model version still answers: a restart does not blind
+  the monitor for a window (a day, with daily windows). A crash loses at most the interval.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import pickle
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,8 @@ from components.scoring import read_metadata
 
 log = logging.getLogger(__name__)
 
+_STATE_VERSION = 1
+
 
 @dataclass(frozen=True)
 class DriftLoopConfig:
@@ -42,6 +51,9 @@ class DriftLoopConfig:
     )
     # label delay + evaluation days + days of the new behaviour to learn from
     label_wait_s: float = (c.DEFAULT_LABEL_DELAY_DAYS + 7 + 7) * c.SECONDS_PER_DAY
+    # None: the state is not kept across restarts.
+    state_path: Path | None = None
+    save_interval_s: float = 60.0
 
 
 class DriftLoop:
@@ -65,6 +77,67 @@ class DriftLoop:
         self._streak_start: float | None = None
         self.triggers: list[dict[str, Any]] = []
         config.windows_log.parent.mkdir(parents=True, exist_ok=True)
+        self._saved: dict[str, Any] | None = self._load()
+        self._last_save = time.monotonic()
+
+    # -- persistence ---------------------------------------------------------------------------
+    _LOOP_FIELDS = ("_first_event", "_last_window", "_pending", "_streak_start", "triggers")
+
+    def _load(self) -> dict[str, Any] | None:
+        path = self.config.state_path
+        if path is None or not path.exists():
+            return None
+        try:
+            saved = pickle.loads(path.read_bytes())
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
+            raise ValueError(f"{path}: unreadable drift state ({err}); move it away") from err
+        if saved.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"{path}: drift state version {saved.get('version')} != {_STATE_VERSION}; "
+                "written by another release: move it away to start the monitor afresh"
+            )
+        return saved
+
+    def save(self) -> None:
+        """Write the state now (atomically); a no-op without ``state_path``."""
+        path = self.config.state_path
+        self._last_save = time.monotonic()
+        if path is None or self.monitor is None:
+            return
+        blob = pickle.dumps(
+            {
+                "version": _STATE_VERSION,
+                "monitor": self.monitor.state(),
+                **{name: getattr(self, name) for name in self._LOOP_FIELDS},
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+
+    def _take_saved(self) -> None:
+        saved, self._saved = self._saved, None
+        if saved is None or self.monitor is None:
+            return
+        # The warm-up is about the feature state, which the consumer restores whatever model
+        # answers: without this, every restart would blind the monitor for the warm-up again.
+        self._first_event = saved["_first_event"]
+        if not self.monitor.restore_state(saved["monitor"]):
+            log.info(
+                "drift: saved state is for model version %s, not %s: starting afresh",
+                saved["monitor"].get("model_version"),
+                self.monitor.model_version,
+            )
+            return
+        for name in self._LOOP_FIELDS:
+            setattr(self, name, saved[name])
+        log.info(
+            "drift: resumed at window %d (%d in a row drifting) from %s",
+            self.monitor.window_index,
+            self.monitor.consecutive,
+            self.config.state_path,
+        )
 
     def _ensure_monitor(self, version: int) -> bool:
         from serving.stream.drift import DriftMonitor
@@ -80,6 +153,10 @@ class DriftLoop:
             return False
         if self.monitor is None:
             self.monitor = DriftMonitor(metadata, self.drift_config, self.metrics)
+            if self._saved is not None:
+                self._take_saved()
+                log.info("drift: monitoring against model version %s", version)
+                return True
         else:
             self.monitor.switch_model(metadata)
         # A new model means a new reference: drift of the old one must not retrain the new one.
@@ -151,6 +228,8 @@ class DriftLoop:
             }
             self.triggers.append(record)
             log.warning("drift: retrain trigger: %s", record)
+        if time.monotonic() - self._last_save >= self.config.save_interval_s:
+            self.save()
         return events
 
     def _trigger_busy(self) -> bool:
