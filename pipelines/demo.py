@@ -44,7 +44,7 @@ class DemoConfig:
     label_wait_days: float = 17
     partitions: int = 2
     # Event-time windows of whole days (traffic's daily rhythm cancels out), evaluated hourly:
-    # Onset to detection: 58 simulated hours with count windows of about a day, 38 with these.
+    # Onset to detection: 58 simulated hours with count windows of about a day, 38-41 with these.
     drift_window_time: str = "24h"
     drift_hop: str = "1h"
     retrain_train_days: int = 42
