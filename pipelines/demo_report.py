@@ -140,6 +140,11 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
             "end-to-end latency p50 / p99 (ms)",
             f"{num(summary['p50_ms'], '.1f')} / {num(summary['p99_ms'], '.1f')}",
         ),
+        (
+            "latency p50 / p99 outside the retrain (ms)",
+            f"{num(summary.get('p50_ms_outside_retrain'), '.1f')} / "
+            f"{num(summary.get('p99_ms_outside_retrain'), '.1f')}",
+        ),
         ("alerts (review + block)", f"{summary['alerts']:,}"),
     ]
     for p in summary["phases"]:
