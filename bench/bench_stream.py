@@ -131,27 +131,39 @@ def _tests_on_path() -> Any:
     return stream_fixtures
 
 
-def raw_pipe(
-    bootstrap: str, source: str, sink: str, n: int, batch_size: int, run: str = "a"
-) -> float:
-    """(1): consume and produce the same bytes, commit per batch; returns tx/s."""
+def _pipe_clients(
+    bootstrap: str, source: str, group_id: str, batch_size: int, **consumer_extra: Any
+) -> tuple[Any, Any]:
+    """The group consumer and acks=all producer every reference loop here uses, so (1), (2) and
+    the relay differ only in what they do per message."""
     from kafka import KafkaConsumer, KafkaProducer
-
-    from serving.stream.messages import encode, parse_transaction
 
     consumer = KafkaConsumer(
         source,
         bootstrap_servers=bootstrap,
-        group_id=f"bench-raw-{os.getpid()}-{run}",
+        group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=batch_size,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=3_000,
         metrics_enabled=False,
+        **consumer_extra,
     )
     producer = KafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=1000, metrics_enabled=False
+    )
+    return consumer, producer
+
+
+def raw_pipe(
+    bootstrap: str, source: str, sink: str, n: int, batch_size: int, run: str = "a"
+) -> float:
+    """(1): consume and produce the same bytes, commit per batch; returns tx/s."""
+    from serving.stream.messages import encode, parse_transaction
+
+    consumer, producer = _pipe_clients(
+        bootstrap, source, f"bench-raw-{os.getpid()}-{run}", batch_size
     )
     done = 0
     started: float | None = None
@@ -186,25 +198,12 @@ def per_message(
     run: str = "a",
 ) -> float:
     """(2): features per transaction and one :predict per transaction; returns tx/s."""
-    from kafka import KafkaConsumer, KafkaProducer
-
     from components import contract as c
     from components.features.stream import StreamingFeatureEngine
     from serving.stream.messages import encode, epoch_seconds, parse_transaction
 
-    consumer = KafkaConsumer(
-        source,
-        bootstrap_servers=bootstrap,
-        group_id=f"bench-per-message-{os.getpid()}-{run}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=batch_size,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
-        metrics_enabled=False,
-    )
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=1000, metrics_enabled=False
+    consumer, producer = _pipe_clients(
+        bootstrap, source, f"bench-per-message-{os.getpid()}-{run}", batch_size
     )
     engine = StreamingFeatureEngine(label_delay)
     done = 0
@@ -271,28 +270,13 @@ def our_consumer(
 
 def relay(bootstrap: str, source: str, sink: str, group_id: str) -> None:
     """The raw pipe as its own process, until SIGTERM: the latency ceiling of (1)."""
-    from kafka import KafkaConsumer, KafkaProducer
-
     from serving.stream.kafka_config import install_fast_crc32c
 
     install_fast_crc32c()
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    consumer = KafkaConsumer(
-        source,
-        bootstrap_servers=bootstrap,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=1000,
-        fetch_max_wait_ms=100,  # as the scoring consumer's transactions fetch
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
-        metrics_enabled=False,
-    )
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=1000, metrics_enabled=False
-    )
+    # fetch_max_wait_ms as the scoring consumer's transactions fetch.
+    consumer, producer = _pipe_clients(bootstrap, source, group_id, 1000, fetch_max_wait_ms=100)
     try:
         while not stop:
             records = consumer.poll(timeout_ms=200, max_records=1000)

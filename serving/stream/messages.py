@@ -89,17 +89,25 @@ def encode(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def parse_transaction(value: bytes | None) -> dict[str, Any] | Rejected:
-    """Decode one transactions-topic value; structural problems are rejected here, value problems
-    by ``validate_batch``."""
+def _json_object(value: bytes | None, empty: str) -> dict[str, Any] | Rejected:
+    """A message value decoded as a JSON object, or why it is not one (``empty`` for null)."""
     if value is None:
-        return Rejected(MALFORMED_JSON, "empty message (null value)")
+        return Rejected(MALFORMED_JSON, empty)
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as err:
         return Rejected(MALFORMED_JSON, f"malformed JSON: {err}")
     if not isinstance(obj, dict):
         return Rejected(NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_transaction(value: bytes | None) -> dict[str, Any] | Rejected:
+    """Decode one transactions-topic value; structural problems are rejected here, value problems
+    by ``validate_batch``."""
+    obj = _json_object(value, "empty message (null value)")
+    if isinstance(obj, Rejected):
+        return obj
     missing = [f for f in c.LIVE_FIELDS if f not in obj or obj[f] is None]
     if missing:
         return Rejected(MISSING_FIELD, "missing field(s): " + ", ".join(missing))
@@ -244,14 +252,9 @@ class Label(NamedTuple):
 
 
 def parse_label(value: bytes | None) -> Label | Rejected:
-    if value is None:
-        return Rejected(MALFORMED_JSON, "empty label message")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as err:
-        return Rejected(MALFORMED_JSON, f"malformed JSON: {err}")
-    if not isinstance(obj, dict):
-        return Rejected(NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+    obj = _json_object(value, "empty label message")
+    if isinstance(obj, Rejected):
+        return obj
     missing = [f for f in LABEL_FIELDS if obj.get(f) is None]
     if missing:
         return Rejected(MISSING_FIELD, "missing field(s): " + ", ".join(missing))

@@ -236,11 +236,8 @@ class DriftLoop:
         """A run in progress or cooling down: asking again would only be refused. With hourly
         windows a sustained drift is due every hour, and the demo's history filled with ~90
         refusals during one retrain."""
-        status = getattr(self.trigger, "status", None)
-        if status is None:
-            return False
-        current = status()
-        return bool(current.get("in_progress") or current.get("cooling_down"))
+        current = self.trigger.status()
+        return bool(current["in_progress"] or current["cooling_down"])
 
     def add_labels(self, labels: Any) -> None:
         if self.monitor is not None:
