@@ -8,6 +8,7 @@ injected at a known transaction index, so every assertion is about an exact wind
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -211,6 +212,27 @@ def test_sustained_after_exactly_n_windows_and_reset_by_a_clean_one(metadata: di
         {k_: v[:upto] for k_, v in cols.items()}, scores[:upto], event_times=times[:upto]
     )
     assert at_once.retrain_due and at_once.consecutive == 4
+
+
+def test_log_says_when_drift_starts_changes_and_ends_not_every_window(
+    metadata: dict, caplog
+) -> None:
+    k, end = 5, 12
+    mon = monitor(metadata)
+    cols, scores, times = stream(seed=4, windows=16)
+    cols[SHIFTED[0]][k * W : end * W] *= 2.0
+    cols[SHIFTED[1]][8 * W : end * W] *= 2.0
+    with caplog.at_level(logging.INFO, logger=d.__name__):
+        feed(mon, cols, scores, times)
+    drifting = [w for w, r in enumerate(mon.reports) if r.drifting]
+    assert drifting == list(range(k, end))
+    said = [(r.levelno, r.getMessage().split(" (")[0]) for r in caplog.records]
+    # Start (window 5), the second feature joining (window 8), the end (window 12).
+    assert said == [
+        (logging.WARNING, f"drift in window {k}"),
+        (logging.WARNING, "drift in window 8"),
+        (logging.INFO, f"drift ended in window {end}"),
+    ]
 
 
 def test_alert_rate_drift_both_ways(metadata: dict) -> None:

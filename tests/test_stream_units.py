@@ -420,3 +420,36 @@ def test_batch_histogram_exposes_what_prometheus_histogram_would() -> None:
     assert ours.get_sample_value("h_count") == 5_000
     assert ours.get_sample_value("h_sum") == pytest.approx(theirs.get_sample_value("h_sum"))
     assert b"# TYPE h histogram" in generate_latest(ours)
+
+
+# --- slow-batch diagnostics ---------------------------------------------------------------------
+
+
+def test_stage_clock_splits_the_batch_time_by_stage(monkeypatch) -> None:
+    from serving.stream import consumer as sc
+
+    now = iter([10.5, 13.0, 13.25])
+    monkeypatch.setattr(sc.time, "monotonic", lambda: next(now))
+    clock = sc._StageClock(started=10.0)
+    clock.mark("labels")
+    clock.mark("score")
+    assert clock.stages == [("labels", 0.5), ("score", 2.5)]
+    assert clock.describe() == "labels 500 ms, score 2500 ms, total 3250 ms"
+
+
+def test_gc_pause_log_names_the_generation_of_a_long_collection(caplog) -> None:
+    import gc
+    import logging
+
+    from serving.stream import consumer as sc
+
+    slow, quiet = sc._GcPauseLog(threshold_s=0.0), sc._GcPauseLog(threshold_s=3600.0)
+    with caplog.at_level(logging.WARNING, logger=sc.__name__):
+        gc.callbacks.extend([slow, quiet])
+        try:
+            gc.collect(2)
+        finally:
+            gc.callbacks.remove(slow)
+            gc.callbacks.remove(quiet)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("garbage collection of generation 2 took")

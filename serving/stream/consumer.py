@@ -23,6 +23,7 @@ poll batch (the one in flight when the process died) is decided twice.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -70,6 +71,8 @@ class ConsumerConfig:
     fsync_snapshots: bool = True
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
+    # A poll plus batch taking this long is logged with the time of each stage.
+    slow_batch_s: float = 1.0
     security: KafkaSecurity | None = None
 
     def __post_init__(self) -> None:
@@ -125,6 +128,47 @@ class _Entry:
     rejected: m.Rejected | None = None
 
 
+class _GcPauseLog:
+    """Logs garbage collections that stop the process long enough to show in latency."""
+
+    def __init__(self, threshold_s: float) -> None:
+        self.threshold_s = threshold_s
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        if took >= self.threshold_s:
+            log.warning(
+                "garbage collection of generation %d took %.0f ms (%d objects collected)",
+                info.get("generation", -1),
+                took * 1000,
+                info.get("collected", 0),
+            )
+
+
+class _StageClock:
+    """Wall time of each stage of one batch, for the slow-batch log."""
+
+    def __init__(self, started: float) -> None:
+        self.started = self._last = started
+        self.stages: list[tuple[str, float]] = []
+
+    def mark(self, stage: str) -> None:
+        now = time.monotonic()
+        self.stages.append((stage, now - self._last))
+        self._last = now
+
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+    def describe(self) -> str:
+        parts = [f"{name} {seconds * 1000:.0f} ms" for name, seconds in self.stages]
+        return ", ".join([*parts, f"total {self.total() * 1000:.0f} ms"])
+
+
 class LabelFeed:
     """Reads the whole labels topic (no consumer group) and hands labels to the router."""
 
@@ -150,6 +194,8 @@ class LabelFeed:
         self.catch_up_timeout_s = 30.0
         # Called with each drained batch of valid labels (the drift monitor's live precision).
         self.on_labels: Any | None = None
+        # What the last drain did, for the slow-batch log.
+        self.last_drain: dict[str, int] = {}
 
     def start(self, timeout_s: float = 30.0) -> None:
         from kafka import TopicPartition
@@ -180,7 +226,16 @@ class LabelFeed:
             self.consumer.seek_to_beginning(*self.partitions)
             self._positions = {}
             self._rewind = False
+        started = time.monotonic()
         targets = self.consumer.end_offsets(self.partitions)
+        stats = self.last_drain = {
+            "end_offsets_ms": round((time.monotonic() - started) * 1000),
+            "behind": sum(targets[tp] - self.consumer.position(tp) for tp in self.partitions),
+            "polls": 0,
+            "empty_polls": 0,
+            "poll_ms": 0,
+            "handle_ms": 0,
+        }
         read = 0
         deadline = time.monotonic() + self.catch_up_timeout_s
         while any(self.consumer.position(tp) < targets[tp] for tp in self.partitions):
@@ -194,7 +249,15 @@ class LabelFeed:
                     {tp.partition: off for tp, off in targets.items()},
                 )
                 break
-            read += self._handle(self.consumer.poll(timeout_ms=100, max_records=20_000))
+            polled = time.monotonic()
+            records = self.consumer.poll(timeout_ms=100, max_records=20_000)
+            handled = time.monotonic()
+            got = self._handle(records)
+            stats["poll_ms"] += round((handled - polled) * 1000)
+            stats["handle_ms"] += round((time.monotonic() - handled) * 1000)
+            stats["polls"] += 1
+            stats["empty_polls"] += not got
+            read += got
         # Brokers that report the end as the start of the last record batch (Tansu does) leave
         # the rest of that batch buffered: take what is already here without waiting.
         while True:
@@ -286,6 +349,7 @@ class StreamConsumer:
         self._stop = threading.Event()
         self._in_batch = False
         self._abort_batch = False
+        self._poll_s = 0.0
         # True while the engines hold updates that no successful commit covers yet: such state
         # must never be snapshotted (it would skip the uncommitted messages after a restart).
         self._dirty = False
@@ -308,10 +372,13 @@ class StreamConsumer:
 
     def run(self) -> ConsumerSummary:
         start = time.monotonic()
+        gc_log = _GcPauseLog(self.config.slow_batch_s / 4)
+        gc.callbacks.append(gc_log)
         try:
             self._open()
             self._loop()
         finally:
+            gc.callbacks.remove(gc_log)
             self.summary.seconds = time.monotonic() - start
             self._close()
         log.info("consumer done: %s", self.summary.describe())
@@ -501,7 +568,9 @@ class StreamConsumer:
                 if remaining <= 0:
                     return
                 max_records = min(max_records, remaining)
+            polled = time.monotonic()
             records = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=max_records)
+            self._poll_s = time.monotonic() - polled
             if self._pending_assignment is not None:
                 records = self._apply_assignment(records)
             if not records:
@@ -523,23 +592,31 @@ class StreamConsumer:
             self.summary.first_batch_at = started
         self._in_batch = True
         self._abort_batch = False
+        stages = _StageClock(started)
         try:
             assert self._labels is not None
             self._labels.drain()
+            stages.mark("labels")
             entries = self._parse(records)
+            stages.mark("parse")
             if not entries:
                 return
             scored_entries, features, dead = self._features(entries)
+            stages.mark("features")
             scored: Scored | None = None
             if scored_entries:
                 scored = self._score_with_hold(scored_entries, features)
+                stages.mark("score")
                 if scored is None:
                     self.summary.aborted_batches += 1
                     return  # stopping, or the partitions moved: the batch will be re-read
             futures = self._produce(scored_entries, features, scored, dead)
+            stages.mark("produce")
             if self.drift is not None and scored is not None:
                 futures += self._observe_drift(scored_entries, features, scored)
+                stages.mark("drift")
             self._await_acks(futures)
+            stages.mark("acks")
             acked_ms = time.time() * 1000
             self.metrics.end_to_end_latency.observe_many(
                 [max(0.0, acked_ms - e.timestamp_ms) / 1000 for e in scored_entries]
@@ -547,15 +624,27 @@ class StreamConsumer:
             if self._dataset is not None:
                 self._dataset.append_transactions(e.row for e in scored_entries)  # type: ignore[misc]
                 self._dataset.flush()
+                stages.mark("dataset")
             if self._commit(records):
                 self._dirty = False
                 self.summary.last_commit_at = time.monotonic()
+                stages.mark("commit")
                 self._snapshot_all(force=cfg.snapshot_interval_s == 0)
+                stages.mark("snapshot")
             self.summary.batches += 1
             self.metrics.batch_size.observe(len(entries))
             self.metrics.batch_duration.observe(time.monotonic() - started)
         finally:
             self._in_batch = False
+            if stages.total() + self._poll_s >= cfg.slow_batch_s:
+                # Where a stall went, so a latency spike in the metrics can be explained.
+                log.warning(
+                    "slow batch: %d message(s), poll %.0f ms, %s; labels drain %s",
+                    sum(len(v) for v in records.values()),
+                    self._poll_s * 1000,
+                    stages.describe(),
+                    self._labels.last_drain if self._labels is not None else {},
+                )
 
     def _parse(self, records: dict[Any, list[Any]]) -> list[_Entry]:
         """Entries in per-partition offset order, each with a row or a rejection."""

@@ -482,6 +482,7 @@ class DriftMonitor:
         self._matched: deque[tuple[bool, bool]] = deque()
         self._tp = self._alerted = self._frauds = 0
         self.unmatched_labels = 0
+        self._logged_signature = ""
         self._set_reference(metadata)
         self._reset_window()
 
@@ -895,18 +896,32 @@ class DriftMonitor:
         )
         self.reports.append(report)
         self._export(report)
+        # Hourly hops over a drifting stream close a drifting window every hop: the log says
+        # when drift starts, changes what it involves, or ends; repeats go to DEBUG (every
+        # event is still on the drift-events topic and in the metrics).
+        signature = "; ".join(f"{e.kind} {', '.join(e.features) or ''}".strip() for e in events)
+        if signature != self._logged_signature:
+            level = logging.WARNING if events else logging.INFO
+        else:
+            level = logging.DEBUG
         if events:
-            log.warning(
+            log.log(
+                level,
                 "drift in window %d (%s .. %s, %d transactions): %s; %d drifting window(s) in "
                 "a row%s",
                 self.window_index,
                 _iso(t0),
                 _iso(t1),
                 n,
-                "; ".join(f"{e.kind} {', '.join(e.features) or ''}".strip() for e in events),
+                signature,
                 self.consecutive,
                 " (sustained)" if sustained else "",
             )
+        elif self._logged_signature:
+            log.log(
+                level, "drift ended in window %d (%s .. %s)", self.window_index, _iso(t0), _iso(t1)
+            )
+        self._logged_signature = signature
         self.window_index += 1
         return events
 

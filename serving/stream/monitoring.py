@@ -194,7 +194,8 @@ class DriftLoop:
         self._log_window()
         for event in events:
             message = event.to_message()
-            log.warning("drift: %s", json.dumps(message, default=str)[:500])
+            # The monitor logs each change of drift state; the full events are on the topic.
+            log.debug("drift: %s", json.dumps(message, default=str))
             if self.publish is not None:
                 self.publish(message)
             if self._streak_start is None and event.window_start is not None:
