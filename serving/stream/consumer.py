@@ -349,7 +349,6 @@ class StreamConsumer:
         self._stop = threading.Event()
         self._in_batch = False
         self._abort_batch = False
-        self._poll_s = 0.0
         # True while the engines hold updates that no successful commit covers yet: such state
         # must never be snapshotted (it would skip the uncommitted messages after a restart).
         self._dirty = False
@@ -570,7 +569,7 @@ class StreamConsumer:
                 max_records = min(max_records, remaining)
             polled = time.monotonic()
             records = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=max_records)
-            self._poll_s = time.monotonic() - polled
+            poll_s = time.monotonic() - polled
             if self._pending_assignment is not None:
                 records = self._apply_assignment(records)
             if not records:
@@ -582,10 +581,10 @@ class StreamConsumer:
                         return
                 continue
             last_data = time.monotonic()
-            self._process(records)
+            self._process(records, poll_s)
             self._update_lag()
 
-    def _process(self, records: dict[Any, list[Any]]) -> None:
+    def _process(self, records: dict[Any, list[Any]], poll_s: float) -> None:
         cfg = self.config
         started = time.monotonic()
         if self.summary.first_batch_at is None:
@@ -636,12 +635,12 @@ class StreamConsumer:
             self.metrics.batch_duration.observe(time.monotonic() - started)
         finally:
             self._in_batch = False
-            if stages.total() + self._poll_s >= cfg.slow_batch_s:
+            if stages.total() + poll_s >= cfg.slow_batch_s:
                 # Where a stall went, so a latency spike in the metrics can be explained.
                 log.warning(
                     "slow batch: %d message(s), poll %.0f ms, %s; labels drain %s",
                     sum(len(v) for v in records.values()),
-                    self._poll_s * 1000,
+                    poll_s * 1000,
                     stages.describe(),
                     self._labels.last_drain if self._labels is not None else {},
                 )

@@ -900,13 +900,9 @@ class DriftMonitor:
         # when drift starts, changes what it involves, or ends; repeats go to DEBUG (every
         # event is still on the drift-events topic and in the metrics).
         signature = "; ".join(f"{e.kind} {', '.join(e.features) or ''}".strip() for e in events)
-        if signature != self._logged_signature:
-            level = logging.WARNING if events else logging.INFO
-        else:
-            level = logging.DEBUG
         if events:
             log.log(
-                level,
+                logging.DEBUG if signature == self._logged_signature else logging.WARNING,
                 "drift in window %d (%s .. %s, %d transactions): %s; %d drifting window(s) in "
                 "a row%s",
                 self.window_index,
@@ -918,9 +914,7 @@ class DriftMonitor:
                 " (sustained)" if sustained else "",
             )
         elif self._logged_signature:
-            log.log(
-                level, "drift ended in window %d (%s .. %s)", self.window_index, _iso(t0), _iso(t1)
-            )
+            log.info("drift ended in window %d (%s .. %s)", self.window_index, _iso(t0), _iso(t1))
         self._logged_signature = signature
         self.window_index += 1
         return events
