@@ -291,19 +291,28 @@ def relay(bootstrap: str, source: str, sink: str, group_id: str) -> None:
         consumer.close(autocommit=False)
 
 
-def raw_latency_run(fx: Any, bootstrap: str, frame: Any, rate: float, work: Path) -> list[float]:
-    """End-to-end ms (source record -> relayed record, both producer timestamps) of each
-    transaction replayed at ``rate`` through ``relay`` in a subprocess."""
-    from components import contract as c
+WARMUP_TRANSACTIONS = 200
+
+
+def _paced_through(
+    fx: Any,
+    cmd: list[str],
+    log_path: Path,
+    bootstrap: str,
+    topics: Any,
+    sink: str,
+    frame: Any,
+    rate: float,
+) -> list[dict[str, Any]]:
+    """Run ``cmd`` (a process that writes one ``sink`` record per transaction it reads) while
+    ``frame`` is replayed: the first ``WARMUP_TRANSACTIONS`` unpaced (group join, first calls),
+    the rest at ``rate``; returns every sink record once they are all there."""
     from serving.stream.replay import Pacing, replay_frame
 
-    topics = fx.make_topics(bootstrap, "bench-raw-latency")
-    sink = topics.decisions  # created with the set (a topic read before it exists reads nothing)
-    warmup, measured = frame.iloc[:200], frame.iloc[200:]
-    cmd = [sys.executable, "-m", "bench.bench_stream", "--relay", bootstrap, topics.transactions]
-    log_file = open(work / "raw-latency.log", "wb")  # noqa: SIM115 - closed below
+    warmup, measured = frame.iloc[:WARMUP_TRANSACTIONS], frame.iloc[WARMUP_TRANSACTIONS:]
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [*cmd, sink], cwd=REPO, env=fx.child_env(topics), stdout=log_file, stderr=log_file
+        cmd, cwd=REPO, env=fx.child_env(topics), stdout=log_file, stderr=log_file
     )
     try:
         replay_frame(warmup, bootstrap, topics, progress=False, trailing_labels=False)
@@ -318,14 +327,27 @@ def raw_latency_run(fx: Any, bootstrap: str, frame: Any, rate: float, work: Path
             progress=False,
             trailing_labels=False,
         )
-        out = fx.read_topic(bootstrap, sink, expect=len(frame), timeout_s=120)
-        source = fx.read_topic(bootstrap, topics.transactions, expect=len(frame), timeout_s=120)
+        return fx.read_topic(bootstrap, sink, expect=len(frame), timeout_s=120)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log_file.close()
+
+
+def raw_latency_run(fx: Any, bootstrap: str, frame: Any, rate: float, work: Path) -> list[float]:
+    """End-to-end ms (source record -> relayed record, both producer timestamps) of each
+    transaction replayed at ``rate`` through ``relay`` in a subprocess."""
+    from components import contract as c
+
+    topics = fx.make_topics(bootstrap, "bench-raw-latency")
+    sink = topics.decisions  # created with the set (a topic read before it exists reads nothing)
+    cmd = [sys.executable, "-m", "bench.bench_stream", "--relay", bootstrap, topics.transactions]
+    out = _paced_through(
+        fx, [*cmd, sink], work / "raw-latency.log", bootstrap, topics, sink, frame, rate
+    )
+    source = fx.read_topic(bootstrap, topics.transactions, expect=len(frame), timeout_s=120)
     sent = {m["value"][c.TRANSACTION_ID]: m["timestamp_ms"] for m in source}
-    wanted = set(measured[c.TRANSACTION_ID])
+    wanted = set(frame.iloc[WARMUP_TRANSACTIONS:][c.TRANSACTION_ID])
     return [
         m["timestamp_ms"] - sent[m["value"][c.TRANSACTION_ID]]
         for m in out
@@ -347,10 +369,8 @@ def latency_run(
     """End-to-end ms of each transaction replayed at ``rate`` to a consumer subprocess."""
     from components import contract as c
     from serving.stream.messages import DecisionFields
-    from serving.stream.replay import Pacing, replay_frame
 
     topics = fx.make_topics(bootstrap, "bench-latency")
-    warmup, measured = frame.iloc[:200], frame.iloc[200:]
     cmd = fx.consumer_command(
         bootstrap,
         serving_url,
@@ -363,28 +383,17 @@ def latency_run(
         str(snapshot_interval_s),
     )
     cmd.remove("--include-features")
-    log_file = open(work / "latency-consumer.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=fx.child_env(topics), stdout=log_file, stderr=log_file)
-    try:
-        # Warm up (group join, first model call) before the measured, paced part.
-        replay_frame(warmup, bootstrap, topics, progress=False, trailing_labels=False)
-        fx.read_topic(bootstrap, topics.decisions, expect=len(warmup), timeout_s=120)
-        # No trailing labels: dumping every label not yet due at the end (thousands at once) is
-        # the end of a finite replay, not a steady stream, and the last batches waited for it.
-        replay_frame(
-            measured,
-            bootstrap,
-            topics,
-            pacing=Pacing(rate=rate),
-            progress=False,
-            trailing_labels=False,
-        )
-        decisions = fx.read_topic(bootstrap, topics.decisions, expect=len(frame), timeout_s=120)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        log_file.close()
-    wanted = set(measured[c.TRANSACTION_ID])
+    decisions = _paced_through(
+        fx,
+        cmd,
+        work / "latency-consumer.log",
+        bootstrap,
+        topics,
+        topics.decisions,
+        frame,
+        rate,
+    )
+    wanted = set(frame.iloc[WARMUP_TRANSACTIONS:][c.TRANSACTION_ID])
     return [
         d["value"][DecisionFields.END_TO_END_MS]
         for d in decisions
@@ -412,7 +421,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         try:
             frame = fx.simulated(args.customers, args.days, seed=args.seed)
             n = min(args.transactions, len(frame))
-            lat_n = int(args.latency_rate * args.latency_seconds) + 200
+            lat_n = int(args.latency_rate * args.latency_seconds) + WARMUP_TRANSACTIONS
             print(
                 f"dataset: {len(frame):,} simulated transactions; model server {server.url}",
                 flush=True,
