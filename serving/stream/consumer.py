@@ -412,10 +412,13 @@ class StreamConsumer:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # Short: every batch waits for the drain, so a fetch the broker holds open for lack
-            # of new labels is latency on every transaction (20 ms cost ~3 ms per batch at 500
-            # tx/s). A re-read from the start of the topic just takes more fetches.
-            fetch_max_wait_ms=5,
+            # Every batch waits for the drain, so the broker holding a fetch open is latency on
+            # every transaction (20 ms cost ~3 ms per batch at 500 tx/s against 5 ms). But with
+            # the cores busy, Tansu answers 5 ms fetches with few or no records while the reader
+            # is behind: draining ~2,000 labels under two CPU hogs took up to 2.2 s at 5 ms and
+            # at most 0.6 s at 20 ms (no better at 100 ms), and the demo's retrain phase stalled
+            # scoring for seconds at 5 ms.
+            fetch_max_wait_ms=20,
             metrics_enabled=False,
         )
         self._labels = LabelFeed(
