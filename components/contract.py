@@ -15,6 +15,10 @@ Two kinds of features:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # --- raw transaction schema ------------------------------------------------------------------
 
@@ -193,6 +197,18 @@ def derived_features(inputs: dict) -> dict:
             # Counts, amounts and gaps are heavy-tailed: log first, then TFT z-scores them.
             out[f"log_{name}"] = tf.math.log1p(tf.maximum(value, 0.0))
     return out
+
+
+def is_night(epoch_seconds: np.ndarray) -> np.ndarray:
+    """``IS_NIGHT`` of ``derived_features``, from epoch seconds (UTC), for code that watches the
+    stream outside the graph (the drift monitor and its training reference); a test keeps the
+    two definitions equal."""
+    import numpy as np
+
+    t = np.floor(np.asarray(epoch_seconds, dtype=np.float64))
+    hour = np.mod(t, SECONDS_PER_DAY) // 3600
+    night_start, night_end = NIGHT_HOURS
+    return (hour >= night_start) | (hour < night_end)
 
 
 def transformed_feature_names() -> tuple[str, ...]:

@@ -101,8 +101,13 @@ def plots(
     plt.close(fig)
 
     if windows:
+        from serving.stream.drift import DriftConfig
+
         w = pd.DataFrame(windows)
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        night_cols = [k for k in w.columns if k.startswith("night_z_")]
+        fig, axes = plt.subplots(2 if night_cols else 1, 1, figsize=(7, 6 if night_cols else 3.5))
+        axes = np.atleast_1d(axes)
+        ax = axes[0]
         x = pd.to_datetime(w["end_time"], utc=True)
         for col in [k for k in w.columns if k.startswith("psi_")][:6]:
             ax.plot(x, w[col], label=col[4:])
@@ -111,6 +116,19 @@ def plots(
         ax.axvline(onset, color="red", lw=1)
         ax.set_title("Drift metrics per window (red: onset)")
         ax.legend(fontsize=7)
+        if night_cols:
+            ax = axes[1]
+            z = w[night_cols]
+            top = z.max(axis=1)
+            ax.plot(x, top, label="largest night excess z")
+            ax.plot(x, z[z.max().idxmax()], lw=0.8, label=z.max().idxmax()[len("night_z_") :])
+            threshold = DriftConfig().night_z_threshold
+            if threshold is not None:
+                ax.axhline(threshold, color="k", ls="--", lw=1, label="default threshold")
+            ax.axvline(onset, color="red", lw=1)
+            ax.set_title("Night excess per window (cell excess in dispersion-widened sd)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
         figs["drift"] = _png(fig)
         plt.close(fig)
 

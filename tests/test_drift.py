@@ -234,6 +234,19 @@ def test_log_says_when_drift_starts_changes_and_ends_not_every_window(
         (logging.INFO, f"drift ended in window {end}"),
     ]
 
+    # A new model's first drifting window is logged as a start, even with the same features.
+    def part(lo: int, hi: int):
+        return {k_: v[lo * W : hi * W] for k_, v in cols.items()}, scores[lo * W : hi * W]
+
+    again = monitor(metadata)
+    again.update(*part(0, 10), event_times=times[: 10 * W])  # ends drifting in both features
+    again.switch_model({**metadata, "version": 4})
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=d.__name__):
+        again.update(*part(8, 10), event_times=times[8 * W : 10 * W])
+    said = [(r.levelno, r.getMessage().split(" (")[0]) for r in caplog.records]
+    assert said == [(logging.WARNING, "drift in window 10"), (logging.DEBUG, "drift in window 11")]
+
 
 def test_alert_rate_drift_both_ways(metadata: dict) -> None:
     high_from, low_from = 8, 14
@@ -567,3 +580,123 @@ def test_drift_state_from_another_release_is_named(metadata: dict, tmp_path) -> 
     (tmp_path / "drift_state.pickle").write_bytes(pickle.dumps({"version": 99}))
     with pytest.raises(ValueError, match="drift_state.pickle: drift state version 99"):
         _loop(tmp_path / "models", tmp_path)
+
+
+# --- night excess ---------------------------------------------------------------------------------
+
+DAY = 24 * HOUR
+NIGHT_DAYS = 8
+
+
+@pytest.fixture(scope="module")
+def night_metadata(metadata: dict) -> dict:
+    """The same reference, built from a training frame with event times (whole days), so it
+    has the night profile."""
+    rng = np.random.default_rng(2026)
+    n = NIGHT_DAYS * DAY // SECONDS_PER_TX
+    train = pd.DataFrame(draw(rng, n))
+    train[c.LABEL] = 0
+    train[c.TIMESTAMP] = pd.to_datetime(T0 + SECONDS_PER_TX * np.arange(n), unit="s", utc=True)
+    scores = draw_scores(rng, 40_000)
+    stats = training_profile(train, scores, metadata["thresholds"])
+    assert set(stats["night"]) == set(MONITORED)
+    return {**metadata, "training_stats": stats}
+
+
+def day_monitor(metadata: dict, **overrides) -> d.DriftMonitor:
+    return timed_monitor(metadata, window_h=24, **overrides)
+
+
+def night_z_by_hand(metadata: dict, name: str, values, times) -> float:
+    """The check, recomputed from the raw rows of one window."""
+    ref = metadata["training_stats"]
+    inner = np.asarray(ref["features"][name]["edges"][1:-1])
+    k = len(inner) + 1
+    cells = np.where(c.is_night(times), k, 0) + np.searchsorted(inner, values, side="right")
+    obs = np.bincount(cells, minlength=2 * k)
+    exp = len(values) * np.asarray(ref["night"][name]["proportions"])
+    used = exp >= d.DriftConfig().night_min_expected
+    return float(((obs - exp)[used] / np.sqrt(ref["night"][name]["dispersion"] * exp[used])).max())
+
+
+def test_night_profile_dispersion_is_poisson_for_iid_days_and_more_when_nights_vary() -> None:
+    from components.steps.pusher import feature_profile, night_profile
+
+    rng = np.random.default_rng(7)
+    n = 30 * 2_000
+    t = np.sort(rng.integers(0, 30 * DAY, n))
+    values = rng.lognormal(0, 1, n)
+    prof = feature_profile(values)
+    iid = night_profile(values, c.is_night(t), t // DAY, prof)
+    assert len(iid["proportions"]) == 2 * len(prof["proportions"])
+    assert sum(iid["proportions"]) == pytest.approx(1.0)
+    assert iid["days"] == 30 and 1.0 <= iid["dispersion"] < 1.3
+    # Every other day has 45 % more night traffic: the night cells vary beyond Poisson.
+    extra = rng.integers(0, 6 * HOUR, 15 * 300) + DAY * (2 * rng.integers(0, 15, 15 * 300))
+    t2 = np.concatenate([t, extra])
+    v2 = np.concatenate([values, rng.lognormal(0, 1, len(extra))])
+    varied = night_profile(v2, c.is_night(t2), t2 // DAY, feature_profile(v2))
+    assert varied["dispersion"] > 1.5
+
+
+def test_stationary_days_have_no_night_excess(night_metadata: dict) -> None:
+    cols, scores, times = stream(seed=21, windows=1, size=4 * DAY // SECONDS_PER_TX)
+    mon = day_monitor(night_metadata)
+    assert feed(mon, cols, scores, times, batch=1_111) == []
+    reports = list(mon.reports)
+    assert len(reports) == 3 * 24 and not any(r.drifting for r in reports)
+    top = max(max(r.night_excess_z.values()) for r in reports)
+    assert 1.0 < top < d.DriftConfig().night_z_threshold / 2
+    last = reports[-1]
+    inside = (times >= times[-1] // HOUR * HOUR - DAY) & (times < times[-1] // HOUR * HOUR)
+    assert last.transactions == int(inside.sum())
+    for name in (c.AMOUNT, MONITORED[1], MONITORED[2]):
+        by_hand = night_z_by_hand(night_metadata, name, cols[name][inside], times[inside])
+        assert last.night_excess_z[name] == pytest.approx(by_hand, rel=1e-12)
+    # Windows that are not whole days hold part of the daily cycle: the check stands aside.
+    for other in (monitor(night_metadata, window_size=5_000), timed_monitor(night_metadata)):
+        feed(other, cols, scores, times, batch=5_000)
+        assert other.reports and all(r.night_excess_z == {} for r in other.reports)
+
+
+def test_a_few_night_rows_in_one_bin_drift_where_psi_does_not(night_metadata: dict) -> None:
+    per_hour, onset_day = 60, 2
+    cols, scores, times = stream(seed=22, windows=1, size=3 * DAY // SECONDS_PER_TX)
+    rng = np.random.default_rng(220)
+    top_amount = night_metadata["training_stats"]["features"][c.AMOUNT]["edges"][-2] * 2
+    extra_cols = draw(rng, 5 * per_hour)
+    extra_cols[c.AMOUNT] = top_amount * (1 + rng.random(5 * per_hour))
+    start = T0 + onset_day * DAY
+    extra_times = np.sort(start + rng.integers(0, 5 * HOUR, 5 * per_hour))
+    order = np.argsort(np.concatenate([times, extra_times]), kind="stable")
+    cols = {k: np.concatenate([cols[k], extra_cols[k]])[order] for k in cols}
+    scores = np.concatenate([scores, draw_scores(rng, 5 * per_hour)])[order]
+    times = np.concatenate([times, extra_times])[order]
+
+    mon = day_monitor(night_metadata)
+    events = feed(mon, cols, scores, times, batch=500)
+    first = events[0]
+    assert first.kind == d.NIGHT_EXCESS and first.features == (c.AMOUNT,)
+    # 60 rows an hour in the amount's top bin at night against ~410 expected there: the window
+    # ending with the third hour (+180) crosses 8 sd, the one ending with the second (+120) not.
+    assert first.window_end == times[times < start + 3 * HOUR][-1]
+    value = first.values[c.AMOUNT]
+    bins = len(night_metadata["training_stats"]["features"][c.AMOUNT]["proportions"])
+    assert (value["night"], value["bin"]) == (True, bins - 1)
+    assert value["observed"] - value["expected"] > 170
+    message = json.loads(json.dumps(first.to_message()))
+    assert message["kind"] == "night_excess" and message["thresholds"] == {"z": 8.0}
+    assert message["values"][c.AMOUNT] == pytest.approx(value)
+    for r in mon.reports:
+        end_hop = (r.window_end // HOUR + 1) * HOUR
+        inside = (times >= end_hop - DAY) & (times < end_hop)
+        by_hand = night_z_by_hand(night_metadata, c.AMOUNT, cols[c.AMOUNT][inside], times[inside])
+        assert r.night_excess_z[c.AMOUNT] == pytest.approx(by_hand, rel=1e-12)
+        assert (by_hand > 8) == (c.AMOUNT in {f for e in r.events for f in e.features})
+    # The same rows are far below what PSI or JS would call drift, in every window.
+    assert {e.kind for e in events} == {d.NIGHT_EXCESS}
+    assert max(r.psi[c.AMOUNT] for r in mon.reports) < d.DriftConfig().psi_threshold / 10
+    # Off, the check neither measures nor drifts.
+    off = day_monitor(night_metadata, night_z_threshold=None)
+    assert feed(off, cols, scores, times, batch=500) == []
+    assert all(r.night_excess_z == {} for r in off.reports)

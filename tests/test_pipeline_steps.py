@@ -214,3 +214,19 @@ def test_push_refuses_missing_base_path_and_model(tmp_path):
         push(tmp_path, "", {})
     with pytest.raises(FileNotFoundError, match="no SavedModel"):
         push(tmp_path / "nothing", tmp_path / "models", {})
+
+
+def test_is_night_outside_the_graph_equals_the_graphs_night_flag():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    # Every hour boundary of a few days (both sides of 22:00 and 06:00), and random instants
+    # over several years including a leap day.
+    edges = 1_735_689_600 + np.arange(0, 3 * 86_400, 3_600)
+    t = np.concatenate([edges, edges - 1, rng.integers(1_577_836_800, 1_767_225_600, 5_000)])
+    stamps = pd.to_datetime(t, unit="s", utc=True).strftime(c.TIMESTAMP_FORMAT).to_numpy()
+    inputs = {name: tf.zeros([len(t)], tf.float32) for name in c.MODEL_INPUTS}
+    inputs[c.TIMESTAMP] = tf.constant(stamps.astype(str))
+    in_graph = c.derived_features(inputs)[c.IS_NIGHT].numpy().astype(bool)
+    np.testing.assert_array_equal(c.is_night(t), in_graph)
+    assert 0.3 < in_graph.mean() < 0.37  # 8 of 24 hours

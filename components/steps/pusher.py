@@ -32,19 +32,61 @@ def feature_profile(values: np.ndarray, bins: int = PROFILE_BINS) -> dict:
     return {"edges": edges.tolist(), "proportions": (counts / max(len(values), 1)).tolist()}
 
 
+# Days with fewer rows than this share of the median day (the split's ragged edges) are left
+# out of the dispersion estimate: a part-day has another hour-of-day mix.
+DISPERSION_MIN_DAY_SHARE = 0.5
+# Cells expected to hold fewer rows than this in a day are left out too: their Pearson terms
+# are dominated by Poisson granularity, not by how the traffic varies from day to day.
+DISPERSION_MIN_EXPECTED = 5.0
+
+
+def night_profile(values: np.ndarray, night: np.ndarray, day: np.ndarray, profile: dict) -> dict:
+    """Joint (day/night x bin) proportions of one input over the training rows, on the bins of
+    its ``feature_profile``, and how much more whole days vary around them than Poisson counts:
+    the reference of the drift monitor's night-excess check.
+
+    Cell ``b`` is the daytime share of bin ``b``, cell ``K + b`` the night-time share. The
+    dispersion is the mean Pearson term (obs - exp)^2 / exp over the cells of the whole days
+    (at least 1): weekday rhythm makes a day's night traffic vary more than counting noise.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    inner = np.asarray(profile["edges"][1:-1], dtype=np.float64)
+    k = len(inner) + 1
+    cells = np.where(night, k, 0) + np.searchsorted(inner, values, side="right")
+    proportions = np.bincount(cells, minlength=2 * k) / max(len(cells), 1)
+    days, day_index = np.unique(day, return_inverse=True)
+    per_day = np.zeros((len(days), 2 * k))
+    np.add.at(per_day, (day_index, cells), 1)
+    rows = per_day.sum(axis=1)
+    whole = rows >= DISPERSION_MIN_DAY_SHARE * np.median(rows) if len(rows) else rows > 0
+    expected = rows[whole, None] * proportions[None, :]
+    used = expected >= DISPERSION_MIN_EXPECTED
+    terms = (per_day[whole] - expected)[used] ** 2 / expected[used]
+    dispersion = max(1.0, float(terms.mean())) if terms.size else 1.0
+    return {"proportions": proportions.tolist(), "dispersion": dispersion, "days": int(whole.sum())}
+
+
 def training_profile(train: pd.DataFrame, eval_scores: np.ndarray, thresholds: dict) -> dict:
-    return {
+    names = [name for name in c.MODEL_INPUTS if name != c.TIMESTAMP]
+    features = {name: feature_profile(train[name].to_numpy()) for name in names}
+    profile = {
         "rows": len(train),
         "fraud_rate": float(train[c.LABEL].mean()),
-        "features": {
-            name: feature_profile(train[name].to_numpy())
-            for name in c.MODEL_INPUTS
-            if name != c.TIMESTAMP
-        },
+        "features": features,
         "score": feature_profile(eval_scores),
         "expected_alert_rate": float((eval_scores >= thresholds["review"]).mean()),
         "expected_block_rate": float((eval_scores >= thresholds["block"]).mean()),
     }
+    if c.TIMESTAMP in train.columns and len(train):
+        since_epoch = pd.to_datetime(train[c.TIMESTAMP], utc=True) - pd.Timestamp(0, tz="UTC")
+        t = (since_epoch // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+        night = c.is_night(t)
+        day = t // c.SECONDS_PER_DAY
+        profile["night"] = {
+            name: night_profile(train[name].to_numpy(), night, day, features[name])
+            for name in names
+        }
+    return profile
 
 
 def push(

@@ -206,6 +206,7 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
         alert_rate_bounds=(low, high),
         sustained_windows=args.drift_sustained,
         min_samples=min(1_000, args.drift_window) if args.drift_window else 1_000,
+        night_z_threshold=None if args.drift_night_z <= 0 else args.drift_night_z,
         **timed,
     )
     model_base_path = Path(args.model_base_path or settings.model_base_path)
@@ -256,6 +257,8 @@ def _kafka_args(parser: argparse.ArgumentParser) -> None:
 
 def add_subcommands(subparsers: Any) -> None:
     """Register ``broker``, ``topics`` and ``stream`` on the ``fraud`` CLI."""
+    from serving.stream.drift import DriftConfig
+
     broker = subparsers.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)")
     broker_sub = broker.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
     for name, func, helptext in (
@@ -362,6 +365,13 @@ def add_subcommands(subparsers: Any) -> None:
     drift.add_argument("--drift-sustained", type=int, default=2, help="windows in a row")
     drift.add_argument("--drift-psi", type=float, default=0.2, help="PSI threshold")
     drift.add_argument("--drift-js", type=float, default=0.1, help="Jensen-Shannon distance")
+    drift.add_argument(
+        "--drift-night-z",
+        type=float,
+        default=DriftConfig.night_z_threshold,
+        help="night-excess threshold: a (day/night x bin) cell this many standard deviations "
+        "above training drifts (0: off)",
+    )
     drift.add_argument(
         "--drift-alert-bounds",
         default="0.33,3.0",

@@ -38,7 +38,8 @@ from components.scoring import read_metadata
 
 log = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
+# 2: windows hold night counts (the night-excess check).
+_STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class DriftLoop:
             "drifting": report.drifting,
             **{f"psi_{k}": v for k, v in report.psi.items()},
             **{f"js_{k}": v for k, v in report.js_distance.items()},
+            **{f"night_z_{k}": v for k, v in report.night_excess_z.items()},
         }
 
 
