@@ -206,6 +206,7 @@ def test_dashboard_covers_the_operational_questions() -> None:
         "Served model version": "fraud_stream_serving_model_version",
         "Consumer lag": "fraud_stream_consumer_lag",
         "Feature drift": "fraud_drift_",
+        "Night excess": "fraud_drift_night_excess_z",
         "Retraining runs": "fraud_retrain_",
     }
     for title, needle in expected.items():
