@@ -477,6 +477,29 @@ def test_cli_registers_retrain(tmp_path: Path) -> None:
         r.retrain_command(bad, Settings(run_dir=tmp_path))
 
 
+def test_consumer_cli_configures_drift_triggered_cluster_runs(tmp_path: Path) -> None:
+    from components.settings import Settings
+    from serving.stream import cli
+    from serving.stream.consumer import ConsumerConfig
+    from serving.stream.metrics import StreamMetrics
+
+    args = cli.build_parser().parse_args(
+        ["stream", "consume", "--bootstrap-servers", "kafka:9092", "--drift-window-time", "24h"]
+        + ["--retrain", "cluster", "--retrain-host", "http://kfp.example:8888"]
+        + ["--retrain-export-path", str(tmp_path / "export" / "retrain.parquet")]
+        + ["--retrain-cluster-data-path", "/mnt/fraud/retrain.parquet"]
+        + ["--retrain-run-dir", str(tmp_path / "retrain"), "--drift-night-z", "0"]
+    )
+    config = ConsumerConfig(bootstrap_servers="kafka:9092", state_dir=tmp_path / "stream")
+    loop = cli._drift_loop(args, Settings(run_dir=tmp_path), config, StreamMetrics())
+    cfg = loop.trigger.config
+    assert (cfg.mode, cfg.host) == (r.CLUSTER, "http://kfp.example:8888")
+    assert cfg.cluster_data_path == "/mnt/fraud/retrain.parquet"
+    assert cfg.export_path == tmp_path / "export" / "retrain.parquet"
+    assert loop.drift_config.night_z_threshold is None
+    assert loop.drift_config.window_seconds == 86_400
+
+
 def test_history_is_json_lines(tmp_path: Path, base_file: Path) -> None:
     t = trigger(config(tmp_path, base_file), runner=lambda job: {"pushed": False})
     t.trigger("drift")

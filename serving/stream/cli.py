@@ -233,6 +233,8 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
                 model_name=config.model_name,
                 pipeline_params=params,
                 host=args.retrain_host,
+                cluster_data_path=args.retrain_cluster_data_path,
+                export_path=Path(args.retrain_export_path) if args.retrain_export_path else None,
             ),
             metrics=RetrainMetrics(metrics.registry),
         )
@@ -393,6 +395,15 @@ def add_subcommands(subparsers: Any) -> None:
         "+ 7 days of the new behaviour to learn from)",
     )
     drift.add_argument("--retrain-host", help="KFP endpoint (cluster mode)")
+    drift.add_argument(
+        "--retrain-cluster-data-path",
+        help="cluster mode: the retraining dataset's path as the pipeline's pods see it",
+    )
+    drift.add_argument(
+        "--retrain-export-path",
+        help="cluster mode: write the merged retraining dataset here first (a volume the "
+        "pipeline's pods mount)",
+    )
     drift.add_argument(
         "--retrain-set", action="append", metavar="NAME=VALUE", help="pipeline parameter"
     )
