@@ -119,9 +119,9 @@ def plots(
         if night_cols:
             ax = axes[1]
             z = w[night_cols]
-            top = z.max(axis=1)
-            ax.plot(x, top, label="largest night excess z")
-            ax.plot(x, z[z.max().idxmax()], lw=0.8, label=z.max().idxmax()[len("night_z_") :])
+            worst = z.max().idxmax()
+            ax.plot(x, z.max(axis=1), label="largest night excess z")
+            ax.plot(x, z[worst], lw=0.8, label=worst[len("night_z_") :])
             threshold = DriftConfig().night_z_threshold
             if threshold is not None:
                 ax.axhline(threshold, color="k", ls="--", lw=1, label="default threshold")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from components import contract as c
+from components.features.batch import epoch_seconds
 from components.scoring import METADATA_FILE, TRAIN_STATS_FILE, model_versions
 
 PROFILE_BINS = 10
@@ -78,8 +79,7 @@ def training_profile(train: pd.DataFrame, eval_scores: np.ndarray, thresholds: d
         "expected_block_rate": float((eval_scores >= thresholds["block"]).mean()),
     }
     if c.TIMESTAMP in train.columns and len(train):
-        since_epoch = pd.to_datetime(train[c.TIMESTAMP], utc=True) - pd.Timestamp(0, tz="UTC")
-        t = (since_epoch // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+        t = epoch_seconds(train[c.TIMESTAMP])
         night = c.is_night(t)
         day = t // c.SECONDS_PER_DAY
         profile["night"] = {

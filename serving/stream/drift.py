@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -464,22 +464,29 @@ def _night_profile(name: str, raw: Any, bins: int, where: str) -> _NightProfile:
     return _NightProfile(props, dispersion)
 
 
+class NightExcess(NamedTuple):
+    z: float  # NaN when no cell is expected to hold enough rows
+    cell: int  # -1 then
+    observed: float
+    expected: float
+
+
 def night_excess(
     day_and_night: np.ndarray, profile: _NightProfile, min_expected: float
-) -> tuple[float, int]:
+) -> NightExcess:
     """Largest (observed - expected) / sqrt(dispersion * expected) over the cells expected to
-    hold at least ``min_expected`` rows, and its cell; (NaN, -1) when no cell qualifies. Only
-    excesses matter: a new pattern adds transactions to a region, and a deficit in one cell is
-    the mirror of excesses elsewhere."""
+    hold at least ``min_expected`` rows, with its cell and counts. Only excesses matter: a new
+    pattern adds transactions to a region, and a deficit in one cell is the mirror of excesses
+    elsewhere."""
     counts = np.asarray(day_and_night, dtype=np.float64)
     expected = counts.sum() * profile.proportions
     used = expected >= min_expected
     if not used.any():
-        return math.nan, -1
+        return NightExcess(math.nan, -1, math.nan, math.nan)
     z = np.full(len(counts), -np.inf)
     z[used] = (counts[used] - expected[used]) / np.sqrt(profile.dispersion * expected[used])
     cell = int(np.argmax(z))
-    return float(z[cell]), cell
+    return NightExcess(float(z[cell]), cell, float(counts[cell]), float(expected[cell]))
 
 
 def _column(values: Any, n: int | None, name: str) -> np.ndarray:
@@ -932,16 +939,14 @@ class DriftMonitor:
                 continue
             psis[name] = psi(counts, prof.proportions, cfg.epsilon)
             jss[name] = js_distance(counts, prof.proportions)
-        night_z: dict[str, float] = {}
-        night_cells: dict[str, tuple[int, float, float]] = {}
-        if self._night:
-            for name, nprof in self._night.items():
-                joint = np.concatenate([acc.counts[name] - acc.night[name], acc.night[name]])
-                z, cell = night_excess(joint, nprof, cfg.night_min_expected)
-                night_z[name] = z
-                if cell >= 0:
-                    expected = float(joint.sum() * nprof.proportions[cell])
-                    night_cells[name] = (cell, float(joint[cell]), expected)
+        excess = {
+            name: night_excess(
+                np.concatenate([acc.counts[name] - acc.night[name], acc.night[name]]),
+                nprof,
+                cfg.night_min_expected,
+            )
+            for name, nprof in self._night.items()
+        }
         alert_rate = acc.alerts / n
         block_rate = acc.blocks / n
         ratio = alert_rate / self.expected_alert_rate if self.expected_alert_rate > 0 else None
@@ -950,12 +955,8 @@ class DriftMonitor:
             return psis[name] > cfg.psi_threshold or jss[name] > cfg.js_threshold
 
         drifted_inputs = tuple(n_ for n_ in self.feature_names if crossed(n_))
-        night_threshold = cfg.night_z_threshold
-        night_drift = tuple(
-            n_
-            for n_ in self.feature_names
-            if night_threshold is not None and night_z.get(n_, -math.inf) > night_threshold
-        )
+        # Profiles exist only while the check is on, so the threshold is set when they do.
+        night_drift = tuple(n_ for n_ in excess if excess[n_].z > cfg.night_z_threshold)
         score_drift = crossed(SCORE_FEATURE)
         low, high = cfg.alert_rate_bounds
         alert_drift = False
@@ -1002,16 +1003,16 @@ class DriftMonitor:
         if night_drift:
             values = {}
             for k in night_drift:
-                cell, observed, expected = night_cells[k]
                 bins = len(self._profiles[k].proportions)
                 values[k] = {
-                    "z": night_z[k],
-                    "night": cell >= bins,
-                    "bin": cell % bins,
-                    "observed": observed,
-                    "expected": expected,
+                    "z": excess[k].z,
+                    "night": excess[k].cell >= bins,
+                    "bin": excess[k].cell % bins,
+                    "observed": excess[k].observed,
+                    "expected": excess[k].expected,
                 }
-            events.append(event(NIGHT_EXCESS, night_drift, values, {"z": night_threshold}))
+            thresholds = {"z": cfg.night_z_threshold}
+            events.append(event(NIGHT_EXCESS, night_drift, values, thresholds))
         if alert_drift:
             rates = {
                 "alert_rate": alert_rate,
@@ -1037,7 +1038,7 @@ class DriftMonitor:
             missing={k: v for k, v in acc.missing.items() if v},
             drifting=drifting,
             events=tuple(events),
-            night_excess_z=night_z,
+            night_excess_z={name: e.z for name, e in excess.items()},
         )
         self.reports.append(report)
         self._export(report)
