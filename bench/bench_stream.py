@@ -135,8 +135,11 @@ def _pipe_clients(
     bootstrap: str, source: str, group_id: str, batch_size: int, **consumer_extra: Any
 ) -> tuple[Any, Any]:
     """The group consumer and acks=all producer every reference loop here uses, so (1), (2) and
-    the relay differ only in what they do per message."""
+    the relay differ only in what they do per message; they fetch with the scoring consumer's
+    fetch wait (the broker holds each fetch that long), so the ceiling is configured like (3)."""
     from kafka import KafkaConsumer, KafkaProducer
+
+    from serving.stream.consumer import ConsumerConfig
 
     consumer = KafkaConsumer(
         source,
@@ -148,6 +151,7 @@ def _pipe_clients(
         session_timeout_ms=10_000,
         heartbeat_interval_ms=3_000,
         metrics_enabled=False,
+        fetch_max_wait_ms=ConsumerConfig.fetch_max_wait_ms,
         **consumer_extra,
     )
     producer = KafkaProducer(
@@ -275,8 +279,7 @@ def relay(bootstrap: str, source: str, sink: str, group_id: str) -> None:
     install_fast_crc32c()
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    # fetch_max_wait_ms as the scoring consumer's transactions fetch.
-    consumer, producer = _pipe_clients(bootstrap, source, group_id, 1000, fetch_max_wait_ms=100)
+    consumer, producer = _pipe_clients(bootstrap, source, group_id, 1000)
     try:
         while not stop:
             records = consumer.poll(timeout_ms=200, max_records=1000)

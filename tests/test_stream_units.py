@@ -349,6 +349,31 @@ def test_consumed_dataset_round_trip(tmp_path: Path) -> None:
     assert ConsumedDataset(tmp_path, "group/1").label_positions == {0: 150}
 
 
+def test_label_positions_log_survives_a_cut_last_line_and_is_compacted(tmp_path: Path) -> None:
+    df = simulated(20, 10).head(30)
+    labels = [
+        (i % 2, i, m.parse_label(m.label_message(r))) for i, r in enumerate(df.to_dict("records"))
+    ]
+    ds = ConsumedDataset(tmp_path, "g")
+    for start in range(0, 30, 10):  # one line per drain
+        ds.append_labels(labels[start : start + 10])
+    ds.close()
+    log_path = tmp_path / "dataset" / "labels" / "_positions-g.jsonl"
+    assert len(log_path.read_bytes().splitlines()) == 3
+    with open(log_path, "ab") as f:
+        f.write(b'{"0": 9')  # killed while appending
+    again = ConsumedDataset(tmp_path, "g")
+    assert again.label_positions == {0: 29, 1: 30}
+    assert not again.wants_label(1, 29) and again.wants_label(0, 29)
+    again.append_labels(labels[:1])  # the first save of a run compacts the log
+    again.close()
+    assert len(log_path.read_bytes().splitlines()) == 2
+    assert ConsumedDataset(tmp_path, "g").label_positions == {0: 29, 1: 30}
+    log_path.write_bytes(b'{"0": 1}\nnot json\n{"0": 2')
+    with pytest.raises(ValueError, match=r"_positions-g.jsonl, line 2"):
+        ConsumedDataset(tmp_path, "g")
+
+
 def test_dynamic_pacing_sends_in_bursts_of_a_tenth_of_a_second(monkeypatch) -> None:
     from serving.stream import replay
 

@@ -152,6 +152,9 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
         write_dataset=not args.no_dataset,
         session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=max(1_000, args.session_timeout_ms // 3),
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
+        slow_batch_s=args.slow_batch_ms / 1000,
+        labels_fetch_max_wait_ms=args.labels_fetch_max_wait_ms,
         security=_security(args),
     )
     client = build_model_client(serving_url, model_name, timeout_s=args.serving_timeout_seconds)
@@ -259,6 +262,7 @@ def _kafka_args(parser: argparse.ArgumentParser) -> None:
 
 def add_subcommands(subparsers: Any) -> None:
     """Register ``broker``, ``topics`` and ``stream`` on the ``fraud`` CLI."""
+    from serving.stream.consumer import ConsumerConfig
     from serving.stream.drift import DriftConfig
 
     broker = subparsers.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)")
@@ -325,6 +329,25 @@ def add_subcommands(subparsers: Any) -> None:
         type=int,
         default=1000,
         help="transactions per poll batch (one :predict call each)",
+    )
+    con.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=ConsumerConfig.fetch_max_wait_ms,
+        help="longest the broker may hold a transactions fetch (latency on Tansu, which holds "
+        "every fetch this long; Apache Kafka answers as soon as data is there)",
+    )
+    con.add_argument(
+        "--labels-fetch-max-wait-ms",
+        type=int,
+        default=ConsumerConfig.labels_fetch_max_wait_ms,
+        help="the same for the labels reader",
+    )
+    con.add_argument(
+        "--slow-batch-ms",
+        type=float,
+        default=ConsumerConfig.slow_batch_s * 1000,
+        help="log the time of each stage of a poll plus batch that takes this long",
     )
     con.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     con.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")

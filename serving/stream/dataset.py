@@ -4,7 +4,8 @@ Layout under ``<state_dir>/dataset``::
 
     transactions/part-<start>-<writer>-<n>.jsonl   one JSON object per line, contract.LIVE_FIELDS
     labels/part-<start>-<writer>-<n>.jsonl         messages.LABEL_FIELDS
-    labels/_positions-<group>.json                 labels-topic offsets already written
+    labels/_positions-<group>.jsonl                labels-topic offsets already written (a log:
+                                                   the last complete line holds)
 
 JSON Lines because the consumer already holds each record as a small dict (encoding one is
 ~1 us, a CSV row through the csv module several times that). Transactions are appended per batch
@@ -86,8 +87,9 @@ class ConsumedDataset:
         writer_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
         self._tx = _JsonlAppender(self.root / TRANSACTIONS_DIR, writer_id, rows_per_file)
         self._labels = _JsonlAppender(self.root / LABELS_DIR, writer_id, rows_per_file)
-        self._positions_path = self.root / LABELS_DIR / f"_positions-{_safe(group_id)}.json"
+        self._positions_path = self.root / LABELS_DIR / f"_positions-{_safe(group_id)}.jsonl"
         self.label_positions: dict[int, int] = self._load_positions()
+        self._positions_log: IO[bytes] | None = None
 
     def append_transactions(self, rows: Iterable[dict[str, Any]]) -> int:
         """Validated rows keyed by ``contract.LIVE_FIELDS`` (canonical timestamps)."""
@@ -132,20 +134,46 @@ class ConsumedDataset:
     def close(self) -> None:
         self._tx.close()
         self._labels.close()
+        if self._positions_log is not None:
+            self._positions_log.close()
+            self._positions_log = None
 
     def _load_positions(self) -> dict[int, int]:
         try:
-            raw = json.loads(self._positions_path.read_text())
+            lines = self._positions_path.read_bytes().splitlines()
         except FileNotFoundError:
             return {}
-        except ValueError as err:
-            raise ValueError(f"{self._positions_path}: unreadable ({err}); remove it") from err
-        return {int(k): int(v) for k, v in raw.items()}
+        for number in range(len(lines), 0, -1):
+            try:
+                raw = json.loads(lines[number - 1])
+                return {int(k): int(v) for k, v in raw.items()}
+            except ValueError as err:
+                if number != len(lines):
+                    raise ValueError(
+                        f"{self._positions_path}, line {number}: unreadable ({err}); remove it"
+                    ) from err
+                # Only the last line can be cut short (the process died while appending it).
+        return {}
 
     def _save_positions(self) -> None:
-        self._positions_path.parent.mkdir(parents=True, exist_ok=True)
+        # Appended, not replaced: on ext4 a rename over an existing file forces the new file's
+        # writeback, and doing that once per labels drain stalled scoring for up to ~270 ms.
+        if self._positions_log is None:
+            self._positions_path.parent.mkdir(parents=True, exist_ok=True)
+            self._compact_positions()
+            self._positions_log = open(self._positions_path, "ab")  # noqa: SIM115 - close()
+        line = json.dumps({str(k): v for k, v in sorted(self.label_positions.items())})
+        self._positions_log.write(line.encode() + b"\n")
+        self._positions_log.flush()
+
+    def _compact_positions(self) -> None:
+        """Start each run's log from one line (the file would otherwise grow a line per drain
+        for ever); a rename here, once per start, is no stall."""
+        if not self._positions_path.exists():
+            return
         tmp = self._positions_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({str(k): v for k, v in sorted(self.label_positions.items())}))
+        line = json.dumps({str(k): v for k, v in sorted(self.label_positions.items())})
+        tmp.write_bytes(line.encode() + b"\n")
         os.replace(tmp, self._positions_path)
 
 
