@@ -208,6 +208,9 @@ class LabelFeed:
         self._rewind = True
         self._last_bad_log = 0.0
         self.catch_up_timeout_s = 30.0
+        # Each poll waits for the fetch in flight; a bound just above the broker's hold limits
+        # what a completion kafka-python misses costs (such polls ran out their whole 100 ms).
+        self.poll_timeout_ms = 100
         # Called with each drained batch of valid labels (the drift monitor's live precision).
         self.on_labels: Any | None = None
         # What the last drain did, for the slow-batch log.
@@ -266,7 +269,7 @@ class LabelFeed:
                 )
                 break
             polled = time.monotonic()
-            records = self.consumer.poll(timeout_ms=100, max_records=20_000)
+            records = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=20_000)
             handled = time.monotonic()
             got = self._handle(records)
             stats["poll_ms"] += round((handled - polled) * 1000)
@@ -447,6 +450,7 @@ class StreamConsumer:
             self._dataset,
             offsets_client=offsets_client,
         )
+        self._labels.poll_timeout_ms = cfg.labels_fetch_max_wait_ms + 10
         if self.drift is not None:
             self._labels.on_labels = self.drift.add_labels
         self._labels.start()
@@ -543,6 +547,11 @@ class StreamConsumer:
         if new and self._labels is not None:
             self._labels.rewind()
         self.metrics.assigned_partitions.set(len(assigned))
+        # Everything alive now (modules, clients, restored engines) lives as long as the process;
+        # frozen, full collections stop scanning it: they took 20-40 ms in the loop, every ~12 s
+        # at 500 tx/s. Collected first so no garbage is frozen with it.
+        gc.collect()
+        gc.freeze()
         self._assigned_at = time.monotonic()
         log.info(
             "assigned %s",
@@ -622,6 +631,10 @@ class StreamConsumer:
         self._in_batch = True
         self._abort_batch = False
         stages = _StageClock(started)
+        wall_ms = time.time() * 1000
+        # How old the fetched messages already were when poll() returned them: the part of the
+        # end-to-end latency spent before this consumer saw them (broker, fetch pipelining).
+        ages = [wall_ms - msgs[i].timestamp for msgs in records.values() if msgs for i in (0, -1)]
         try:
             assert self._labels is not None
             self._labels.drain()
@@ -668,9 +681,12 @@ class StreamConsumer:
             if stages.total() + poll_s >= cfg.slow_batch_s:
                 # Where a stall went, so a latency spike in the metrics can be explained.
                 log.warning(
-                    "slow batch: %d message(s), poll %.0f ms, %s; labels drain %s",
+                    "slow batch: %d message(s), poll %.0f ms, age at poll %.0f-%.0f ms, %s; "
+                    "labels drain %s",
                     sum(len(v) for v in records.values()),
                     poll_s * 1000,
+                    min(ages, default=0),
+                    max(ages, default=0),
                     stages.describe(),
                     self._labels.last_drain if self._labels is not None else {},
                 )
