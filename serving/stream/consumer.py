@@ -403,7 +403,9 @@ class StreamConsumer:
             self._open()
             self._loop()
         finally:
+            # Hand the collector back as it was (tests and the bench run consumers in-process).
             gc.set_threshold(*thresholds)
+            gc.unfreeze()
             gc.callbacks.remove(gc_log)
             self.summary.seconds = time.monotonic() - start
             self._close()
