@@ -76,7 +76,7 @@ class ConsumerConfig:
     # How long the broker may hold a fetch. Apache Kafka answers as soon as data is there, but
     # Tansu holds every fetch for the whole wait even when it has data (its fetch loop sleeps the
     # rest of fetch.max.wait.ms after reading), so this wait is latency on every transaction
-    # there: a relay doing nothing had a p99 of ~55 ms at 100 ms and ~10 ms at 20 ms.
+    # there: a probe consumer's delivery p99 was 54 ms at 100 ms and 10 ms at 20 ms.
     fetch_max_wait_ms: int = 10
     # The labels reader's, see LabelFeed.
     labels_fetch_max_wait_ms: int = 20
@@ -193,6 +193,7 @@ class LabelFeed:
         metrics: StreamMetrics,
         dataset: ConsumedDataset | None,
         offsets_client: Any | None = None,
+        fetch_max_wait_ms: int = 90,
     ) -> None:
         self.consumer = consumer
         # Asks for the end offsets on a connection of its own: Kafka answers a connection's
@@ -212,7 +213,7 @@ class LabelFeed:
         self.catch_up_timeout_s = 30.0
         # Each poll waits for the fetch in flight; a bound just above the broker's hold limits
         # what a completion kafka-python misses costs (such polls ran out their whole 100 ms).
-        self.poll_timeout_ms = 100
+        self.poll_timeout_ms = fetch_max_wait_ms + 10
         # Called with each drained batch of valid labels (the drift monitor's live precision).
         self.on_labels: Any | None = None
         # What the last drain did, for the slow-batch log.
@@ -459,8 +460,8 @@ class StreamConsumer:
             self.metrics,
             self._dataset,
             offsets_client=offsets_client,
+            fetch_max_wait_ms=cfg.labels_fetch_max_wait_ms,
         )
-        self._labels.poll_timeout_ms = cfg.labels_fetch_max_wait_ms + 10
         if self.drift is not None:
             self._labels.on_labels = self.drift.add_labels
         self._labels.start()
@@ -642,9 +643,6 @@ class StreamConsumer:
         self._abort_batch = False
         stages = _StageClock(started)
         wall_ms = time.time() * 1000
-        # How old the fetched messages already were when poll() returned them: the part of the
-        # end-to-end latency spent before this consumer saw them (broker, fetch pipelining).
-        ages = [wall_ms - msgs[i].timestamp for msgs in records.values() if msgs for i in (0, -1)]
         try:
             assert self._labels is not None
             self._labels.drain()
@@ -689,7 +687,15 @@ class StreamConsumer:
         finally:
             self._in_batch = False
             if stages.total() + poll_s >= cfg.slow_batch_s:
-                # Where a stall went, so a latency spike in the metrics can be explained.
+                # Where a stall went, so a latency spike in the metrics can be explained. The
+                # ages are how old the fetched messages already were when poll() returned them:
+                # latency spent before this consumer saw them (broker, fetch pipelining).
+                ages = [
+                    wall_ms - msgs[i].timestamp
+                    for msgs in records.values()
+                    if msgs
+                    for i in (0, -1)
+                ]
                 log.warning(
                     "slow batch: %d message(s), poll %.0f ms, age at poll %.0f-%.0f ms, %s; "
                     "labels drain %s",

@@ -162,9 +162,14 @@ class ConsumedDataset:
             self._positions_path.parent.mkdir(parents=True, exist_ok=True)
             self._compact_positions()
             self._positions_log = open(self._positions_path, "ab")  # noqa: SIM115 - close()
-        line = json.dumps({str(k): v for k, v in sorted(self.label_positions.items())})
-        self._positions_log.write(line.encode() + b"\n")
+        self._positions_log.write(self._positions_line())
         self._positions_log.flush()
+
+    def _positions_line(self) -> bytes:
+        return (
+            json.dumps({str(k): v for k, v in sorted(self.label_positions.items())}).encode()
+            + b"\n"
+        )
 
     def _compact_positions(self) -> None:
         """Start each run's log from one line (the file would otherwise grow a line per drain
@@ -172,8 +177,7 @@ class ConsumedDataset:
         if not self._positions_path.exists():
             return
         tmp = self._positions_path.with_suffix(f".{os.getpid()}.tmp")
-        line = json.dumps({str(k): v for k, v in sorted(self.label_positions.items())})
-        tmp.write_bytes(line.encode() + b"\n")
+        tmp.write_bytes(self._positions_line())
         os.replace(tmp, self._positions_path)
 
 
