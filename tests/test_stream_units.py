@@ -478,3 +478,67 @@ def test_gc_pause_log_names_the_generation_of_a_long_collection(caplog) -> None:
             gc.callbacks.remove(quiet)
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and said[0].startswith("garbage collection of generation 2 took")
+
+
+# --- hot-path pieces ----------------------------------------------------------------------------
+
+
+def test_murmur2_equals_kafka_python_for_every_tail_length() -> None:
+    import random
+
+    from kafka.partitioner.default import murmur2 as reference
+
+    from serving.stream.consumer import KeyPartitioner, murmur2
+
+    rng = random.Random(7)
+    for length in range(70):
+        for _ in range(50):
+            key = bytes(rng.randrange(256) for _ in range(length))
+            assert murmur2(key) == reference(key), key
+            assert KeyPartitioner.key_hash(key) == reference(key) & 0x7FFFFFFF
+
+
+def test_streaming_features_come_out_in_the_contract_order() -> None:
+    engine = StreamingFeatureEngine()
+    engine.add_label("T1", 1_000, 1)
+    for ts, terminal in ((1_000_000, "T1"), (1_000_060, "T2")):
+        assert tuple(engine.update("C1", terminal, ts, 12.5)) == c.STATEFUL_FEATURES
+
+
+def test_gc_policy_freezes_survivors_and_frees_their_cycles_at_the_full_collection() -> None:
+    import gc
+    import weakref
+
+    from serving.stream.consumer import GcPolicy
+
+    class Node:
+        pass
+
+    def cycle() -> tuple[Node, weakref.ref]:
+        node = Node()
+        node.me = node  # type: ignore[attr-defined]
+        return node, weakref.ref(node)
+
+    saved = gc.get_threshold()
+    now = [0.0]
+    with GcPolicy(full_interval_s=60.0, young_threshold=123_456, clock=lambda: now[0]) as policy:
+        assert gc.get_threshold()[0] == 123_456
+        kept, kept_ref = cycle()
+        policy.after_batch()  # outlived the batch: frozen, out of the collector's sight
+        assert gc.get_freeze_count() > 0
+        del kept
+        gc.collect()
+        assert kept_ref() is not None
+        # A batch's own cyclic garbage goes at the end of that batch, not frozen with the rest.
+        dropped, dropped_ref = cycle()
+        del dropped
+        policy.after_batch()
+        assert dropped_ref() is None
+        assert policy.full_collections == 0
+        now[0] = 60.0
+        policy.after_batch()  # the interval is up: unfreeze, collect everything, freeze again
+        assert kept_ref() is None
+        assert policy.full_collections == 1 and policy.collected >= 1
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == saved

@@ -20,6 +20,19 @@ from components import contract as c
 
 _SNAPSHOT_VERSION = 1
 _EVICT_EVERY = 10_000  # transactions between eviction sweeps: amortises the sweep cost
+# The windows in seconds, and the output names in the contract's order so ``update`` can zip
+# them with its values (it runs once per transaction; name formatting there was measurable).
+_CUSTOMER_SECS = tuple(c.CUSTOMER_WINDOWS.values())
+_TERMINAL_SECS = tuple(c.TERMINAL_WINDOWS.values())
+_OUTPUT_ORDER = (
+    *(c.customer_count(w) for w in c.CUSTOMER_WINDOWS),
+    *(c.customer_mean_amount(w) for w in c.CUSTOMER_WINDOWS),
+    c.CUSTOMER_SECS_SINCE_PREV,
+    *(c.terminal_count(w) for w in c.TERMINAL_WINDOWS),
+    *(c.terminal_fraud_ratio(w) for w in c.TERMINAL_WINDOWS),
+)
+if set(_OUTPUT_ORDER) != set(c.STATEFUL_FEATURES) or len(_OUTPUT_ORDER) != len(c.STATEFUL_FEATURES):
+    raise ImportError("the streaming engine's outputs differ from contract.STATEFUL_FEATURES")
 
 
 @dataclass
@@ -77,35 +90,45 @@ class StreamingFeatureEngine:
         cust = self._customers.get(customer_id)
         if cust is None:
             cust = self._customers[customer_id] = _Customer()
-        prev = cust.ts[-1] if len(cust.ts) > cust.head else None
-        cust.ts.append(ts)
-        cust.csum.append(cust.csum[-1] + amount)
-        right = len(cust.ts)
-        out: dict[str, float] = {}
-        for w, secs in c.CUSTOMER_WINDOWS.items():
-            left = bisect.bisect_right(cust.ts, ts - secs, lo=cust.head)
+        ts_list, csum = cust.ts, cust.csum
+        prev = ts_list[-1] if len(ts_list) > cust.head else None
+        ts_list.append(ts)
+        csum.append(csum[-1] + amount)
+        right = len(ts_list)
+        total = csum[right]
+        counts: list[float] = []
+        means: list[float] = []
+        for secs in _CUSTOMER_SECS:
+            left = bisect.bisect_right(ts_list, ts - secs, lo=cust.head)
             count = right - left
-            out[c.customer_count(w)] = float(count)
-            out[c.customer_mean_amount(w)] = (cust.csum[right] - cust.csum[left]) / count
+            counts.append(float(count))
+            means.append((total - csum[left]) / count)
         gap = c.MAX_GAP_SECONDS if prev is None else min(ts - prev, c.MAX_GAP_SECONDS)
-        out[c.CUSTOMER_SECS_SINCE_PREV] = float(gap)
 
         term = self._terminals.get(terminal_id)
         end = ts - self._delay
-        hi = bisect.bisect_left(term.ts, end) if term else 0
-        for w, secs in c.TERMINAL_WINDOWS.items():
-            lo = bisect.bisect_left(term.ts, end - secs, hi=hi) if term else 0
-            count = hi - lo
-            frauds = sum(term.fraud[lo:hi]) if count else 0
-            out[c.terminal_count(w)] = float(count)
-            out[c.terminal_fraud_ratio(w)] = frauds / count if count else 0.0
+        t_counts: list[float] = []
+        ratios: list[float] = []
+        if term is None:
+            t_counts = [0.0] * len(_TERMINAL_SECS)
+            ratios = [0.0] * len(_TERMINAL_SECS)
+        else:
+            t_ts, fraud = term.ts, term.fraud
+            hi = bisect.bisect_left(t_ts, end)
+            for secs in _TERMINAL_SECS:
+                lo = bisect.bisect_left(t_ts, end - secs, hi=hi)
+                count = hi - lo
+                t_counts.append(float(count))
+                ratios.append(sum(fraud[lo:hi]) / count if count else 0.0)
 
         if ts > self._watermark:
             self._watermark = ts
         self._since_evict += 1
         if self._since_evict >= _EVICT_EVERY:
             self.evict()
-        return {name: out[name] for name in c.STATEFUL_FEATURES}
+        return dict(
+            zip(_OUTPUT_ORDER, (*counts, *means, float(gap), *t_counts, *ratios), strict=True)
+        )
 
     def evict(self) -> None:
         """Drop state no window can reach any more (relative to the newest time seen)."""
