@@ -1151,6 +1151,8 @@ class StreamConsumer:
             self.metrics.commit_failures.inc()
             log.warning("commit not sent (%s); the new owner re-reads from the last commit", err)
             return False
+        # Set from kafka-python's IO thread. (With the coordinator unknown, kafka-python returns
+        # the coordinator lookup's future instead: the wait then covers the lookup only.)
         future.add_both(lambda _: done.set())
         self._commit_done = done
         return True
