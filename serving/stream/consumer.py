@@ -496,7 +496,7 @@ class StreamConsumer:
         # skip messages without a decision). Acknowledged is enough, committed or not: a
         # snapshot ahead of the committed offset is restored from its own offset.
         self._dirty = False
-        # The last asynchronous offset commit (kafka Future) and an event set when it completes.
+        # Set when the last asynchronous offset commit is answered (None: nothing in flight).
         self._commit_done: threading.Event | None = None
         self._last_snapshot = 0.0
         self._warned_delay: set[int] = set()
@@ -751,8 +751,7 @@ class StreamConsumer:
                         log.info("idle for %.1f s: exiting", cfg.exit_when_idle_s)
                         return
                 continue
-            last_data = time.monotonic()
-            started = time.monotonic()
+            started = last_data = time.monotonic()
             # Labels are drained here, not inside _process: see LabelFeed._poll (a returned
             # _process frame would keep the whole batch: records, entries, send futures).
             assert self._labels is not None
@@ -769,7 +768,6 @@ class StreamConsumer:
         self._in_batch = True
         self._abort_batch = False
         stages = _StageClock(started)
-        wall_ms = time.time() * 1000
         try:
             stages.mark("labels")
             entries = self._parse(records)
@@ -819,8 +817,10 @@ class StreamConsumer:
                 # Where a stall went, so a latency spike in the metrics can be explained. The
                 # ages are how old the fetched messages already were when poll() returned them:
                 # latency spent before this consumer saw them (broker, fetch pipelining).
+                # ``started`` is when poll() returned, before the labels drain.
+                polled_ms = (time.time() - (time.monotonic() - started)) * 1000
                 ages = [
-                    wall_ms - msgs[i].timestamp
+                    polled_ms - msgs[i].timestamp
                     for msgs in records.values()
                     if msgs
                     for i in (0, -1)
