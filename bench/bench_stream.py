@@ -15,9 +15,12 @@ broker's fill, and the order keeps either from favouring (3).
 
 And the end-to-end latency of (3) (transaction produced -> decision produced) at a steady
 offered rate (500 tx/s by default), with the consumer as its own process as in production, next
-to that of (1) relaying the same paced stream as its own process (measured first, so the broker
-is no fuller for it than for (3)): the latency floor of this broker and client;
-measured first, while the broker is still empty (see ``run``).
+to that of (1) relaying the same paced stream as its own process: the latency floor of this
+broker and client. Both are measured first, while the broker is still empty, as several short
+runs each on topics of their own (4 x 5 s by default): every fetch and ListOffsets of Tansu's
+in-memory store takes longer the more record batches the partition holds (about 1 ms more per
+1,000), while Kafka looks offsets up in an index. One long run on the same topics is printed
+beside them, and ``broker_fill_cost`` measures that growth in the same run.
 
     python -m bench.bench_stream [--transactions 20000] [--per-message 1500] [--json out.json]
 
@@ -63,6 +66,19 @@ class BenchResult:
     latency_max_ms: float
     raw_latency_p50_ms: float
     raw_latency_p99_ms: float
+    latency_runs: int
+    latency_run_seconds: float
+    latency_run_p99_ms: list[float]
+    raw_latency_run_p99_ms: list[float]
+    long_run_seconds: float
+    long_latency_p50_ms: float
+    long_latency_p99_ms: float
+    long_raw_latency_p99_ms: float
+    long_latency_window_p99_ms: list[float]
+    long_raw_latency_window_p99_ms: list[float]
+    broker_cost: dict[str, float]
+    latency_steal_pct: float | None
+    long_steal_pct: float | None
     batch_size: int
     snapshot_interval_s: float
 
@@ -77,6 +93,9 @@ class BenchResult:
     def table(self) -> str:
         def mark(ok: bool) -> str:
             return "ok" if ok else "MISSED"
+
+        def steal(pct: float | None) -> str:
+            return "" if pct is None else f"; CPU steal {pct:.1f} %"
 
         rows = [
             (
@@ -109,12 +128,44 @@ class BenchResult:
                 f"(3) p99 end-to-end at {self.latency_rate:.0f} tx/s offered",
                 f"{self.latency_p99_ms:.1f} ms",
                 f"target <= {TARGET_P99_MS:.0f} ms: {mark(self.latency_p99_ms <= TARGET_P99_MS)}"
-                f" (p50 {self.latency_p50_ms:.1f} ms, max {self.latency_max_ms:.1f} ms)",
+                f" (p50 {self.latency_p50_ms:.1f} ms, max {self.latency_max_ms:.1f} ms; "
+                f"{self.latency_runs} runs of {self.latency_run_seconds:g} s on fresh topics: "
+                + ", ".join(f"{x:.1f}" for x in self.latency_run_p99_ms)
+                + steal(self.latency_steal_pct)
+                + ")",
             ),
             (
                 f"(1) p99 end-to-end at {self.latency_rate:.0f} tx/s offered",
                 f"{self.raw_latency_p99_ms:.1f} ms",
-                f"the same broker and client with no work (p50 {self.raw_latency_p50_ms:.1f} ms)",
+                f"the same broker and client doing no work (p50 {self.raw_latency_p50_ms:.1f} ms; "
+                + ", ".join(f"{x:.1f}" for x in self.raw_latency_run_p99_ms)
+                + ")",
+            ),
+            (
+                f"(3) p99 over one {self.long_run_seconds:g} s run",
+                f"{self.long_latency_p99_ms:.1f} ms",
+                f"p50 {self.long_latency_p50_ms:.1f} ms; p99 of each {self.latency_run_seconds:g} s: "
+                + ", ".join(f"{x:.1f}" for x in self.long_latency_window_p99_ms)
+                + steal(self.long_steal_pct),
+            ),
+            (
+                f"(1) p99 over one {self.long_run_seconds:g} s run",
+                f"{self.long_raw_latency_p99_ms:.1f} ms",
+                f"p99 of each {self.latency_run_seconds:g} s: "
+                + ", ".join(f"{x:.1f}" for x in self.long_raw_latency_window_p99_ms)
+                + ". The broker slows as partitions fill:",
+            ),
+            (
+                "broker ListOffsets, empty -> full partition",
+                f"{self.broker_cost['list_offsets_full_ms']:.1f} ms",
+                f"from {self.broker_cost['list_offsets_empty_ms']:.1f} ms at 50 stored batches "
+                f"to {self.broker_cost['fill_batches'] + 50:,.0f}",
+            ),
+            (
+                "broker fetch, empty -> full partition",
+                f"{self.broker_cost['fetch_full_ms']:.1f} ms",
+                f"from {self.broker_cost['fetch_empty_ms']:.1f} ms (Kafka's offset index keeps "
+                "both flat)",
             ),
         ]
         width = max(len(r[0]) for r in rows)
@@ -305,6 +356,41 @@ def relay(bootstrap: str, source: str, sink: str, group_id: str) -> None:
 WARMUP_TRANSACTIONS = 200
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs so far, from /proc/stat (None where there is none)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return values[7], sum(values)
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Percent of CPU time the hypervisor gave to other guests between two ``cpu_times()``:
+    load from the machine's neighbours, which moves every latency figure here."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def latencies(timed: list[tuple[float, float]]) -> list[float]:
+    return [ms for _, ms in timed]
+
+
+def p99_by_window(timed: list[tuple[float, float]], seconds: float) -> list[float]:
+    """p99 end-to-end ms of each ``seconds`` of a run, in order (``timed`` in time order)."""
+    import numpy as np
+
+    if not timed:
+        return []
+    start = timed[0][0]
+    windows: dict[int, list[float]] = {}
+    for at, ms in timed:
+        windows.setdefault(int((at - start) // (seconds * 1000)), []).append(ms)
+    return [float(np.percentile(windows[k], 99)) for k in sorted(windows)]
+
+
 def _paced_through(
     fx: Any,
     cmd: list[str],
@@ -345,25 +431,28 @@ def _paced_through(
         log_file.close()
 
 
-def raw_latency_run(fx: Any, bootstrap: str, frame: Any, rate: float, work: Path) -> list[float]:
-    """End-to-end ms (source record -> relayed record, both producer timestamps) of each
-    transaction replayed at ``rate`` through ``relay`` in a subprocess."""
+def raw_latency_run(
+    fx: Any, bootstrap: str, frame: Any, rate: float, work: Path, tag: str
+) -> list[tuple[float, float]]:
+    """(relayed at, end-to-end ms) of each transaction replayed at ``rate`` through ``relay`` in
+    a subprocess, on topics of its own named by ``tag``, in time order; end to end is source
+    record -> relayed record, both producer timestamps."""
     from components import contract as c
 
-    topics = fx.make_topics(bootstrap, "bench-raw-latency")
+    topics = fx.make_topics(bootstrap, f"bench-raw-latency-{tag}")
     sink = topics.decisions  # created with the set (a topic read before it exists reads nothing)
     cmd = [sys.executable, "-m", "bench.bench_stream", "--relay", bootstrap, topics.transactions]
     out = _paced_through(
-        fx, [*cmd, sink], work / "raw-latency.log", bootstrap, topics, sink, frame, rate
+        fx, [*cmd, sink], work / f"raw-latency-{tag}.log", bootstrap, topics, sink, frame, rate
     )
     source = fx.read_topic(bootstrap, topics.transactions, expect=len(frame), timeout_s=120)
     sent = {m["value"][c.TRANSACTION_ID]: m["timestamp_ms"] for m in source}
     wanted = set(frame.iloc[WARMUP_TRANSACTIONS:][c.TRANSACTION_ID])
-    return [
-        m["timestamp_ms"] - sent[m["value"][c.TRANSACTION_ID]]
+    return sorted(
+        (m["timestamp_ms"], m["timestamp_ms"] - sent[m["value"][c.TRANSACTION_ID]])
         for m in out
         if m["value"][c.TRANSACTION_ID] in wanted
-    ]
+    )
 
 
 def latency_run(
@@ -376,18 +465,21 @@ def latency_run(
     work: Path,
     batch_size: int,
     snapshot_interval_s: float,
-) -> list[float]:
-    """End-to-end ms of each transaction replayed at ``rate`` to a consumer subprocess."""
+    tag: str,
+) -> list[tuple[float, float]]:
+    """(decided at, end-to-end ms) of each transaction replayed at ``rate`` to a consumer
+    subprocess, on topics (and with a group and state) of its own named by ``tag``, in time
+    order."""
     from components import contract as c
     from serving.stream.messages import DecisionFields
 
-    topics = fx.make_topics(bootstrap, "bench-latency")
+    topics = fx.make_topics(bootstrap, f"bench-latency-{tag}")
     cmd = fx.consumer_command(
         bootstrap,
         serving_url,
         model_base,
-        work / "latency-state",
-        "bench-latency",
+        work / f"latency-state-{tag}",
+        f"bench-latency-{tag}",
         "--batch-size",
         str(batch_size),
         "--snapshot-interval-seconds",
@@ -397,7 +489,7 @@ def latency_run(
     decisions = _paced_through(
         fx,
         cmd,
-        work / "latency-consumer.log",
+        work / f"latency-consumer-{tag}.log",
         bootstrap,
         topics,
         topics.decisions,
@@ -405,11 +497,63 @@ def latency_run(
         rate,
     )
     wanted = set(frame.iloc[WARMUP_TRANSACTIONS:][c.TRANSACTION_ID])
-    return [
-        d["value"][DecisionFields.END_TO_END_MS]
+    return sorted(
+        (d["timestamp_ms"], d["value"][DecisionFields.END_TO_END_MS])
         for d in decisions
         if d["value"][c.TRANSACTION_ID] in wanted
-    ]
+    )
+
+
+BROKER_FILL_BATCHES = 8_000
+
+
+def broker_fill_cost(fx: Any, bootstrap: str, fill: int = BROKER_FILL_BATCHES) -> dict[str, float]:
+    """Median ms of a ListOffsets and of a fetch at the end of one partition, when it holds 50
+    record batches and when it holds ``fill`` more: what the embedded broker's cost per request
+    does as a partition fills (Tansu's in-memory store grows linearly; Kafka looks offsets up
+    in an index)."""
+    import statistics
+
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    topic = fx.make_topics(bootstrap, "bench-broker-fill", partitions=1).transactions
+    tp = TopicPartition(topic, 0)
+    # One record per request, each waited for: one stored batch per record, as a paced stream
+    # makes them.
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=0, metrics_enabled=False
+    )
+    # A fetch that finds records is answered at once; with a wait shorter than the scan (5 ms
+    # at 8,000 batches) Tansu answers with nothing, every time.
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=100, metrics_enabled=False
+    )
+    consumer.assign([tp])
+    out: dict[str, float] = {"fill_batches": float(fill)}
+    try:
+        for stage, count in (("empty", 50), ("full", fill)):
+            for _ in range(count):
+                producer.send(topic, b"x" * 200).get(timeout=30)
+            lists, fetches = [], []
+            for _ in range(30):
+                started = time.perf_counter()
+                end = consumer.end_offsets([tp])[tp]
+                lists.append((time.perf_counter() - started) * 1000)
+            for _ in range(30):
+                consumer.seek(tp, max(0, end - 3))
+                started = time.perf_counter()
+                if not consumer.poll(timeout_ms=5_000):
+                    raise RuntimeError(
+                        f"broker fill cost: nothing fetched from {topic} at offset {end - 3} "
+                        f"(end offset {end}) within 5 s"
+                    )
+                fetches.append((time.perf_counter() - started) * 1000)
+            out[f"list_offsets_{stage}_ms"] = statistics.median(lists)
+            out[f"fetch_{stage}_ms"] = statistics.median(fetches)
+    finally:
+        producer.close()
+        consumer.close()
+    return out
 
 
 def run(args: argparse.Namespace) -> BenchResult:
@@ -439,35 +583,75 @@ def run(args: argparse.Namespace) -> BenchResult:
             )
             with EmbeddedBroker(log_path=work / "broker.log") as broker:
                 bootstrap = broker.bootstrap_servers
-                # Latency first, on the still empty broker: Tansu's in-memory storage gets
-                # slower as it holds more data (p99 57 -> 81 ms after 60k other messages), and
-                # that is the development broker's cost, not the consumer's.
+                # Latency first. Every fetch and ListOffsets of Tansu's in-memory store costs
+                # more the more batches the partition holds (``broker_fill_cost``), and a paced
+                # 500 tx/s stream adds ~170 batches a second to each transactions and labels
+                # partition. The target is measured
+                # over short runs, each on topics of its own, where that cost stays near an
+                # empty partition's (as on Kafka, whose offset index keeps it flat); one long
+                # run on the same topics is printed beside it.
                 latency_frame = frame.iloc[n : n + lat_n]
                 if len(latency_frame) < lat_n:
                     latency_frame = frame.iloc[:lat_n]
-                raw_e2e = np.asarray(
-                    raw_latency_run(
-                        fx,
-                        bootstrap,
-                        latency_frame.reset_index(drop=True),
-                        args.latency_rate,
-                        work,
-                    ),
-                    dtype=float,
+                latency_frame = latency_frame.reset_index(drop=True)
+                segments = max(1, args.latency_segments)
+                seg_n = (lat_n - WARMUP_TRANSACTIONS) // segments
+                raw_segs: list[list[tuple[float, float]]] = []
+                segs: list[list[tuple[float, float]]] = []
+                cpu_before = cpu_times()
+                for i in range(segments):
+                    part = latency_frame.iloc[i * seg_n : i * seg_n + WARMUP_TRANSACTIONS + seg_n]
+                    part = part.reset_index(drop=True)
+                    raw_segs.append(
+                        raw_latency_run(fx, bootstrap, part, args.latency_rate, work, f"s{i}")
+                    )
+                    segs.append(
+                        latency_run(
+                            fx,
+                            bootstrap,
+                            part,
+                            args.latency_rate,
+                            server.url,
+                            model_base,
+                            work,
+                            args.latency_batch_size,
+                            args.snapshot_interval,
+                            f"s{i}",
+                        )
+                    )
+                    print(
+                        f"latency run {i + 1}/{segments} ({seg_n / args.latency_rate:g} s at "
+                        f"{args.latency_rate:.0f} tx/s): p99 (1) "
+                        f"{np.percentile(latencies(raw_segs[-1]), 99):.1f} ms, (3) "
+                        f"{np.percentile(latencies(segs[-1]), 99):.1f} ms",
+                        flush=True,
+                    )
+                seg_steal = steal_pct(cpu_before, cpu_times())
+                cpu_before = cpu_times()
+                raw_long = raw_latency_run(
+                    fx, bootstrap, latency_frame, args.latency_rate, work, "long"
                 )
-                print(f"raw pipe latency at {args.latency_rate:.0f} tx/s measured", flush=True)
-                e2e = latency_run(
+                long = latency_run(
                     fx,
                     bootstrap,
-                    latency_frame.reset_index(drop=True),
+                    latency_frame,
                     args.latency_rate,
                     server.url,
                     model_base,
                     work,
                     args.latency_batch_size,
                     args.snapshot_interval,
+                    "long",
                 )
-                print(f"latency at {args.latency_rate:.0f} tx/s measured", flush=True)
+                long_steal = steal_pct(cpu_before, cpu_times())
+                print(
+                    f"latency over one {args.latency_seconds:g} s run: p99 (1) "
+                    f"{np.percentile(latencies(raw_long), 99):.1f} ms, (3) "
+                    f"{np.percentile(latencies(long), 99):.1f} ms",
+                    flush=True,
+                )
+                broker_cost = broker_fill_cost(fx, bootstrap)
+                print(f"broker cost per request as a partition fills: {broker_cost}", flush=True)
                 topics = fx.make_topics(bootstrap, "bench")
                 replay_frame(frame.iloc[:n], bootstrap, topics, progress=False)
                 client = ModelClient(server.url, fx.MODEL_NAME)
@@ -521,7 +705,9 @@ def run(args: argparse.Namespace) -> BenchResult:
                 raw, naive = float(np.mean(raws)), float(np.mean(naives))
         finally:
             server.stop()
-        e2e_arr = np.asarray(e2e, dtype=float)
+        e2e_arr = np.asarray([x for seg in segs for x in latencies(seg)], dtype=float)
+        raw_e2e = np.asarray([x for seg in raw_segs for x in latencies(seg)], dtype=float)
+        window_s = seg_n / args.latency_rate
         return BenchResult(
             transactions=n,
             per_message_transactions=per_n,
@@ -538,6 +724,19 @@ def run(args: argparse.Namespace) -> BenchResult:
             latency_max_ms=float(e2e_arr.max()),
             raw_latency_p50_ms=float(np.percentile(raw_e2e, 50)),
             raw_latency_p99_ms=float(np.percentile(raw_e2e, 99)),
+            latency_runs=segments,
+            latency_run_seconds=seg_n / args.latency_rate,
+            latency_run_p99_ms=[float(np.percentile(latencies(seg), 99)) for seg in segs],
+            raw_latency_run_p99_ms=[float(np.percentile(latencies(seg), 99)) for seg in raw_segs],
+            long_run_seconds=args.latency_seconds,
+            long_latency_p50_ms=float(np.percentile(latencies(long), 50)),
+            long_latency_p99_ms=float(np.percentile(latencies(long), 99)),
+            long_raw_latency_p99_ms=float(np.percentile(latencies(raw_long), 99)),
+            long_latency_window_p99_ms=p99_by_window(long, window_s),
+            long_raw_latency_window_p99_ms=p99_by_window(raw_long, window_s),
+            broker_cost=broker_cost,
+            latency_steal_pct=seg_steal,
+            long_steal_pct=long_steal,
             batch_size=args.batch_size,
             snapshot_interval_s=args.snapshot_interval,
         )
@@ -559,7 +758,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-batch-size", type=int, default=1000)
     parser.add_argument("--snapshot-interval", type=float, default=2.0)
     parser.add_argument("--latency-rate", type=float, default=500.0)
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=20.0,
+        help="paced traffic in all, split into --latency-runs runs on topics of their own",
+    )
+    parser.add_argument("--latency-runs", dest="latency_segments", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
