@@ -182,6 +182,63 @@ def test_router_gates_labels_by_availability_even_when_they_arrive_early() -> No
     pd.testing.assert_frame_equal(mine, ref)
 
 
+def test_early_labels_in_any_arrival_order_give_the_same_features() -> None:
+    df = simulated(120, 20).head(3000)
+    labels = _labels_of(df)
+    order = np.random.default_rng(5).permutation(len(labels))
+    router = LabelRouter()
+    state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
+    got = _run_partition(df, state, router, {0: [(int(k), labels[int(k)]) for k in order]})
+    ref = reference_stream_features(df, partitions=1)
+    mine = pd.DataFrame.from_dict(got, orient="index").loc[ref.index][list(c.STATEFUL_FEATURES)]
+    pd.testing.assert_frame_equal(mine, ref)
+
+
+def test_pending_labels_are_applied_in_availability_then_arrival_order() -> None:
+    applied: list[str] = []
+
+    class Recorder(StreamingFeatureEngine):
+        def add_label(self, terminal_id: str, tx_ts: int, is_fraud: int) -> None:
+            applied.append(terminal_id)
+
+    router = LabelRouter()
+    state = router.partitions[0] = PartitionState(0, Recorder())
+    arrivals = [(0, 10), (1, 20), (0, 15), (1, 20), (2, 30), (0, 5), (2, 25), (1, 30), (0, 40)]
+    for i, (label_partition, available) in enumerate(arrivals):
+        router.deliver(label_partition, i, m.Label(f"x{i}", f"t{i}", "c", 0, 0, available, "", ""))
+    state.advance_to(20)
+    assert applied == ["t5", "t0", "t2", "t1", "t3"]
+    state.advance_to(29)
+    assert applied[5:] == ["t6"]
+    state.advance_to(40)
+    assert applied[6:] == ["t4", "t7", "t8"]
+    state.advance_to(41)
+    assert len(applied) == 9
+
+
+def test_labels_over_several_partitions_give_the_reference_features() -> None:
+    df = simulated(120, 20).head(3000)
+    labels = _labels_of(df)
+    router = LabelRouter()
+    state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
+    ts = batch_epoch_seconds(df[c.TIMESTAMP])
+    by_avail = sorted(range(len(labels)), key=lambda k: labels[k].available_at)
+    # Three labels partitions, each in availability order, read one partition after the other
+    # as a poll returns them: all before the first transaction.
+    for label_partition in range(3):
+        for offset, k in enumerate(by_avail[label_partition::3]):
+            router.deliver(label_partition, offset, labels[k])
+    out = {}
+    for i, r in enumerate(df.to_dict("records")):
+        state.advance_to(int(ts[i]))
+        out[r[c.TRANSACTION_ID]] = state.engine.update(
+            r[c.CUSTOMER_ID], r[c.TERMINAL_ID], int(ts[i]), r[c.AMOUNT]
+        )
+    ref = reference_stream_features(df, partitions=1)
+    mine = pd.DataFrame.from_dict(out, orient="index").loc[ref.index][list(c.STATEFUL_FEATURES)]
+    pd.testing.assert_frame_equal(mine, ref)
+
+
 def test_snapshot_restore_resumes_exactly(tmp_path: Path) -> None:
     df = simulated(120, 20).head(3000)
     labels = _labels_of(df)
