@@ -6,6 +6,7 @@ One module-scoped run (replay a simulated dataset, consume it once) feeds most a
 from __future__ import annotations
 
 import base64
+import gc
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -265,6 +266,7 @@ def test_a_new_model_version_decides_with_its_own_thresholds(
     from serving.stream.replay import replay_frame
 
     replay_frame(df, broker.bootstrap_servers, topics, progress=False)
+    assert gc.get_freeze_count() == 0  # the replay takes its heap out of the collector, then back
     consume(broker.bootstrap_servers, topics, model_server, model_base, tmp_path)
     decisions = read_topic(broker.bootstrap_servers, topics.decisions, expect=len(df))
     _, review, block = VERSIONS[2]
