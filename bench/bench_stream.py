@@ -354,6 +354,8 @@ def relay(bootstrap: str, source: str, sink: str, group_id: str) -> None:
 
 
 WARMUP_TRANSACTIONS = 200
+# (produced at ms, end-to-end ms) per transaction of a latency run, in time order
+Timed = list[tuple[float, float]]
 
 
 def cpu_times() -> tuple[int, int] | None:
@@ -596,53 +598,42 @@ def run(args: argparse.Namespace) -> BenchResult:
                 latency_frame = latency_frame.reset_index(drop=True)
                 segments = max(1, args.latency_segments)
                 seg_n = (lat_n - WARMUP_TRANSACTIONS) // segments
-                raw_segs: list[list[tuple[float, float]]] = []
-                segs: list[list[tuple[float, float]]] = []
+
+                def relay_and_consumer(part: Any, tag: str) -> tuple[Timed, Timed]:
+                    """(1) then (3) on the paced ``part``, each on topics of its own."""
+                    raw_timed = raw_latency_run(fx, bootstrap, part, args.latency_rate, work, tag)
+                    timed = latency_run(
+                        fx,
+                        bootstrap,
+                        part,
+                        args.latency_rate,
+                        server.url,
+                        model_base,
+                        work,
+                        args.latency_batch_size,
+                        args.snapshot_interval,
+                        tag,
+                    )
+                    return raw_timed, timed
+
+                raw_segs: list[Timed] = []
+                segs: list[Timed] = []
                 cpu_before = cpu_times()
                 for i in range(segments):
                     part = latency_frame.iloc[i * seg_n : i * seg_n + WARMUP_TRANSACTIONS + seg_n]
-                    part = part.reset_index(drop=True)
-                    raw_segs.append(
-                        raw_latency_run(fx, bootstrap, part, args.latency_rate, work, f"s{i}")
-                    )
-                    segs.append(
-                        latency_run(
-                            fx,
-                            bootstrap,
-                            part,
-                            args.latency_rate,
-                            server.url,
-                            model_base,
-                            work,
-                            args.latency_batch_size,
-                            args.snapshot_interval,
-                            f"s{i}",
-                        )
-                    )
+                    raw_timed, timed = relay_and_consumer(part.reset_index(drop=True), f"s{i}")
+                    raw_segs.append(raw_timed)
+                    segs.append(timed)
                     print(
                         f"latency run {i + 1}/{segments} ({seg_n / args.latency_rate:g} s at "
                         f"{args.latency_rate:.0f} tx/s): p99 (1) "
-                        f"{np.percentile(latencies(raw_segs[-1]), 99):.1f} ms, (3) "
-                        f"{np.percentile(latencies(segs[-1]), 99):.1f} ms",
+                        f"{np.percentile(latencies(raw_timed), 99):.1f} ms, (3) "
+                        f"{np.percentile(latencies(timed), 99):.1f} ms",
                         flush=True,
                     )
                 seg_steal = steal_pct(cpu_before, cpu_times())
                 cpu_before = cpu_times()
-                raw_long = raw_latency_run(
-                    fx, bootstrap, latency_frame, args.latency_rate, work, "long"
-                )
-                long = latency_run(
-                    fx,
-                    bootstrap,
-                    latency_frame,
-                    args.latency_rate,
-                    server.url,
-                    model_base,
-                    work,
-                    args.latency_batch_size,
-                    args.snapshot_interval,
-                    "long",
-                )
+                raw_long, long = relay_and_consumer(latency_frame, "long")
                 long_steal = steal_pct(cpu_before, cpu_times())
                 print(
                     f"latency over one {args.latency_seconds:g} s run: p99 (1) "

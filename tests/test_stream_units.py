@@ -170,6 +170,12 @@ def _run_partition(
     return out
 
 
+def _assert_reference_features(got: dict[str, dict[str, float]], df: pd.DataFrame) -> None:
+    ref = reference_stream_features(df, partitions=1)
+    mine = pd.DataFrame.from_dict(got, orient="index").loc[ref.index][list(c.STATEFUL_FEATURES)]
+    pd.testing.assert_frame_equal(mine, ref)
+
+
 def test_router_gates_labels_by_availability_even_when_they_arrive_early() -> None:
     df = simulated(120, 20).head(3000)
     labels = _labels_of(df)
@@ -177,9 +183,7 @@ def test_router_gates_labels_by_availability_even_when_they_arrive_early() -> No
     state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
     # Every label arrives at the very start, long before it is available.
     got = _run_partition(df, state, router, {0: list(enumerate(labels))})
-    ref = reference_stream_features(df, partitions=1)
-    mine = pd.DataFrame.from_dict(got, orient="index").loc[ref.index][list(c.STATEFUL_FEATURES)]
-    pd.testing.assert_frame_equal(mine, ref)
+    _assert_reference_features(got, df)
 
 
 def test_early_labels_in_any_arrival_order_give_the_same_features() -> None:
@@ -189,9 +193,7 @@ def test_early_labels_in_any_arrival_order_give_the_same_features() -> None:
     router = LabelRouter()
     state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
     got = _run_partition(df, state, router, {0: [(int(k), labels[int(k)]) for k in order]})
-    ref = reference_stream_features(df, partitions=1)
-    mine = pd.DataFrame.from_dict(got, orient="index").loc[ref.index][list(c.STATEFUL_FEATURES)]
-    pd.testing.assert_frame_equal(mine, ref)
+    _assert_reference_features(got, df)
 
 
 def test_pending_labels_are_applied_in_availability_then_arrival_order() -> None:
@@ -221,22 +223,13 @@ def test_labels_over_several_partitions_give_the_reference_features() -> None:
     labels = _labels_of(df)
     router = LabelRouter()
     state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
-    ts = batch_epoch_seconds(df[c.TIMESTAMP])
     by_avail = sorted(range(len(labels)), key=lambda k: labels[k].available_at)
     # Three labels partitions, each in availability order, read one partition after the other
     # as a poll returns them: all before the first transaction.
     for label_partition in range(3):
         for offset, k in enumerate(by_avail[label_partition::3]):
             router.deliver(label_partition, offset, labels[k])
-    out = {}
-    for i, r in enumerate(df.to_dict("records")):
-        state.advance_to(int(ts[i]))
-        out[r[c.TRANSACTION_ID]] = state.engine.update(
-            r[c.CUSTOMER_ID], r[c.TERMINAL_ID], int(ts[i]), r[c.AMOUNT]
-        )
-    ref = reference_stream_features(df, partitions=1)
-    mine = pd.DataFrame.from_dict(out, orient="index").loc[ref.index][list(c.STATEFUL_FEATURES)]
-    pd.testing.assert_frame_equal(mine, ref)
+    _assert_reference_features(_run_partition(df, state, router, {}), df)
 
 
 def test_snapshot_restore_resumes_exactly(tmp_path: Path) -> None:
