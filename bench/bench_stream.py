@@ -61,6 +61,8 @@ class BenchResult:
     consumer_runs: list[float]
     latency_rate: float
     latency_transactions: int
+    # Labels published among the measured transactions of the short runs (due at their time).
+    latency_labels: int
     latency_p50_ms: float
     latency_p99_ms: float
     latency_max_ms: float
@@ -129,7 +131,8 @@ class BenchResult:
                 f"{self.latency_p99_ms:.1f} ms",
                 f"target <= {TARGET_P99_MS:.0f} ms: {mark(self.latency_p99_ms <= TARGET_P99_MS)}"
                 f" (p50 {self.latency_p50_ms:.1f} ms, max {self.latency_max_ms:.1f} ms; "
-                f"{self.latency_runs} runs of {self.latency_run_seconds:g} s on fresh topics: "
+                f"{self.latency_runs} runs of {self.latency_run_seconds:g} s on fresh topics, "
+                f"{self.latency_labels:,} labels falling due among them: "
                 + ", ".join(f"{x:.1f}" for x in self.latency_run_p99_ms)
                 + steal(self.latency_steal_pct)
                 + ")",
@@ -376,6 +379,19 @@ def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
     return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
 
 
+def labels_due(frame: Any, start: int, stop: int) -> int:
+    """How many labels a replay of ``frame`` publishes among its transactions ``start`` to
+    ``stop - 1`` (each just before the first transaction at or after its availability)."""
+    from components import contract as c
+    from components.features.batch import epoch_seconds
+
+    head = frame.iloc[:stop]
+    ts = epoch_seconds(head[c.TIMESTAMP])
+    avail = epoch_seconds(head[c.LABEL_AVAILABLE_AT])
+    after = ts[start - 1] if start > 0 else avail.min() - 1
+    return int(((avail > after) & (avail <= ts[stop - 1])).sum())
+
+
 def latencies(timed: list[tuple[float, float]]) -> list[float]:
     return [ms for _, ms in timed]
 
@@ -402,10 +418,14 @@ def _paced_through(
     sink: str,
     frame: Any,
     rate: float,
+    prior: Any,
 ) -> list[dict[str, Any]]:
     """Run ``cmd`` (a process that writes one ``sink`` record per transaction it reads) while
     ``frame`` is replayed: the first ``WARMUP_TRANSACTIONS`` unpaced (group join, first calls),
-    the rest at ``rate``; returns every sink record once they are all there."""
+    the rest at ``rate``; returns every sink record once they are all there. ``frame`` starts
+    mid-stream after ``prior``, whose labels falling due during it are published with it."""
+    import pandas as pd
+
     from serving.stream.replay import Pacing, replay_frame
 
     warmup, measured = frame.iloc[:WARMUP_TRANSACTIONS], frame.iloc[WARMUP_TRANSACTIONS:]
@@ -414,7 +434,7 @@ def _paced_through(
         cmd, cwd=REPO, env=fx.child_env(topics), stdout=log_file, stderr=log_file
     )
     try:
-        replay_frame(warmup, bootstrap, topics, progress=False, trailing_labels=False)
+        replay_frame(warmup, bootstrap, topics, progress=False, trailing_labels=False, prior=prior)
         fx.read_topic(bootstrap, sink, expect=len(warmup), timeout_s=120)
         # No trailing labels: dumping every label not yet due at the end (thousands at once) is
         # the end of a finite replay, not a steady stream, and the last batches waited for it.
@@ -425,6 +445,7 @@ def _paced_through(
             pacing=Pacing(rate=rate),
             progress=False,
             trailing_labels=False,
+            prior=pd.concat([prior, warmup]),
         )
         return fx.read_topic(bootstrap, sink, expect=len(frame), timeout_s=120)
     finally:
@@ -434,7 +455,7 @@ def _paced_through(
 
 
 def raw_latency_run(
-    fx: Any, bootstrap: str, frame: Any, rate: float, work: Path, tag: str
+    fx: Any, bootstrap: str, frame: Any, prior: Any, rate: float, work: Path, tag: str
 ) -> list[tuple[float, float]]:
     """(relayed at, end-to-end ms) of each transaction replayed at ``rate`` through ``relay`` in
     a subprocess, on topics of its own named by ``tag``, in time order; end to end is source
@@ -445,7 +466,15 @@ def raw_latency_run(
     sink = topics.decisions  # created with the set (a topic read before it exists reads nothing)
     cmd = [sys.executable, "-m", "bench.bench_stream", "--relay", bootstrap, topics.transactions]
     out = _paced_through(
-        fx, [*cmd, sink], work / f"raw-latency-{tag}.log", bootstrap, topics, sink, frame, rate
+        fx,
+        [*cmd, sink],
+        work / f"raw-latency-{tag}.log",
+        bootstrap,
+        topics,
+        sink,
+        frame,
+        rate,
+        prior,
     )
     source = fx.read_topic(bootstrap, topics.transactions, expect=len(frame), timeout_s=120)
     sent = {m["value"][c.TRANSACTION_ID]: m["timestamp_ms"] for m in source}
@@ -461,6 +490,7 @@ def latency_run(
     fx: Any,
     bootstrap: str,
     frame: Any,
+    prior: Any,
     rate: float,
     serving_url: str,
     model_base: Path,
@@ -497,6 +527,7 @@ def latency_run(
         topics.decisions,
         frame,
         rate,
+        prior,
     )
     wanted = set(frame.iloc[WARMUP_TRANSACTIONS:][c.TRANSACTION_ID])
     return sorted(
@@ -592,20 +623,27 @@ def run(args: argparse.Namespace) -> BenchResult:
                 # over short runs, each on topics of its own, where that cost stays near an
                 # empty partition's (as on Kafka, whose offset index keeps it flat); one long
                 # run on the same topics is printed beside it.
-                latency_frame = frame.iloc[n : n + lat_n]
-                if len(latency_frame) < lat_n:
-                    latency_frame = frame.iloc[:lat_n]
+                # Mid-stream, as a live consumer sees it: with the labels of the week before
+                # falling due as it runs (about one per transaction).
+                latency_start = n if n + lat_n <= len(frame) else 0
+                latency_frame = frame.iloc[latency_start : latency_start + lat_n]
                 latency_frame = latency_frame.reset_index(drop=True)
                 segments = max(1, args.latency_segments)
                 seg_n = (lat_n - WARMUP_TRANSACTIONS) // segments
 
-                def relay_and_consumer(part: Any, tag: str) -> tuple[Timed, Timed]:
-                    """(1) then (3) on the paced ``part``, each on topics of its own."""
-                    raw_timed = raw_latency_run(fx, bootstrap, part, args.latency_rate, work, tag)
+                def relay_and_consumer(first: int, size: int, tag: str) -> tuple[Timed, Timed]:
+                    """(1) then (3) on ``size`` paced transactions from the latency frame's
+                    ``first``, each on topics of its own."""
+                    part = latency_frame.iloc[first : first + size].reset_index(drop=True)
+                    prior = frame.iloc[: latency_start + first]
+                    raw_timed = raw_latency_run(
+                        fx, bootstrap, part, prior, args.latency_rate, work, tag
+                    )
                     timed = latency_run(
                         fx,
                         bootstrap,
                         part,
+                        prior,
                         args.latency_rate,
                         server.url,
                         model_base,
@@ -620,8 +658,9 @@ def run(args: argparse.Namespace) -> BenchResult:
                 segs: list[Timed] = []
                 cpu_before = cpu_times()
                 for i in range(segments):
-                    part = latency_frame.iloc[i * seg_n : i * seg_n + WARMUP_TRANSACTIONS + seg_n]
-                    raw_timed, timed = relay_and_consumer(part.reset_index(drop=True), f"s{i}")
+                    raw_timed, timed = relay_and_consumer(
+                        i * seg_n, WARMUP_TRANSACTIONS + seg_n, f"s{i}"
+                    )
                     raw_segs.append(raw_timed)
                     segs.append(timed)
                     print(
@@ -633,7 +672,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                     )
                 seg_steal = steal_pct(cpu_before, cpu_times())
                 cpu_before = cpu_times()
-                raw_long, long = relay_and_consumer(latency_frame, "long")
+                raw_long, long = relay_and_consumer(0, lat_n, "long")
                 long_steal = steal_pct(cpu_before, cpu_times())
                 print(
                     f"latency over one {args.latency_seconds:g} s run: p99 (1) "
@@ -710,6 +749,10 @@ def run(args: argparse.Namespace) -> BenchResult:
             consumer_runs=ours_runs,
             latency_rate=args.latency_rate,
             latency_transactions=len(e2e_arr),
+            latency_labels=sum(
+                labels_due(frame, s + WARMUP_TRANSACTIONS, s + WARMUP_TRANSACTIONS + seg_n)
+                for s in (latency_start + i * seg_n for i in range(segments))
+            ),
             latency_p50_ms=float(np.percentile(e2e_arr, 50)),
             latency_p99_ms=float(np.percentile(e2e_arr, 99)),
             latency_max_ms=float(e2e_arr.max()),

@@ -226,6 +226,32 @@ def test_topics_create_is_idempotent(broker) -> None:  # noqa: F811
     assert set(first.values()) == {"created"} and set(again.values()) == {"exists"}
 
 
+def test_a_replay_in_two_parts_publishes_the_labels_of_one_replay(broker) -> None:  # noqa: F811
+    """The second part carries the first part's labels that fall due during it (what the
+    latency bench's mid-stream runs rely on): per labels partition, the same messages in the
+    same order as one replay of the whole stream."""
+    from serving.stream.replay import replay_frame
+
+    df = simulated(60, 20, seed=5)
+    split = len(df) // 2
+    bootstrap = broker.bootstrap_servers
+    whole, parts = make_topics(bootstrap), make_topics(bootstrap)
+    one = replay_frame(df, bootstrap, whole, progress=False)
+    first = replay_frame(df.iloc[:split], bootstrap, parts, progress=False, trailing_labels=False)
+    second = replay_frame(df.iloc[split:], bootstrap, parts, progress=False, prior=df.iloc[:split])
+    assert first.labels + second.labels == one.labels == len(df)
+    assert 0 < first.labels < split  # some of the first part's labels were left to the second
+
+    def by_partition(topic: str) -> dict[int, list[bytes]]:
+        out: dict[int, list[bytes]] = {}
+        for m in sorted(read_topic(bootstrap, topic, expect=len(df)), key=lambda m: m["offset"]):
+            out.setdefault(m["partition"], []).append(m["raw"])
+        return out
+
+    assert by_partition(parts.labels) == by_partition(whole.labels)
+    assert by_partition(parts.transactions) == by_partition(whole.transactions)
+
+
 def test_broker_daemon_commands(tmp_path, capsys) -> None:
     state = ["--state-dir", str(tmp_path)]
     assert cli.main(["broker", "status", *state]) == 1

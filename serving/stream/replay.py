@@ -149,8 +149,16 @@ def replay_frame(
     progress: bool = True,
     security: KafkaSecurity | None = None,
     flush_timeout_s: float = 120.0,
+    prior: Any | None = None,
 ) -> ReplayResult:
-    """Publish an in-memory frame in stream order (see ``load_replay_frame`` for its columns)."""
+    """Publish an in-memory frame in stream order (see ``load_replay_frame`` for its columns).
+
+    ``prior``: the transactions of the stream before this frame (not published again). Their
+    labels that were not yet due when that stream ended are published here, each at its
+    availability, as this frame's own are: a replay that starts mid-stream then carries the
+    labels a live stream carries at that point (with a 7-day delay, as many as transactions),
+    and replaying a stream in consecutive parts (``trailing_labels=False`` but for the last)
+    publishes the same labels in the same order as replaying it whole."""
     from kafka import KafkaProducer
     from tqdm import tqdm
 
@@ -161,11 +169,22 @@ def replay_frame(
     df = sort_stream_order(df)
     n = len(df)
     ts = epoch_seconds(df[c.TIMESTAMP])
-    avail = epoch_seconds(df[c.LABEL_AVAILABLE_AT])
+    labelled = df
+    if prior is not None and len(prior):
+        import pandas as pd
+
+        # A label is due before the first transaction at or after its availability, so those
+        # available by the prior stream's last transaction were published with it.
+        ended = epoch_seconds(prior[c.TIMESTAMP]).max()
+        pending = prior[epoch_seconds(prior[c.LABEL_AVAILABLE_AT]) > ended]
+        # Prior rows first: labels available at the same time keep the stream's order.
+        labelled = pd.concat([sort_stream_order(pending), df], ignore_index=True)
+    avail = epoch_seconds(labelled[c.LABEL_AVAILABLE_AT])
     tx_values = _tx_values(df, format_timestamps)
-    label_values = _label_values(df, format_timestamps)
+    label_values = _label_values(labelled, format_timestamps)
     tx_keys = [k.encode() for k in df[c.CUSTOMER_ID].astype(str)]
-    label_keys = [k.encode() for k in df[c.TERMINAL_ID].astype(str)]
+    label_keys = [k.encode() for k in labelled[c.TERMINAL_ID].astype(str)]
+    n_labels = len(labelled)
 
     # Label j is due before the first transaction i with ts[i] >= avail[j]; in stream order that
     # is a binary search, so the interleaving is exact without sorting a merged event list.
@@ -188,7 +207,7 @@ def replay_frame(
     try:
         j = 0
         for i in range(n):
-            while j < n and due_before[j] <= i:
+            while j < n_labels and due_before[j] <= i:
                 k = int(label_order[j])
                 futures.append(
                     producer.send(topics.labels, key=label_keys[k], value=label_values[k])
@@ -208,7 +227,7 @@ def replay_frame(
         sent_labels = j
         trailing = 0
         if trailing_labels:
-            while j < n:
+            while j < n_labels:
                 k = int(label_order[j])
                 futures.append(
                     producer.send(topics.labels, key=label_keys[k], value=label_values[k])
