@@ -335,7 +335,8 @@ def add_subcommands(subparsers: Any) -> None:
         type=int,
         default=ConsumerConfig.fetch_max_wait_ms,
         help="longest the broker may hold a transactions fetch (latency on Tansu, which holds "
-        "every fetch this long; Apache Kafka answers as soon as data is there)",
+        "a fetch that finds nothing this long and answers it empty; Apache Kafka answers as "
+        "soon as data is there)",
     )
     con.add_argument(
         "--labels-fetch-max-wait-ms",

@@ -75,9 +75,10 @@ class ConsumerConfig:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     # How long the broker may hold a fetch. Apache Kafka answers as soon as data is there, but
-    # Tansu holds every fetch for the whole wait even when it has data (its fetch loop sleeps the
-    # rest of fetch.max.wait.ms after reading), so this wait is latency on every transaction
-    # there: a probe consumer's delivery p99 was 54 ms at 100 ms and 10 ms at 20 ms.
+    # Tansu reads once and, finding nothing, sleeps the whole fetch.max.wait.ms and answers
+    # empty: a record arriving meanwhile waits out the hold and the next fetch, so on Tansu
+    # this wait is latency (a probe consumer's delivery p99 was 54 ms at 100 ms and 10 ms at
+    # 20 ms). A fetch that finds records is answered at once (median 3.8 ms at 500 tx/s).
     fetch_max_wait_ms: int = 10
     # The labels reader's, see LabelFeed.
     labels_fetch_max_wait_ms: int = 20
