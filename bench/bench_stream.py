@@ -379,19 +379,6 @@ def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
     return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
 
 
-def labels_due(frame: Any, start: int, stop: int) -> int:
-    """How many labels a replay of ``frame`` publishes among its transactions ``start`` to
-    ``stop - 1`` (each just before the first transaction at or after its availability)."""
-    from components import contract as c
-    from components.features.batch import epoch_seconds
-
-    head = frame.iloc[:stop]
-    ts = epoch_seconds(head[c.TIMESTAMP])
-    avail = epoch_seconds(head[c.LABEL_AVAILABLE_AT])
-    after = ts[start - 1] if start > 0 else avail.min() - 1
-    return int(((avail > after) & (avail <= ts[stop - 1])).sum())
-
-
 def latencies(timed: list[tuple[float, float]]) -> list[float]:
     return [ms for _, ms in timed]
 
@@ -419,11 +406,12 @@ def _paced_through(
     frame: Any,
     rate: float,
     prior: Any,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
     """Run ``cmd`` (a process that writes one ``sink`` record per transaction it reads) while
     ``frame`` is replayed: the first ``WARMUP_TRANSACTIONS`` unpaced (group join, first calls),
-    the rest at ``rate``; returns every sink record once they are all there. ``frame`` starts
-    mid-stream after ``prior``, whose labels falling due during it are published with it."""
+    the rest at ``rate``; returns every sink record once they are all there, and how many labels
+    the paced part published. ``frame`` starts mid-stream after ``prior``, whose labels falling
+    due during it are published with it."""
     import pandas as pd
 
     from serving.stream.replay import Pacing, replay_frame
@@ -438,7 +426,7 @@ def _paced_through(
         fx.read_topic(bootstrap, sink, expect=len(warmup), timeout_s=120)
         # No trailing labels: dumping every label not yet due at the end (thousands at once) is
         # the end of a finite replay, not a steady stream, and the last batches waited for it.
-        replay_frame(
+        paced = replay_frame(
             measured,
             bootstrap,
             topics,
@@ -447,7 +435,7 @@ def _paced_through(
             trailing_labels=False,
             prior=pd.concat([prior, warmup]),
         )
-        return fx.read_topic(bootstrap, sink, expect=len(frame), timeout_s=120)
+        return fx.read_topic(bootstrap, sink, expect=len(frame), timeout_s=120), paced.labels
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -465,7 +453,7 @@ def raw_latency_run(
     topics = fx.make_topics(bootstrap, f"bench-raw-latency-{tag}")
     sink = topics.decisions  # created with the set (a topic read before it exists reads nothing)
     cmd = [sys.executable, "-m", "bench.bench_stream", "--relay", bootstrap, topics.transactions]
-    out = _paced_through(
+    out, _ = _paced_through(
         fx,
         [*cmd, sink],
         work / f"raw-latency-{tag}.log",
@@ -498,10 +486,10 @@ def latency_run(
     batch_size: int,
     snapshot_interval_s: float,
     tag: str,
-) -> list[tuple[float, float]]:
+) -> tuple[list[tuple[float, float]], int]:
     """(decided at, end-to-end ms) of each transaction replayed at ``rate`` to a consumer
     subprocess, on topics (and with a group and state) of its own named by ``tag``, in time
-    order."""
+    order; and how many labels were published among the paced transactions."""
     from components import contract as c
     from serving.stream.messages import DecisionFields
 
@@ -518,7 +506,7 @@ def latency_run(
         str(snapshot_interval_s),
     )
     cmd.remove("--include-features")
-    decisions = _paced_through(
+    decisions, labels = _paced_through(
         fx,
         cmd,
         work / f"latency-consumer-{tag}.log",
@@ -530,11 +518,12 @@ def latency_run(
         prior,
     )
     wanted = set(frame.iloc[WARMUP_TRANSACTIONS:][c.TRANSACTION_ID])
-    return sorted(
+    timed = sorted(
         (d["timestamp_ms"], d["value"][DecisionFields.END_TO_END_MS])
         for d in decisions
         if d["value"][c.TRANSACTION_ID] in wanted
     )
+    return timed, labels
 
 
 BROKER_FILL_BATCHES = 8_000
@@ -619,10 +608,9 @@ def run(args: argparse.Namespace) -> BenchResult:
                 # Latency first. Every fetch and ListOffsets of Tansu's in-memory store costs
                 # more the more batches the partition holds (``broker_fill_cost``), and a paced
                 # 500 tx/s stream adds ~170 batches a second to each transactions and labels
-                # partition. The target is measured
-                # over short runs, each on topics of its own, where that cost stays near an
-                # empty partition's (as on Kafka, whose offset index keeps it flat); one long
-                # run on the same topics is printed beside it.
+                # partition. The target is measured over short runs, each on topics of its own,
+                # where that cost stays near an empty partition's (as on Kafka, whose offset
+                # index keeps it flat); one long run on the same topics is printed beside it.
                 # Mid-stream, as a live consumer sees it: with the labels of the week before
                 # falling due as it runs (about one per transaction).
                 latency_start = n if n + lat_n <= len(frame) else 0
@@ -631,15 +619,15 @@ def run(args: argparse.Namespace) -> BenchResult:
                 segments = max(1, args.latency_segments)
                 seg_n = (lat_n - WARMUP_TRANSACTIONS) // segments
 
-                def relay_and_consumer(first: int, size: int, tag: str) -> tuple[Timed, Timed]:
+                def relay_and_consumer(first: int, size: int, tag: str) -> tuple[Timed, Timed, int]:
                     """(1) then (3) on ``size`` paced transactions from the latency frame's
-                    ``first``, each on topics of its own."""
+                    ``first``, each on topics of its own; and the labels published among them."""
                     part = latency_frame.iloc[first : first + size].reset_index(drop=True)
                     prior = frame.iloc[: latency_start + first]
                     raw_timed = raw_latency_run(
                         fx, bootstrap, part, prior, args.latency_rate, work, tag
                     )
-                    timed = latency_run(
+                    timed, labels = latency_run(
                         fx,
                         bootstrap,
                         part,
@@ -652,15 +640,17 @@ def run(args: argparse.Namespace) -> BenchResult:
                         args.snapshot_interval,
                         tag,
                     )
-                    return raw_timed, timed
+                    return raw_timed, timed, labels
 
                 raw_segs: list[Timed] = []
                 segs: list[Timed] = []
+                seg_labels = 0
                 cpu_before = cpu_times()
                 for i in range(segments):
-                    raw_timed, timed = relay_and_consumer(
+                    raw_timed, timed, labels = relay_and_consumer(
                         i * seg_n, WARMUP_TRANSACTIONS + seg_n, f"s{i}"
                     )
+                    seg_labels += labels
                     raw_segs.append(raw_timed)
                     segs.append(timed)
                     print(
@@ -672,7 +662,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                     )
                 seg_steal = steal_pct(cpu_before, cpu_times())
                 cpu_before = cpu_times()
-                raw_long, long = relay_and_consumer(0, lat_n, "long")
+                raw_long, long, _ = relay_and_consumer(0, lat_n, "long")
                 long_steal = steal_pct(cpu_before, cpu_times())
                 print(
                     f"latency over one {args.latency_seconds:g} s run: p99 (1) "
@@ -749,10 +739,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             consumer_runs=ours_runs,
             latency_rate=args.latency_rate,
             latency_transactions=len(e2e_arr),
-            latency_labels=sum(
-                labels_due(frame, s + WARMUP_TRANSACTIONS, s + WARMUP_TRANSACTIONS + seg_n)
-                for s in (latency_start + i * seg_n for i in range(segments))
-            ),
+            latency_labels=seg_labels,
             latency_p50_ms=float(np.percentile(e2e_arr, 50)),
             latency_p99_ms=float(np.percentile(e2e_arr, 99)),
             latency_max_ms=float(e2e_arr.max()),
