@@ -37,6 +37,7 @@ from components.settings import Topics
 from serving.stream import messages as m
 from serving.stream.dataset import ConsumedDataset
 from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
+from serving.stream.labels import BarrierFetcher, LabelFeed
 from serving.stream.metrics import StreamMetrics
 from serving.stream.scoring import Scored, Scorer, ScoringUnavailable
 from serving.stream.state import LabelRouter, PartitionState, SnapshotStore, SnapshotWriter
@@ -80,8 +81,10 @@ class ConsumerConfig:
     # this wait is latency (a probe consumer's delivery p99 was 54 ms at 100 ms and 10 ms at
     # 20 ms). A fetch that finds records is answered at once (median 3.8 ms at 500 tx/s).
     fetch_max_wait_ms: int = 10
-    # The labels reader's, see LabelFeed.
-    labels_fetch_max_wait_ms: int = 20
+    # The longest the labels barrier lets the broker hold a fetch: it asks for 1 ms and doubles
+    # that only while Tansu answers a partition that is behind with nothing (its scan for the
+    # offset outlasted the wait), see serving.stream.labels.
+    labels_fetch_max_wait_ms: int = 500
     # A poll plus batch taking this long is logged with the time of each stage.
     slow_batch_s: float = 1.0
     # Seconds between full garbage collections, see GcPolicy. Each one stops the loop for the
@@ -257,160 +260,6 @@ class _StageClock:
         return ", ".join([*parts, f"total {self.total() * 1000:.0f} ms"])
 
 
-class LabelFeed:
-    """Reads the whole labels topic (no consumer group) and hands labels to the router."""
-
-    def __init__(
-        self,
-        consumer: Any,
-        topic: str,
-        router: LabelRouter,
-        metrics: StreamMetrics,
-        dataset: ConsumedDataset | None,
-        offsets_client: Any | None = None,
-        fetch_max_wait_ms: int = 90,
-    ) -> None:
-        self.consumer = consumer
-        # Asks for the end offsets on a connection of its own: Kafka answers a connection's
-        # requests in order, and ``consumer`` nearly always has a fetch in flight, which Tansu
-        # holds for its whole wait, so a ListOffsets behind it took 6-11 ms instead of ~1 ms.
-        self.offsets_client = offsets_client if offsets_client is not None else consumer
-        self.topic = topic
-        self.router = router
-        self.metrics = metrics
-        self.dataset = dataset
-        self.partitions: list[Any] = []
-        # Labels-topic offsets handed to the router so far in this pass over the topic (tracked
-        # here rather than asked from the client: rebalance callbacks must not block on IO).
-        self._positions: dict[int, int] = {}
-        self._rewind = True
-        self._last_bad_log = 0.0
-        self.catch_up_timeout_s = 30.0
-        # Each poll waits for the fetch in flight; a bound just above the broker's hold limits
-        # what a completion kafka-python misses costs (such polls ran out their whole 100 ms).
-        self.poll_timeout_ms = fetch_max_wait_ms + 10
-        # Called with each drained batch of valid labels (the drift monitor's live precision).
-        self.on_labels: Any | None = None
-        # What the last drain did, for the slow-batch log.
-        self.last_drain: dict[str, int] = {}
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        from kafka import TopicPartition
-
-        deadline = time.monotonic() + timeout_s
-        ids = self.consumer.partitions_for_topic(self.topic)
-        while not ids:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"labels topic {self.topic!r} has no partitions (does it exist? run "
-                    "`fraud topics create`)"
-                )
-            time.sleep(0.2)
-            ids = self.consumer.partitions_for_topic(self.topic)
-        self.partitions = [TopicPartition(self.topic, p) for p in sorted(ids)]
-        self.consumer.assign(self.partitions)
-
-    def rewind(self) -> None:
-        """Re-read from the beginning at the next drain (new partition states need every label)."""
-        self._rewind = True
-
-    def positions(self) -> dict[int, int]:
-        return dict(self._positions)
-
-    def drain(self) -> int:
-        """Read every label published so far; returns how many were read."""
-        if self._rewind:
-            self.consumer.seek_to_beginning(*self.partitions)
-            self._positions = {}
-            self._rewind = False
-        started = time.monotonic()
-        targets = self.offsets_client.end_offsets(self.partitions)
-        stats = self.last_drain = {
-            "end_offsets_ms": round((time.monotonic() - started) * 1000),
-            "behind": sum(targets[tp] - self.consumer.position(tp) for tp in self.partitions),
-            "polls": 0,
-            "empty_polls": 0,
-            "poll_ms": 0,
-            "handle_ms": 0,
-        }
-        read = 0
-        deadline = time.monotonic() + self.catch_up_timeout_s
-        while any(self.consumer.position(tp) < targets[tp] for tp in self.partitions):
-            if time.monotonic() > deadline:
-                # Never stall scoring on the labels topic: what is missing now is read (and
-                # applied as late labels) at the next drain.
-                log.warning(
-                    "labels topic not caught up after %.0f s (positions %s, end offsets %s)",
-                    self.catch_up_timeout_s,
-                    {tp.partition: self.consumer.position(tp) for tp in self.partitions},
-                    {tp.partition: off for tp, off in targets.items()},
-                )
-                break
-            read += self._poll(self.poll_timeout_ms, stats)
-        # Brokers that report the end as the start of the last record batch (Tansu does) leave
-        # the rest of that batch buffered: take what is already here without waiting.
-        while True:
-            got = self._poll(0, stats)
-            if not got:
-                return read
-            read += got
-
-    def _poll(self, timeout_ms: int, stats: dict[str, int]) -> int:
-        """One poll of the labels consumer, handled; returns how many labels it brought.
-
-        A poll that times out with a fetch in flight (the drain's last one always does) leaves
-        a reference cycle in kafka-python (the timeout error's traceback and the future holding
-        it) that keeps every frame above it alive, and a frame that has returned keeps its
-        locals: so the records live in this frame only, never in the drain's or its caller's,
-        or each drain would hold its labels until the next full collection."""
-        polled = time.monotonic()
-        records = self.consumer.poll(timeout_ms=timeout_ms, max_records=20_000)
-        handled = time.monotonic()
-        got = self._handle(records)
-        del records
-        if timeout_ms:  # the final zero-wait polls are not counted (they take no time)
-            stats["polls"] += 1
-            stats["empty_polls"] += not got
-            stats["poll_ms"] += round((handled - polled) * 1000)
-            stats["handle_ms"] += round((time.monotonic() - handled) * 1000)
-        return got
-
-    def _handle(self, records: dict[Any, list[Any]]) -> int:
-        n = 0
-        to_store: list[tuple[int, int, m.Label]] = []
-        valid: list[m.Label] = []
-        for tp, msgs in records.items():
-            if msgs:
-                self._positions[tp.partition] = msgs[-1].offset + 1
-            for msg in msgs:
-                n += 1
-                label = m.parse_label(msg.value)
-                if isinstance(label, m.Rejected):
-                    self.metrics.labels_rejected.inc()
-                    now = time.monotonic()
-                    if now - self._last_bad_log > 10:
-                        self._last_bad_log = now
-                        log.warning(
-                            "skipping unreadable label %s[%d]@%d: %s",
-                            tp.topic,
-                            tp.partition,
-                            msg.offset,
-                            label.reason,
-                        )
-                    continue
-                self.router.deliver(tp.partition, msg.offset, label)
-                valid.append(label)
-                if self.dataset is not None and self.dataset.wants_label(tp.partition, msg.offset):
-                    to_store.append((tp.partition, msg.offset, label))
-        if n:
-            self.metrics.labels_consumed.inc(n)
-        if to_store and self.dataset is not None:
-            self.dataset.append_labels(to_store)
-        if valid and self.on_labels is not None:
-            self.on_labels(valid)
-        return n
-
-
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 _WORDS: dict[int, struct.Struct] = {}
@@ -556,30 +405,15 @@ class StreamConsumer:
             metrics_enabled=False,
         )
         self._partitioner = KeyPartitioner(self._producer)
-        label_consumer = KafkaConsumer(
-            **common,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            # Every batch waits for the drain, so the broker holding a fetch open is latency on
-            # every transaction (20 ms cost ~3 ms per batch at 500 tx/s against 5 ms). But with
-            # the cores busy, Tansu answers 5 ms fetches with few or no records while the reader
-            # is behind: draining ~2,000 labels under two CPU hogs took up to 2.2 s at 5 ms and
-            # at most 0.6 s at 20 ms (no better at 100 ms), and the demo's retrain phase stalled
-            # scoring for seconds at 5 ms.
-            fetch_max_wait_ms=cfg.labels_fetch_max_wait_ms,
-            metrics_enabled=False,
-        )
-        # Never assigned anything, so it never fetches: only ListOffsets go over its connection.
-        offsets_client = KafkaConsumer(**common, group_id=None, metrics_enabled=False)
+        # Never assigned anything, so it never fetches by itself: the labels barrier sends its
+        # own Fetch requests over this client's connections (see serving.stream.labels).
+        labels_client = KafkaConsumer(**common, group_id=None, metrics_enabled=False)
         self._labels = LabelFeed(
-            label_consumer,
-            cfg.topics.labels,
+            BarrierFetcher(labels_client, cfg.topics.labels),
             self.router,
             self.metrics,
             self._dataset,
-            offsets_client=offsets_client,
-            fetch_max_wait_ms=cfg.labels_fetch_max_wait_ms,
+            max_wait_ms=cfg.labels_fetch_max_wait_ms,
         )
         if self.drift is not None:
             self._labels.on_labels = self.drift.add_labels
@@ -623,10 +457,9 @@ class StreamConsumer:
         for name, closer in (
             ("producer", lambda: self._producer and self._producer.close(timeout=30)),
             ("consumer", lambda: self._consumer and self._consumer.close(autocommit=False)),
-            ("labels consumer", lambda: self._labels and self._labels.consumer.close(False)),
             (
-                "offsets client",
-                lambda: self._labels and self._labels.offsets_client.close(autocommit=False),
+                "labels client",
+                lambda: self._labels and self._labels.fetcher.client.close(autocommit=False),
             ),
             ("dataset", lambda: self._dataset and self._dataset.close()),
             ("snapshot writer", lambda: self._writer and self._writer.close()),
@@ -753,8 +586,7 @@ class StreamConsumer:
                         return
                 continue
             started = last_data = time.monotonic()
-            # Labels are drained here, not inside _process: see LabelFeed._poll (a returned
-            # _process frame would keep the whole batch: records, entries, send futures).
+            # The labels barrier: every label appended before this batch, see serving.stream.labels.
             assert self._labels is not None
             self._labels.drain()
             self._process(records, poll_s, started)

@@ -1,0 +1,346 @@
+"""The labels reader: every scoring consumer reads the whole labels topic, outside the group.
+
+A transaction's terminal features need every label available by its time. Whoever publishes
+labels appends them before the transactions that need them (the replay does, with one request
+in flight), so before a polled batch is featurised the reader reads the labels topic up to its
+end *as of after that poll*: the labels barrier, paid once per batch, on every transaction.
+
+The barrier is a Fetch request sent after the poll returned. The broker answers it with the
+records past the reader's positions *and* each partition's high watermark as of that read, so
+once the positions reach the watermarks of a response, every label appended before the batch's
+transactions is in: one round trip. The reader this replaces (a kafka-python consumer behind a
+ListOffsets) took two or three: ListOffsets, then the fetch that kafka-python had left in flight
+at the end of the previous drain (read by the broker before the poll, so useless for the
+barrier), then a fresh one; 4-10 ms per batch at 500 tx/s on the embedded broker, against
+2-3 ms for one fetch.
+
+The wait the broker may hold the fetch starts at 1 ms: a fetch that finds records is answered at
+once and one at the end after that 1 ms, with the watermark either way. Tansu's in-memory store
+answers *empty*, watermark included, when finding the fetch offset takes longer than the wait
+(a partition of ~8,000 one-record batches takes ~10 ms), so a partition that comes back behind
+its watermark with nothing doubles the wait, up to ``max_wait_ms``; the wait drifts back down
+after a run of drains that never needed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.stream import messages as m
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FetchedPartition:
+    """What one Fetch response held for one partition."""
+
+    high_watermark: int
+    # (offset, value) of each record at or past the fetch offset, in offset order.
+    records: list[tuple[int, bytes | None]] = field(default_factory=list)
+    # The position after this response: past the last complete batch returned (control batches
+    # and compacted gaps included), or the fetch offset when nothing came back.
+    next_offset: int = 0
+
+
+class BarrierFetcher:
+    """Fetch requests for every partition of one topic, outside any consumer group.
+
+    Uses the connection manager and metadata of ``client``, a kafka-python ``KafkaConsumer``
+    that is never assigned anything (so it never fetches on its own); requests go to each
+    partition's leader, one request per leader, all in flight together.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        topic: str,
+        partition_max_bytes: int = 4 * 1024 * 1024,
+        max_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
+        self.client = client
+        self.topic = topic
+        self.partition_max_bytes = partition_max_bytes
+        self.max_bytes = max_bytes
+
+    def partitions(self, timeout_s: float) -> list[int]:
+        deadline = time.monotonic() + timeout_s
+        ids = self.client.partitions_for_topic(self.topic)
+        while not ids:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"labels topic {self.topic!r} has no partitions (does it exist? run "
+                    "`fraud topics create`)"
+                )
+            time.sleep(0.2)
+            ids = self.client.partitions_for_topic(self.topic)
+        return sorted(ids)
+
+    def earliest(self, partitions: list[int]) -> dict[int, int]:
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        return {tp.partition: off for tp, off in self.client.beginning_offsets(tps).items()}
+
+    def fetch(self, positions: dict[int, int], max_wait_ms: int) -> dict[int, FetchedPartition]:
+        """One Fetch per leader for ``positions`` (partition -> offset), sent now; returns the
+        partitions answered without error. Partitions left out (leader unknown, leadership
+        moving, connection lost) are to be fetched again after a pause; errors that retrying
+        cannot fix are raised."""
+        from kafka import TopicPartition
+        from kafka.protocol.consumer import FetchRequest
+
+        manager = self.client._manager  # kafka-python 3's connection manager (pinned in the lock)
+        cluster = manager.cluster
+        by_leader: dict[int, list[int]] = {}
+        for p in positions:
+            leader = cluster.leader_for_partition(TopicPartition(self.topic, p))
+            if leader is None or leader == -1:
+                cluster.request_update()
+                continue
+            by_leader.setdefault(leader, []).append(p)
+        topic_cls = FetchRequest.FetchTopic
+        part_cls = topic_cls.FetchPartition
+        requests = {
+            leader: FetchRequest(
+                replica_id=-1,
+                max_wait_ms=max_wait_ms,
+                min_bytes=1,
+                max_bytes=self.max_bytes,
+                isolation_level=0,
+                session_id=0,
+                session_epoch=-1,  # no fetch session: every request names its partitions
+                topics=[
+                    topic_cls(
+                        topic=self.topic,
+                        partitions=[
+                            part_cls(
+                                partition=p,
+                                current_leader_epoch=-1,
+                                fetch_offset=positions[p],
+                                last_fetched_epoch=-1,
+                                log_start_offset=-1,
+                                partition_max_bytes=self.partition_max_bytes,
+                            )
+                            for p in parts
+                        ],
+                    )
+                ],
+                forgotten_topics_data=[],
+                rack_id="",
+                max_version=12,  # what kafka-python's own fetcher speaks
+            )
+            for leader, parts in by_leader.items()
+        }
+
+        async def send_all() -> list[Any]:
+            futures = [
+                (leader, manager.send(req, node_id=leader)) for leader, req in requests.items()
+            ]
+            answers = []
+            for leader, future in futures:
+                try:
+                    answers.append(await future)
+                except Exception as err:  # noqa: BLE001 - connection trouble: refetch later
+                    log.warning(
+                        "labels fetch from broker %s failed (%s); fetching again", leader, err
+                    )
+            return answers
+
+        out: dict[int, FetchedPartition] = {}
+        for response in manager.run(send_all) if requests else []:
+            for topic_data in response.responses:
+                for data in topic_data.partitions:
+                    got = self._partition(data, positions[data.partition_index])
+                    if got is not None:
+                        out[data.partition_index] = got
+        return out
+
+    def _partition(self, data: Any, position: int) -> FetchedPartition | None:
+        from kafka import errors
+        from kafka.record import MemoryRecords
+
+        where = f"{self.topic}[{data.partition_index}]@{position}"
+        if data.error_code:
+            error = errors.for_code(data.error_code)
+            if error is errors.OffsetOutOfRangeError:
+                raise LabelsOutOfRange(data.partition_index, position)
+            if getattr(error, "retriable", False) or getattr(error, "invalid_metadata", False):
+                self.client._manager.cluster.request_update()
+                log.info("labels fetch %s: %s; fetching again", where, error.__name__)
+                return None
+            raise RuntimeError(f"labels fetch {where} failed: {error.__name__}")
+        out = FetchedPartition(data.high_watermark, next_offset=position)
+        if not data.records:
+            return out
+        records = MemoryRecords(data.records)
+        batch = records.next_batch()
+        while batch is not None:  # only complete batches; a truncated last one comes next time
+            if not batch.validate_crc():
+                raise RuntimeError(f"labels fetch {where}: record batch failed its CRC check")
+            last = None
+            if not getattr(batch, "is_control_batch", False):
+                for record in batch:
+                    last = record.offset
+                    # A batch starts where it was written: skip what was read before.
+                    if record.offset >= position:
+                        out.records.append((record.offset, record.value))
+            # Magic 2 batches know their end even when compaction emptied their tail.
+            end = getattr(batch, "next_offset", None)
+            if end is None and last is not None:
+                end = last + 1
+            if end is not None and end > out.next_offset:
+                out.next_offset = end
+            batch = records.next_batch()
+        return out
+
+
+class LabelsOutOfRange(Exception):
+    def __init__(self, partition: int, offset: int) -> None:
+        super().__init__(f"labels partition {partition}: offset {offset} is out of range")
+        self.partition = partition
+        self.offset = offset
+
+
+class LabelFeed:
+    """Reads the whole labels topic and hands each label to the router; ``drain()`` is the
+    barrier before each batch (see the module docstring)."""
+
+    # Clean drains in a row after which a raised fetch wait is halved.
+    WAIT_DECAY_DRAINS = 50
+
+    def __init__(
+        self,
+        fetcher: BarrierFetcher,
+        router: Any,
+        metrics: Any,
+        dataset: Any | None,
+        max_wait_ms: int = 500,
+    ) -> None:
+        self.fetcher = fetcher
+        self.topic = fetcher.topic
+        self.router = router
+        self.metrics = metrics
+        self.dataset = dataset
+        self.max_wait_ms = max_wait_ms
+        self.wait_ms = 1
+        self._clean_drains = 0
+        self.partitions: list[int] = []
+        # Labels-topic offsets handed to the router so far in this pass over the topic.
+        self._positions: dict[int, int] = {}
+        self._rewind = True
+        self._last_bad_log = 0.0
+        self.catch_up_timeout_s = 30.0
+        self.retry_pause_s = 0.05
+        # Called with each drained batch of valid labels (the drift monitor's live precision).
+        self.on_labels: Any | None = None
+        # What the last drain did, for the slow-batch log.
+        self.last_drain: dict[str, int] = {}
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.partitions = self.fetcher.partitions(timeout_s)
+
+    def rewind(self) -> None:
+        """Re-read from the beginning at the next drain (new partition states need every label)."""
+        self._rewind = True
+
+    def positions(self) -> dict[int, int]:
+        return dict(self._positions)
+
+    def drain(self) -> int:
+        """Read every label appended before this call; returns how many were read."""
+        if self._rewind:
+            self._positions = self.fetcher.earliest(self.partitions)
+            self._rewind = False
+        started = time.monotonic()
+        stats = self.last_drain = {"fetches": 0, "empty": 0, "retries": 0, "handle_ms": 0}
+        pending = set(self.partitions)
+        read = 0
+        stalled_any = False
+        deadline = started + self.catch_up_timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                # Never stall scoring on the labels topic: what is missing now is read (and
+                # applied as late labels) at the next drain.
+                log.warning(
+                    "labels topic %s not caught up after %.0f s (positions %s)",
+                    self.topic,
+                    self.catch_up_timeout_s,
+                    self._positions,
+                )
+                break
+            asked = {p: self._positions[p] for p in pending}
+            try:
+                fetched = self.fetcher.fetch(asked, self.wait_ms)
+            except LabelsOutOfRange as err:
+                # Retention deleted labels this reader never saw: their terminals' risk is
+                # computed without them. Say so, and go on from what is left.
+                start = self.fetcher.earliest([err.partition])[err.partition]
+                log.error(
+                    "%s; labels below offset %d were deleted unread, going on from there",
+                    err,
+                    start,
+                )
+                self._positions[err.partition] = start
+                continue
+            stats["fetches"] += 1
+            handled = time.monotonic()
+            stalled = False
+            for p, part in fetched.items():
+                if part.records:
+                    read += self._handle(p, part.records)
+                if part.next_offset >= part.high_watermark:
+                    pending.discard(p)
+                elif part.next_offset == self._positions[p]:
+                    stalled = True  # behind, yet nothing came back: the broker ran out of time
+                self._positions[p] = part.next_offset
+            stats["handle_ms"] += round((time.monotonic() - handled) * 1000)
+            if stalled:
+                stats["empty"] += 1
+                stalled_any = True
+                self.wait_ms = min(self.wait_ms * 2, self.max_wait_ms)
+            if len(fetched) < len(asked):  # leader unknown or moving, connection lost
+                stats["retries"] += 1
+                time.sleep(self.retry_pause_s)
+        if stalled_any:
+            self._clean_drains = 0
+        else:
+            self._clean_drains += 1
+            if self._clean_drains >= self.WAIT_DECAY_DRAINS and self.wait_ms > 1:
+                self.wait_ms //= 2
+                self._clean_drains = 0
+        stats["ms"] = round((time.monotonic() - started) * 1000)
+        stats["wait_ms"] = self.wait_ms
+        return read
+
+    def _handle(self, partition: int, records: list[tuple[int, bytes | None]]) -> int:
+        to_store: list[tuple[int, int, m.Label]] = []
+        valid: list[m.Label] = []
+        for offset, value in records:
+            label = m.parse_label(value)
+            if isinstance(label, m.Rejected):
+                self.metrics.labels_rejected.inc()
+                now = time.monotonic()
+                if now - self._last_bad_log > 10:
+                    self._last_bad_log = now
+                    log.warning(
+                        "skipping unreadable label %s[%d]@%d: %s",
+                        self.topic,
+                        partition,
+                        offset,
+                        label.reason,
+                    )
+                continue
+            self.router.deliver(partition, offset, label)
+            valid.append(label)
+            if self.dataset is not None and self.dataset.wants_label(partition, offset):
+                to_store.append((partition, offset, label))
+        self.metrics.labels_consumed.inc(len(records))
+        if to_store and self.dataset is not None:
+            self.dataset.append_labels(to_store)
+        if valid and self.on_labels is not None:
+            self.on_labels(valid)
+        return len(records)

@@ -1,0 +1,122 @@
+"""The labels barrier (serving.stream.labels) against the embedded broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from stream_fixtures import broker, make_topics, simulated  # noqa: F401 - pytest fixture
+
+
+@pytest.fixture
+def labels_client(broker) -> Any:  # noqa: F811
+    from kafka import KafkaConsumer
+
+    client = KafkaConsumer(
+        bootstrap_servers=broker.bootstrap_servers, group_id=None, metrics_enabled=False
+    )
+    yield client
+    client.close()
+
+
+def _produce(bootstrap: str, topic: str, values: dict[int, list[bytes]], linger_ms: int) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
+    try:
+        for partition, vals in values.items():
+            for value in vals:
+                future = producer.send(topic, value=value, partition=partition)
+                if not linger_ms:
+                    future.get(timeout=30)  # one record per stored batch
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+def _feed(client: Any, topic: str) -> tuple[Any, Any]:
+    from serving.stream.labels import BarrierFetcher, LabelFeed
+    from serving.stream.metrics import StreamMetrics
+    from serving.stream.state import LabelRouter
+
+    router = LabelRouter()
+    feed = LabelFeed(BarrierFetcher(client, topic), router, StreamMetrics(), None)
+    feed.start(timeout_s=30)
+    return feed, router
+
+
+def test_a_fetch_returns_what_is_past_the_position_and_the_high_watermark(
+    broker,  # noqa: F811
+    labels_client,
+) -> None:
+    from serving.stream.labels import BarrierFetcher
+
+    topic = make_topics(broker.bootstrap_servers).labels
+    # Lingering puts each partition's records in one stored batch, so a fetch from the middle
+    # gets the whole batch back from the broker and must drop what precedes its offset.
+    values = {p: [f"{p}-{i}".encode() for i in range(5 + p)] for p in range(3)}
+    _produce(broker.bootstrap_servers, topic, values, linger_ms=50)
+    fetcher = BarrierFetcher(labels_client, topic)
+    assert fetcher.partitions(timeout_s=30) == [0, 1, 2]
+    assert fetcher.earliest([0, 1, 2]) == {0: 0, 1: 0, 2: 0}
+
+    whole = fetcher.fetch({0: 0, 1: 0, 2: 0}, max_wait_ms=100)
+    for p, vals in values.items():
+        assert whole[p].records == list(enumerate(vals))
+        assert whole[p].high_watermark == whole[p].next_offset == len(vals)
+
+    middle = fetcher.fetch({1: 3}, max_wait_ms=100)
+    assert list(middle) == [1]
+    assert middle[1].records == [(3, b"1-3"), (4, b"1-4"), (5, b"1-5")]
+    assert middle[1].next_offset == 6
+
+    at_end = fetcher.fetch({p: len(v) for p, v in values.items()}, max_wait_ms=1)
+    for p, vals in values.items():
+        assert at_end[p].records == []
+        assert at_end[p].high_watermark == at_end[p].next_offset == len(vals)
+
+
+def test_each_drain_hands_over_every_label_published_before_it(broker, labels_client) -> None:  # noqa: F811
+    from serving.stream.replay import replay_frame
+
+    df = simulated(40, 20, seed=9)
+    split = len(df) // 2
+    topics = make_topics(broker.bootstrap_servers)
+    feed, router = _feed(labels_client, topics.labels)
+    from components.features.stream import StreamingFeatureEngine
+    from serving.stream.state import PartitionState
+
+    # A state that has seen no transaction yet keeps every label it is offered, in its heap.
+    state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
+
+    assert feed.drain() == 0
+    first = replay_frame(
+        df.iloc[:split], broker.bootstrap_servers, topics, progress=False, trailing_labels=False
+    )
+    assert feed.drain() == first.labels > 0
+    assert len(state.pending) == first.labels
+    second = replay_frame(
+        df.iloc[split:], broker.bootstrap_servers, topics, progress=False, prior=df.iloc[:split]
+    )
+    assert feed.drain() == second.labels > 0
+    assert len(state.pending) == first.labels + second.labels == len(df)
+    assert feed.drain() == 0
+    assert sum(feed.positions().values()) == len(df)
+
+
+def test_a_partition_of_many_tiny_batches_is_read_to_its_end(broker, labels_client) -> None:  # noqa: F811
+    """Tansu answers a fetch that must skip many stored batches with nothing once its scan
+    outlasts the fetch wait: the reader raises its wait and still reads everything."""
+    from serving.stream.messages import encode
+
+    topic = make_topics(broker.bootstrap_servers, partitions=1).labels
+    n = 1500
+    values = [encode({"n": i}) for i in range(n)]  # not labels: counted and skipped, still read
+    _produce(broker.bootstrap_servers, topic, {0: values}, linger_ms=0)
+    feed, _ = _feed(labels_client, topic)
+    assert feed.drain() == n
+    assert feed.positions() == {0: n}
+    assert feed.metrics.labels_rejected._value.get() == n
+    _produce(broker.bootstrap_servers, topic, {0: values[:3]}, linger_ms=0)
+    assert feed.drain() == 3
+    assert feed.positions() == {0: n + 3}
