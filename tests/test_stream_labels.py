@@ -120,3 +120,35 @@ def test_a_partition_of_many_tiny_batches_is_read_to_its_end(broker, labels_clie
     _produce(broker.bootstrap_servers, topic, {0: values[:3]}, linger_ms=0)
     assert feed.drain() == 3
     assert feed.positions() == {0: n + 3}
+
+
+def test_a_drain_with_the_broker_gone_gives_up_after_its_timeout(caplog) -> None:
+    """Scoring must not stall on the labels topic: with the broker gone the drain retries until
+    its catch-up timeout, says so, and returns (the rest is read at a later drain)."""
+    import time
+
+    from kafka import KafkaConsumer
+
+    from serving.stream.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as own:
+        topic = make_topics(own.bootstrap_servers).labels
+        client = KafkaConsumer(
+            bootstrap_servers=own.bootstrap_servers,
+            group_id=None,
+            metrics_enabled=False,
+            request_timeout_ms=2_000,
+        )
+        try:
+            feed, _ = _feed(client, topic)
+            assert feed.drain() == 0
+            own.stop()
+            feed.catch_up_timeout_s = 1.0
+            started = time.monotonic()
+            with caplog.at_level("WARNING", logger="serving.stream.labels"):
+                assert feed.drain() == 0
+            assert time.monotonic() - started < 10
+            assert "not caught up" in caplog.text
+            assert feed.last_drain["retries"] > 0
+        finally:
+            client.close()

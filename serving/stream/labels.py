@@ -65,6 +65,7 @@ class BarrierFetcher:
         self.topic = topic
         self.partition_max_bytes = partition_max_bytes
         self.max_bytes = max_bytes
+        self._last_failure_log = float("-inf")
 
     def partitions(self, timeout_s: float) -> list[int]:
         deadline = time.monotonic() + timeout_s
@@ -136,6 +137,8 @@ class BarrierFetcher:
             for leader, parts in by_leader.items()
         }
 
+        failures: list[str] = []
+
         async def send_all() -> list[Any]:
             futures = [
                 (leader, manager.send(req, node_id=leader)) for leader, req in requests.items()
@@ -144,14 +147,17 @@ class BarrierFetcher:
             for leader, future in futures:
                 try:
                     answers.append(await future)
-                except Exception as err:  # noqa: BLE001 - connection trouble: refetch later
-                    log.warning(
-                        "labels fetch from broker %s failed (%s); fetching again", leader, err
-                    )
+                except Exception as err:  # noqa: BLE001 - connection trouble: fetched again
+                    failures.append(f"broker {leader}: {type(err).__name__}: {err}")
             return answers
 
         out: dict[int, FetchedPartition] = {}
-        for response in manager.run(send_all) if requests else []:
+        answers = manager.run(send_all) if requests else []
+        if failures and time.monotonic() - self._last_failure_log >= 10:
+            # The drain retries every few tens of ms: one line per 10 s says it all.
+            self._last_failure_log = time.monotonic()
+            log.warning("labels fetch from %s failed (%s); fetching again", self.topic, failures[0])
+        for response in answers:
             for topic_data in response.responses:
                 for data in topic_data.partitions:
                     got = self._partition(data, positions[data.partition_index])
@@ -170,7 +176,7 @@ class BarrierFetcher:
                 raise LabelsOutOfRange(data.partition_index, position)
             if getattr(error, "retriable", False) or getattr(error, "invalid_metadata", False):
                 self.client._manager.cluster.request_update()
-                log.info("labels fetch %s: %s; fetching again", where, error.__name__)
+                log.debug("labels fetch %s: %s; fetching again", where, error.__name__)
                 return None
             raise RuntimeError(f"labels fetch {where} failed: {error.__name__}")
         out = FetchedPartition(data.high_watermark, next_offset=position)
