@@ -152,3 +152,53 @@ def test_a_drain_with_the_broker_gone_gives_up_after_its_timeout(caplog) -> None
             assert feed.last_drain["retries"] > 0
         finally:
             client.close()
+
+
+class _ScriptedBroker:
+    """Answers the feed's fetches from a script, recording the wait each one asked for: the
+    wait policy's decisions, exactly, without a broker's timing."""
+
+    topic = "labels"
+
+    def __init__(self, script: list[tuple[int, int]]) -> None:
+        self.script = script  # per fetch: (records returned, high watermark), one partition
+        self.waits: list[int] = []
+
+    def partitions(self, timeout_s: float) -> list[int]:
+        return [0]
+
+    def earliest(self, partitions: list[int]) -> dict[int, int]:
+        return dict.fromkeys(partitions, 0)
+
+    def fetch(self, positions: dict[int, int], max_wait_ms: int) -> dict[int, Any]:
+        from serving.stream.labels import FetchedPartition
+        from serving.stream.messages import encode
+
+        self.waits.append(max_wait_ms)
+        n, high = self.script.pop(0)
+        start = positions[0]
+        records = [(start + i, encode({"n": start + i})) for i in range(n)]
+        return {0: FetchedPartition(high, records, start + n)}
+
+
+def test_the_fetch_wait_doubles_on_empty_answers_and_halves_on_fast_ones() -> None:
+    from serving.stream.labels import LabelFeed
+    from serving.stream.metrics import StreamMetrics
+    from serving.stream.state import LabelRouter
+
+    script = [(0, 5), (0, 5), (0, 5), (5, 5)]  # behind, answered empty three times, then read
+    script += [(3, 8), (2, 10), (1, 11)]  # three drains answered at once
+    script += [(0, 11)] * 60  # nothing new: each answered after the whole wait (on a broker)
+    scripted = _ScriptedBroker(script)
+    feed = LabelFeed(scripted, LabelRouter(), StreamMetrics(), None)  # type: ignore[arg-type]
+    feed.start()
+    assert feed.drain() == 5
+    assert scripted.waits == [1, 2, 4, 8] and feed.wait_ms == 8  # raised while answered empty
+    assert [feed.drain() for _ in range(3)] == [3, 2, 1]
+    assert scripted.waits[4:] == [8, 4, 2] and feed.wait_ms == 1  # records fast: halved each time
+    feed.wait_ms = 4
+    for _ in range(LabelFeed.WAIT_DECAY_DRAINS - 1):
+        assert feed.drain() == 0
+    assert feed.wait_ms == 4  # nothing new says nothing about the scan: come down slowly
+    assert feed.drain() == 0
+    assert feed.wait_ms == 2

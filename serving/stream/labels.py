@@ -18,8 +18,9 @@ The wait the broker may hold the fetch starts at 1 ms: a fetch that finds record
 once and one at the end after that 1 ms, with the watermark either way. Tansu's in-memory store
 answers *empty*, watermark included, when finding the fetch offset takes longer than the wait
 (a partition of ~8,000 one-record batches takes ~10 ms), so a partition that comes back behind
-its watermark with nothing doubles the wait, up to ``max_wait_ms``; the wait drifts back down
-after a run of drains that never needed it.
+its watermark with nothing doubles the wait, up to ``max_wait_ms``. A drain whose records came
+back in under a quarter of the wait halves it; so does a run of 50 drains without a stall (a
+drain that finds nothing new is held the whole wait, which is what a raised wait costs).
 """
 
 from __future__ import annotations
@@ -266,6 +267,8 @@ class LabelFeed:
         pending = set(self.partitions)
         read = 0
         stalled_any = False
+        # The slowest fetch that brought records: about how long the broker's scan takes now.
+        slowest_with_records: float | None = None
         deadline = started + self.catch_up_timeout_s
         while pending:
             if time.monotonic() > deadline:
@@ -279,6 +282,7 @@ class LabelFeed:
                 )
                 break
             asked = {p: self._positions[p] for p in pending}
+            sent = time.monotonic()
             try:
                 fetched = self.fetcher.fetch(asked, self.wait_ms)
             except LabelsOutOfRange as err:
@@ -295,6 +299,8 @@ class LabelFeed:
             stats["fetches"] += 1
             handled = time.monotonic()
             stalled = False
+            if any(part.records for part in fetched.values()):
+                slowest_with_records = max(slowest_with_records or 0.0, handled - sent)
             for p, part in fetched.items():
                 if part.records:
                     read += self._handle(p, part.records)
@@ -313,7 +319,19 @@ class LabelFeed:
                 time.sleep(self.retry_pause_s)
         if stalled_any:
             self._clean_drains = 0
+        elif (
+            self.wait_ms > 1
+            and slowest_with_records is not None
+            and slowest_with_records * 1000 * 4 < self.wait_ms
+        ):
+            # Records came back in well under the wait: the broker's scan is that fast again
+            # (the demo's retrain had raised the wait to 128 ms while answers took ~20 ms, and
+            # every drain that found nothing new was then held the whole 128 ms).
+            self.wait_ms //= 2
+            self._clean_drains = 0
         else:
+            # A drain that found nothing new is held the whole wait and says nothing of the
+            # scan: come down slowly.
             self._clean_drains += 1
             if self._clean_drains >= self.WAIT_DECAY_DRAINS and self.wait_ms > 1:
                 self.wait_ms //= 2
