@@ -77,15 +77,14 @@ def test_a_fetch_returns_what_is_past_the_position_and_the_high_watermark(
 
 
 def test_each_drain_hands_over_every_label_published_before_it(broker, labels_client) -> None:  # noqa: F811
+    from components.features.stream import StreamingFeatureEngine
     from serving.stream.replay import replay_frame
+    from serving.stream.state import PartitionState
 
     df = simulated(40, 20, seed=9)
     split = len(df) // 2
     topics = make_topics(broker.bootstrap_servers)
     feed, router = _feed(labels_client, topics.labels)
-    from components.features.stream import StreamingFeatureEngine
-    from serving.stream.state import PartitionState
-
     # A state that has seen no transaction yet keeps every label it is offered, in its heap.
     state = router.partitions[0] = PartitionState(0, StreamingFeatureEngine())
 
