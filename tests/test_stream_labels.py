@@ -201,3 +201,78 @@ def test_the_fetch_wait_doubles_on_empty_answers_and_halves_on_fast_ones() -> No
     assert feed.wait_ms == 4  # nothing new says nothing about the scan: come down slowly
     assert feed.drain() == 0
     assert feed.wait_ms == 2
+
+
+def test_one_fetch_of_two_topics_reads_the_second_after_the_first(broker, labels_client) -> None:  # noqa: F811
+    """The scoring consumer fetches transactions and labels in one request, transactions
+    first: every label appended before a fetched transaction must come back with it. A
+    producer appends label i, then (acknowledged) transaction i, while fetches run. Each fetch
+    reads the labels from the start, past many one-record batches: the broker takes a while to
+    read them, so a request that read the labels first would see later transactions."""
+    import threading
+
+    from kafka import KafkaProducer
+
+    from serving.stream.labels import BarrierFetcher, Message
+
+    topics = make_topics(broker.bootstrap_servers)
+    fetcher = BarrierFetcher(labels_client, topics.labels)
+    tx_parts = fetcher.partitions(30, topics.transactions)
+    label_parts = fetcher.partitions(30)
+    n = 600
+    filler = 1_000
+    _produce(
+        broker.bootstrap_servers,
+        topics.labels,
+        {p: [b"-1"] * filler for p in label_parts},
+        linger_ms=0,
+    )
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all", linger_ms=0)
+
+    def publish() -> None:
+        for i in range(n):
+            producer.send(topics.labels, value=str(i).encode(), partition=i % 3).get(timeout=30)
+            producer.send(
+                topics.transactions,
+                key=f"k{i}".encode(),
+                value=str(i).encode(),
+                partition=i % len(tx_parts),
+                timestamp_ms=1_700_000_000_000 + i,
+            ).get(timeout=30)
+
+    writer = threading.Thread(target=publish)
+    writer.start()
+    tx_pos = dict.fromkeys(tx_parts, 0)
+    from_start = dict.fromkeys(label_parts, 0)
+    labels_seen: set[int] = set()
+    txs_seen: list[Message] = []
+    fetches_with_both = 0
+    try:
+        while len(txs_seen) < n:
+            got = fetcher.fetch_topics(
+                {topics.transactions: tx_pos, topics.labels: from_start},
+                max_wait_ms=500,
+                messages_of=topics.transactions,
+            )
+            for part in got.get(topics.labels, {}).values():
+                assert part.next_offset == part.high_watermark
+                labels_seen.update(int(v) for _, v in part.records)
+            new = []
+            for p, part in got.get(topics.transactions, {}).items():
+                new += part.records
+                tx_pos[p] = part.next_offset
+            for msg in new:
+                i = int(msg.value)
+                assert i in labels_seen, f"transaction {i} fetched without its earlier label"
+                assert (msg.topic, msg.key, msg.timestamp) == (
+                    topics.transactions,
+                    f"k{i}".encode(),
+                    1_700_000_000_000 + i,
+                )
+            fetches_with_both += bool(new)
+            txs_seen += new
+    finally:
+        writer.join(timeout=120)
+        producer.close()
+    assert sorted(int(m.value) for m in txs_seen) == list(range(n))
+    assert fetches_with_both > 10  # the fetches raced the producer, not read it at the end

@@ -1,8 +1,11 @@
 """The real-time scoring consumer: transactions in, decisions and alerts out, at least once.
 
-One loop iteration handles one poll batch:
+One loop iteration handles one batch:
 
-1. read the labels topic up to its end (every instance reads all labels, outside the group);
+1. ONE Fetch request reads the owned transactions partitions and then the labels topic up to
+   its end (every instance reads all labels, outside the group): the labels barrier and the
+   batch in one round trip. The group consumer keeps the membership, rebalances and commits,
+   every partition paused; the loop fetches itself, and only when it is ready for a batch;
 2. parse and validate each transaction; bad ones go to the dead-letter topic with the reason,
    the original bytes and where they came from;
 3. per partition, in offset order: apply the labels available by the transaction's time, then
@@ -37,7 +40,7 @@ from components.settings import Topics
 from serving.stream import messages as m
 from serving.stream.dataset import ConsumedDataset
 from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
-from serving.stream.labels import BarrierFetcher, LabelFeed
+from serving.stream.labels import BarrierFetcher, LabelFeed, Message, OffsetOutOfRange
 from serving.stream.metrics import StreamMetrics
 from serving.stream.scoring import Scored, Scorer, ScoringUnavailable
 from serving.stream.state import LabelRouter, PartitionState, SnapshotStore, SnapshotWriter
@@ -360,6 +363,13 @@ class StreamConsumer:
         # Set by the rebalance callback, applied by the loop right after poll() returns:
         # kafka-python 3 runs callbacks on its IO thread, where blocking calls are not allowed.
         self._pending_assignment: set[Any] | None = None
+        # The loop fetches the transactions itself (see ``_fetch``); the group consumer only
+        # keeps the membership, rebalances and commits, every partition paused. Per owned
+        # partition: the next offset to fetch, the records fetched but not yet handed out (a
+        # fetch can bring more than a batch) and the high watermark of the last answer.
+        self._positions: dict[Any, int] = {}
+        self._buffered: dict[Any, list[Message]] = {}
+        self._highwater: dict[Any, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -418,6 +428,8 @@ class StreamConsumer:
         if self.drift is not None:
             self._labels.on_labels = self.drift.add_labels
         self._labels.start()
+        # The transactions are fetched over the same client, in the labels' requests.
+        self._labels.fetcher.partitions(30.0, cfg.topics.transactions)
         self._consumer = KafkaConsumer(
             **common,
             group_id=cfg.group_id,
@@ -489,19 +501,26 @@ class StreamConsumer:
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     def _on_assigned(self, assigned: Any) -> None:
+        # Paused before kafka-python's fetcher sees them: the loop fetches them itself.
+        self._consumer.pause(*assigned)
         self.metrics.rebalances.inc()
         if self._in_batch:
             self._abort_batch = True  # a held batch is re-read from the restored positions
         self._pending_assignment = set(assigned)
 
-    def _apply_assignment(self, records: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
-        """Restore state for newly assigned partitions and seek them; returns the records of
-        ``records`` that are still valid (those of partitions kept across the rebalance)."""
+    def _apply_assignment(self) -> None:
+        """Restore state for newly assigned partitions and set their positions; partitions kept
+        across the rebalance keep theirs (and what was fetched for them)."""
         assigned, self._pending_assignment = self._pending_assignment or set(), None
         if self._dirty:
             # Feature updates that no commit covers: restore everything owned from snapshots.
             self.router.partitions.clear()
             self._dirty = False
+        for tp in list(self._positions):
+            if tp not in assigned or tp.partition not in self.router.partitions:
+                del self._positions[tp]
+                self._buffered.pop(tp, None)
+                self._highwater.pop(tp, None)
         for partition in [
             p for p in self.router.partitions if p not in {tp.partition for tp in assigned}
         ]:
@@ -523,17 +542,13 @@ class StreamConsumer:
             "assigned %s",
             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)) or "nothing",
         )
-        fresh = set(new)
-        # Records fetched for a new partition came from the group's committed position, which
-        # the seek above may have moved: drop them, they are fetched again from there.
-        return {tp: msgs for tp, msgs in records.items() if tp not in fresh}
 
     def _restore(self, tp: Any) -> PartitionState:
         cfg = self.config
         state, snap = self.store.restore(tp.topic, tp.partition, cfg.label_delay_days)
         committed = self._consumer.committed(tp)
         if snap is not None:
-            self._consumer.seek(tp, snap.next_offset)
+            self._positions[tp] = snap.next_offset
             if committed is not None and committed > snap.next_offset:
                 state.silent_until = committed
             log.info(
@@ -545,7 +560,7 @@ class StreamConsumer:
             )
         elif committed is not None:
             # Decided before, but the state is gone: rebuild it from the retained history.
-            self._consumer.seek_to_beginning(tp)
+            self._positions[tp] = self._earliest(tp)
             state.silent_until = committed
             log.warning(
                 "%s[%d]: no snapshot in %s; rebuilding features from the earliest retained "
@@ -556,8 +571,12 @@ class StreamConsumer:
                 committed,
             )
         else:
-            self._consumer.seek_to_beginning(tp)
+            self._positions[tp] = self._earliest(tp)
         return state
+
+    def _earliest(self, tp: Any) -> int:
+        assert self._labels is not None
+        return self._labels.fetcher.earliest([tp.partition], tp.topic)[tp.partition]
 
     # -- main loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -565,7 +584,7 @@ class StreamConsumer:
         last_data = time.monotonic()
         while not self._stop.is_set():
             if self._pending_assignment is not None:  # from a poll during a scoring hold
-                self._apply_assignment({})
+                self._apply_assignment()
             max_records = cfg.batch_size
             if cfg.max_messages is not None:
                 remaining = cfg.max_messages - self.summary.consumed
@@ -573,10 +592,13 @@ class StreamConsumer:
                     return
                 max_records = min(max_records, remaining)
             polled = time.monotonic()
-            records = self._consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=max_records)
-            poll_s = time.monotonic() - polled
+            # Group duties only (heartbeats, rebalances, commit answers): every partition is
+            # paused, so this returns nothing.
+            self._consumer.poll(timeout_ms=0 if self._positions else cfg.poll_timeout_ms)
             if self._pending_assignment is not None:
-                records = self._apply_assignment(records)
+                self._apply_assignment()
+            records = self._fetch(max_records) if self._positions else {}
+            poll_s = time.monotonic() - polled
             if not records:
                 # Idle time counts from the first assignment: joining the group is not idleness.
                 if cfg.exit_when_idle_s is not None and self._assigned_at is not None:
@@ -586,12 +608,77 @@ class StreamConsumer:
                         return
                 continue
             started = last_data = time.monotonic()
-            # The labels barrier: every label appended before this batch, see serving.stream.labels.
-            assert self._labels is not None
-            self._labels.drain()
             self._process(records, poll_s, started)
             self._update_lag()
             self._gc.after_batch()
+
+    def _fetch(self, max_records: int) -> dict[Any, list[Message]]:
+        """The next batch: up to ``max_records`` transactions, with every label appended before
+        them handed to the router (the labels barrier, see serving.stream.labels).
+
+        ONE Fetch request reads the transactions partitions and then the labels partitions: the
+        broker reads a request's topics in order, so the labels come back as of after the
+        transactions were read. It is sent only when the loop is ready for a batch. Fetching
+        ahead (kafka-python's fetcher sends the next fetch as soon as poll() hands out
+        records) makes every batch as old as the one before it took: the broker answers that
+        early fetch at once with what little had arrived, and what arrives during the batch
+        waits for the next one."""
+        assert self._labels is not None
+        labels = self._labels
+        if not any(self._buffered.values()):
+            topic = self.config.topics.transactions
+            asked = {tp.partition: off for tp, off in self._positions.items()}
+            labels_asked = labels.fetch_positions()
+            try:
+                fetched = labels.fetcher.fetch_topics(
+                    {topic: asked, labels.topic: labels_asked},
+                    self.config.fetch_max_wait_ms,
+                    messages_of=topic,
+                )
+            except OffsetOutOfRange as err:
+                self._out_of_range(err)
+                return {}
+            behind = labels.absorb(fetched.get(labels.topic, {}), labels_asked)
+            by_partition = {tp.partition: tp for tp in self._positions}
+            for p, part in fetched.get(topic, {}).items():
+                tp = by_partition.get(p)
+                if tp is None or self._positions.get(tp) != asked[p]:
+                    continue  # moved since it was asked (cannot happen between two lines)
+                self._highwater[tp] = part.high_watermark
+                self._positions[tp] = part.next_offset
+                if part.records:
+                    self._buffered[tp] = part.records
+            if not any(self._buffered.values()):
+                return {}
+            if behind:
+                # Labels Tansu answered behind their watermark with nothing (its scan outlasted
+                # the wait), or that the request left out: read them before the batch.
+                labels.drain(behind)
+        # Hand out at most max_records, the rest stays buffered for the next batches (their
+        # labels are in: they were read in the same request).
+        out: dict[Any, list[Message]] = {}
+        budget = max_records
+        for tp, msgs in self._buffered.items():
+            if budget <= 0 or not msgs:
+                continue
+            out[tp], self._buffered[tp] = msgs[:budget], msgs[budget:]
+            budget -= len(out[tp])
+        return out
+
+    def _out_of_range(self, err: OffsetOutOfRange) -> None:
+        assert self._labels is not None
+        if err.topic == self._labels.topic:
+            self._labels.drain()  # its own out-of-range handling resets and logs
+            return
+        tp = next(tp for tp in self._positions if tp.partition == err.partition)
+        start = self._earliest(tp)
+        # As auto.offset.reset=earliest would, but loudly: these transactions got no decision.
+        log.error(
+            "%s; transactions below offset %d were deleted unread, going on from there",
+            err,
+            start,
+        )
+        self._positions[tp] = start
 
     def _process(self, records: dict[Any, list[Any]], poll_s: float, started: float) -> None:
         """Decide one polled batch; the labels were drained since ``started``."""
@@ -779,16 +866,12 @@ class StreamConsumer:
                             held,
                             cfg.lag_bound_s,
                         )
-                    if not paused:
-                        self._consumer.pause(*self._consumer.assignment())
-                        paused = True
+                    paused = True
                     if not self._wait_keeping_membership(delay):
                         return None
                     delay = min(delay * 2, cfg.retry_max_s)
         finally:
             self.metrics.held_seconds.set(0)
-            if paused and not self._abort_batch:
-                self._consumer.resume(*self._consumer.paused())
 
     def _wait_keeping_membership(self, seconds: float) -> bool:
         """Sleep while polling the (paused) consumer so the group keeps us; False = give up."""
@@ -1049,9 +1132,11 @@ class StreamConsumer:
         self.metrics.snapshot_bytes.set(total)
 
     def _update_lag(self) -> None:
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is None:
+        for tp, high in self._highwater.items():
+            buffered = self._buffered.get(tp)
+            position = buffered[0].offset if buffered else self._positions.get(tp)
+            if position is None:
                 continue
-            lag = max(0, high - self._consumer.position(tp))
-            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, high - position)
+            )

@@ -14,6 +14,12 @@ at the end of the previous drain (read by the broker before the poll, so useless
 barrier), then a fresh one; 4-10 ms per batch at 500 tx/s on the embedded broker, against
 2-3 ms for one fetch.
 
+Since the sixth session of 2026-12-02 the scoring consumer reads the labels in the same request
+as its transactions, listed after them (``BarrierFetcher.fetch_topics``; ``LabelFeed.absorb``
+takes the labels' part): the broker reads a request's topics in order, so the labels come back
+as of after the batch was read, with no round trip of their own. ``drain`` then only reads the
+partitions such a fetch left behind their watermark.
+
 The wait the broker may hold the fetch starts at 1 ms: a fetch that finds records is answered at
 once and one at the end after that 1 ms, with the watermark either way. Tansu's in-memory store
 answers *empty*, watermark included, when finding the fetch offset takes longer than the wait
@@ -35,24 +41,50 @@ from serving.stream import messages as m
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class Message:
+    """A fetched record with what the scoring consumer reads of it (``ConsumerRecord``'s names)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
 @dataclass
 class FetchedPartition:
     """What one Fetch response held for one partition."""
 
     high_watermark: int
-    # (offset, value) of each record at or past the fetch offset, in offset order.
-    records: list[tuple[int, bytes | None]] = field(default_factory=list)
+    # At or past the fetch offset, in offset order: (offset, value) pairs, or ``Message``s for
+    # the topic a request asked full messages of.
+    records: list[Any] = field(default_factory=list)
     # The position after this response: past the last complete batch returned (control batches
     # and compacted gaps included), or the fetch offset when nothing came back.
     next_offset: int = 0
 
 
+class OffsetOutOfRange(Exception):
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        super().__init__(f"{topic}[{partition}]: offset {offset} is out of range")
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
+class LabelsOutOfRange(OffsetOutOfRange):
+    pass
+
+
 class BarrierFetcher:
-    """Fetch requests for every partition of one topic, outside any consumer group.
+    """Fetch requests outside any consumer group, for the partitions of one or more topics.
 
     Uses the connection manager and metadata of ``client``, a kafka-python ``KafkaConsumer``
     that is never assigned anything (so it never fetches on its own); requests go to each
-    partition's leader, one request per leader, all in flight together.
+    partition's leader, one request per leader, all in flight together. ``topic`` is the one
+    ``fetch`` reads (the labels); ``fetch_topics`` reads several in one request.
     """
 
     def __init__(
@@ -68,42 +100,61 @@ class BarrierFetcher:
         self.max_bytes = max_bytes
         self._last_failure_log = float("-inf")
 
-    def partitions(self, timeout_s: float) -> list[int]:
+    def partitions(self, timeout_s: float, topic: str | None = None) -> list[int]:
+        topic = topic or self.topic
+        # Tracked, so that metadata refreshes keep its leaders (a client that subscribes to
+        # nothing would otherwise refresh the metadata of no topic at all).
+        self.client._manager.cluster.add_topic(topic)
         deadline = time.monotonic() + timeout_s
-        ids = self.client.partitions_for_topic(self.topic)
+        ids = self.client.partitions_for_topic(topic)
         while not ids:
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"labels topic {self.topic!r} has no partitions (does it exist? run "
-                    "`fraud topics create`)"
+                    f"topic {topic!r} has no partitions (does it exist? run `fraud topics create`)"
                 )
             time.sleep(0.2)
-            ids = self.client.partitions_for_topic(self.topic)
+            ids = self.client.partitions_for_topic(topic)
         return sorted(ids)
 
-    def earliest(self, partitions: list[int]) -> dict[int, int]:
+    def earliest(self, partitions: list[int], topic: str | None = None) -> dict[int, int]:
         from kafka import TopicPartition
 
-        tps = [TopicPartition(self.topic, p) for p in partitions]
+        tps = [TopicPartition(topic or self.topic, p) for p in partitions]
         return {tp.partition: off for tp, off in self.client.beginning_offsets(tps).items()}
 
     def fetch(self, positions: dict[int, int], max_wait_ms: int) -> dict[int, FetchedPartition]:
-        """One Fetch per leader for ``positions`` (partition -> offset), sent now; returns the
-        partitions answered without error. Partitions left out (leader unknown, leadership
-        moving, connection lost) are to be fetched again after a pause; errors that retrying
+        """One Fetch per leader for ``positions`` (partition -> offset) of ``topic``, sent now;
+        see ``fetch_topics``."""
+        return self.fetch_topics({self.topic: positions}, max_wait_ms).get(self.topic, {})
+
+    def fetch_topics(
+        self,
+        positions: dict[str, dict[int, int]],
+        max_wait_ms: int,
+        messages_of: str | None = None,
+    ) -> dict[str, dict[int, FetchedPartition]]:
+        """One Fetch per leader for ``positions`` (topic -> partition -> offset), sent now;
+        returns the partitions answered without error, by topic. The request names the topics
+        in the order of ``positions``, and a broker reads them in that order (Tansu and Kafka
+        both go through a request's partitions one after the other): a topic listed later is
+        read after the ones before it. Records of ``messages_of`` come back as ``Message``s,
+        the others as (offset, value). Partitions left out (leader unknown, leadership
+        moving, connection lost) are to be fetched again after a pause; an offset out of range
+        raises ``OffsetOutOfRange`` (``LabelsOutOfRange`` for ``topic``); errors that retrying
         cannot fix are raised."""
         from kafka import TopicPartition
         from kafka.protocol.consumer import FetchRequest
 
         manager = self.client._manager  # kafka-python 3's connection manager (pinned in the lock)
         cluster = manager.cluster
-        by_leader: dict[int, list[int]] = {}
-        for p in positions:
-            leader = cluster.leader_for_partition(TopicPartition(self.topic, p))
-            if leader is None or leader == -1:
-                cluster.request_update()
-                continue
-            by_leader.setdefault(leader, []).append(p)
+        by_leader: dict[int, dict[str, list[int]]] = {}
+        for topic, offsets in positions.items():
+            for p in offsets:
+                leader = cluster.leader_for_partition(TopicPartition(topic, p))
+                if leader is None or leader == -1:
+                    cluster.request_update()
+                    continue
+                by_leader.setdefault(leader, {}).setdefault(topic, []).append(p)
         topic_cls = FetchRequest.FetchTopic
         part_cls = topic_cls.FetchPartition
         requests = {
@@ -117,12 +168,12 @@ class BarrierFetcher:
                 session_epoch=-1,  # no fetch session: every request names its partitions
                 topics=[
                     topic_cls(
-                        topic=self.topic,
+                        topic=topic,
                         partitions=[
                             part_cls(
                                 partition=p,
                                 current_leader_epoch=-1,
-                                fetch_offset=positions[p],
+                                fetch_offset=positions[topic][p],
                                 last_fetched_epoch=-1,
                                 log_start_offset=-1,
                                 partition_max_bytes=self.partition_max_bytes,
@@ -130,12 +181,13 @@ class BarrierFetcher:
                             for p in parts
                         ],
                     )
+                    for topic, parts in topics.items()
                 ],
                 forgotten_topics_data=[],
                 rack_id="",
                 max_version=12,  # what kafka-python's own fetcher speaks
             )
-            for leader, parts in by_leader.items()
+            for leader, topics in by_leader.items()
         }
 
         failures: list[str] = []
@@ -152,49 +204,72 @@ class BarrierFetcher:
                     failures.append(f"broker {leader}: {type(err).__name__}: {err}")
             return answers
 
-        out: dict[int, FetchedPartition] = {}
         answers = manager.run(send_all) if requests else []
+        out: dict[str, dict[int, FetchedPartition]] = {}
         if failures and time.monotonic() - self._last_failure_log >= 10:
-            # The drain retries every few tens of ms: one line per 10 s says it all.
+            # Callers retry every few tens of ms: one line per 10 s says it all.
             self._last_failure_log = time.monotonic()
-            log.warning("labels fetch from %s failed (%s); fetching again", self.topic, failures[0])
+            log.warning(
+                "fetch from %s failed (%s); fetching again", ", ".join(positions), failures[0]
+            )
         for response in answers:
             for topic_data in response.responses:
+                topic = topic_data.topic
                 for data in topic_data.partitions:
-                    got = self._partition(data, positions[data.partition_index])
+                    got = self._partition(
+                        topic, data, positions[topic][data.partition_index], topic == messages_of
+                    )
                     if got is not None:
-                        out[data.partition_index] = got
+                        out.setdefault(topic, {})[data.partition_index] = got
         return out
 
-    def _partition(self, data: Any, position: int) -> FetchedPartition | None:
+    def _partition(
+        self, topic: str, data: Any, position: int, messages: bool
+    ) -> FetchedPartition | None:
         from kafka import errors
         from kafka.record import MemoryRecords
 
-        where = f"{self.topic}[{data.partition_index}]@{position}"
+        p = data.partition_index
+        where = f"{topic}[{p}]@{position}"
         if data.error_code:
             error = errors.for_code(data.error_code)
             if error is errors.OffsetOutOfRangeError:
-                raise LabelsOutOfRange(data.partition_index, position)
+                if topic == self.topic:
+                    raise LabelsOutOfRange(topic, p, position)
+                raise OffsetOutOfRange(topic, p, position)
             if getattr(error, "retriable", False) or getattr(error, "invalid_metadata", False):
                 self.client._manager.cluster.request_update()
-                log.debug("labels fetch %s: %s; fetching again", where, error.__name__)
+                log.debug("fetch %s: %s; fetching again", where, error.__name__)
                 return None
-            raise RuntimeError(f"labels fetch {where} failed: {error.__name__}")
+            raise RuntimeError(f"fetch {where} failed: {error.__name__}")
         out = FetchedPartition(data.high_watermark, next_offset=position)
         if not data.records:
             return out
         records = MemoryRecords(data.records)
         batch = records.next_batch()
+        append = out.records.append
         while batch is not None:  # only complete batches; a truncated last one comes next time
             if not batch.validate_crc():
-                raise RuntimeError(f"labels fetch {where}: record batch failed its CRC check")
+                raise RuntimeError(f"fetch {where}: record batch failed its CRC check")
             last = None
             if not getattr(batch, "is_control_batch", False):
                 for record in batch:
                     last = record.offset
                     # A batch starts where it was written: skip what was read before.
                     if record.offset >= position:
-                        out.records.append((record.offset, record.value))
+                        if messages:
+                            append(
+                                Message(
+                                    topic,
+                                    p,
+                                    record.offset,
+                                    record.timestamp,
+                                    record.key,
+                                    record.value,
+                                )
+                            )
+                        else:
+                            append((record.offset, record.value))
             # Magic 2 batches know their end even when compaction emptied their tail.
             end = getattr(batch, "next_offset", None)
             if end is None and last is not None:
@@ -203,13 +278,6 @@ class BarrierFetcher:
                 out.next_offset = end
             batch = records.next_batch()
         return out
-
-
-class LabelsOutOfRange(Exception):
-    def __init__(self, partition: int, offset: int) -> None:
-        super().__init__(f"labels partition {partition}: offset {offset} is out of range")
-        self.partition = partition
-        self.offset = offset
 
 
 class LabelFeed:
@@ -257,14 +325,46 @@ class LabelFeed:
     def positions(self) -> dict[int, int]:
         return dict(self._positions)
 
-    def drain(self) -> int:
-        """Read every label appended before this call; returns how many were read."""
+    def fetch_positions(self) -> dict[int, int]:
+        """Where to fetch each partition from, for a fetch that reads the labels along with
+        other topics (``absorb`` takes its answer)."""
+        self._maybe_rewind()
+        return dict(self._positions)
+
+    def absorb(self, fetched: dict[int, FetchedPartition], asked: dict[int, int]) -> set[int]:
+        """Hand over the labels of a fetch sent with ``fetch_positions``; returns the partitions
+        still behind their watermark (a ``drain`` of them completes the barrier). Partitions
+        the fetch left out (leader unknown, connection lost) count as behind."""
+        stats = self.last_drain = {"fetches": 0, "empty": 0, "retries": 0, "handle_ms": 0}
+        handled = time.monotonic()
+        behind = set(asked)
+        read = 0
+        for p, part in fetched.items():
+            if self._positions.get(p) != asked.get(p):
+                continue  # rewound since it was asked: the next fetch reads from there
+            if part.records:
+                read += self._handle(p, part.records)
+            self._positions[p] = part.next_offset
+            if part.next_offset >= part.high_watermark:
+                behind.discard(p)
+        stats["absorbed"] = read
+        stats["handle_ms"] = round((time.monotonic() - handled) * 1000)
+        return behind
+
+    def _maybe_rewind(self) -> None:
         if self._rewind:
             self._positions = self.fetcher.earliest(self.partitions)
             self._rewind = False
+
+    def drain(self, partitions: set[int] | None = None) -> int:
+        """Read every label appended before this call (of ``partitions``, default all);
+        returns how many were read."""
+        self._maybe_rewind()
         started = time.monotonic()
-        stats = self.last_drain = {"fetches": 0, "empty": 0, "retries": 0, "handle_ms": 0}
-        pending = set(self.partitions)
+        stats = self.last_drain
+        if partitions is None or "absorbed" not in stats:
+            stats = self.last_drain = {"fetches": 0, "empty": 0, "retries": 0, "handle_ms": 0}
+        pending = set(self.partitions if partitions is None else partitions)
         read = 0
         stalled_any = False
         # The slowest fetch that brought records: about how long the broker's scan takes now.
