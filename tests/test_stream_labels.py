@@ -276,3 +276,29 @@ def test_one_fetch_of_two_topics_reads_the_second_after_the_first(broker, labels
         producer.close()
     assert sorted(int(m.value) for m in txs_seen) == list(range(n))
     assert fetches_with_both > 10  # the fetches raced the producer, not read it at the end
+
+
+def test_the_fetch_wait_rises_on_empty_answers_and_comes_back_to_its_floor() -> None:
+    """The consumer's transactions fetch: floor 10 ms (its configured wait), cap 500 ms."""
+    from serving.stream.labels import FetchWait
+
+    wait = FetchWait(10, 500)
+    for expected in (20, 40, 80, 160, 320, 500, 500):
+        wait.stalled()
+        assert wait.ms == expected
+    wait.settle(0.2)  # a round with a stall never lowers it
+    assert wait.ms == 500
+    wait.settle(0.2)  # records in 200 ms: not under a quarter of 500
+    assert wait.ms == 500
+    wait.settle(0.1)
+    assert wait.ms == 250
+    wait.settle(0.001)
+    assert wait.ms == 125
+    for _ in range(FetchWait.DECAY_AFTER - 1):
+        wait.settle(None)  # nothing new: says nothing of the scan
+    assert wait.ms == 125
+    wait.settle(None)
+    assert wait.ms == 62
+    for _ in range(4):
+        wait.settle(0.0)
+    assert wait.ms == 10  # never below the floor

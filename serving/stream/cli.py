@@ -342,8 +342,9 @@ def add_subcommands(subparsers: Any) -> None:
         "--labels-fetch-max-wait-ms",
         type=int,
         default=ConsumerConfig.labels_fetch_max_wait_ms,
-        help="the longest the labels reader lets the broker hold a fetch (it starts at 1 ms and "
-        "doubles only while the broker answers a partition that is behind with nothing)",
+        help="the longest the broker may hold a fetch: the labels reader's wait starts at 1 ms "
+        "and the batch fetch's at --fetch-max-wait-ms, and each doubles only while the broker "
+        "answers a partition that is behind with nothing",
     )
     con.add_argument(
         "--slow-batch-ms",

@@ -40,7 +40,13 @@ from components.settings import Topics
 from serving.stream import messages as m
 from serving.stream.dataset import ConsumedDataset
 from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
-from serving.stream.labels import BarrierFetcher, LabelFeed, Message, OffsetOutOfRange
+from serving.stream.labels import (
+    BarrierFetcher,
+    FetchWait,
+    LabelFeed,
+    Message,
+    OffsetOutOfRange,
+)
 from serving.stream.metrics import StreamMetrics
 from serving.stream.scoring import Scored, Scorer, ScoringUnavailable
 from serving.stream.state import LabelRouter, PartitionState, SnapshotStore, SnapshotWriter
@@ -84,9 +90,10 @@ class ConsumerConfig:
     # this wait is latency (a probe consumer's delivery p99 was 54 ms at 100 ms and 10 ms at
     # 20 ms). A fetch that finds records is answered at once (median 3.8 ms at 500 tx/s).
     fetch_max_wait_ms: int = 10
-    # The longest the labels barrier lets the broker hold a fetch: it asks for 1 ms and doubles
-    # that only while Tansu answers a partition that is behind with nothing (its scan for the
-    # offset outlasted the wait), see serving.stream.labels.
+    # The longest the broker may hold a fetch. The labels reader asks for 1 ms and the batch
+    # fetch for fetch_max_wait_ms; each doubles only while Tansu answers a partition that is
+    # behind with nothing (its scan for the offset outlasted the wait), see
+    # serving.stream.labels.FetchWait.
     labels_fetch_max_wait_ms: int = 500
     # A poll plus batch taking this long is logged with the time of each stage.
     slow_batch_s: float = 1.0
@@ -370,6 +377,9 @@ class StreamConsumer:
         self._positions: dict[Any, int] = {}
         self._buffered: dict[Any, list[Message]] = {}
         self._highwater: dict[Any, int] = {}
+        # Tansu answers a partition it could not scan within the fetch wait with nothing (its
+        # in-memory store slows as a partition fills): raised while that happens.
+        self._fetch_wait = FetchWait(config.fetch_max_wait_ms, config.labels_fetch_max_wait_ms)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -629,15 +639,17 @@ class StreamConsumer:
             topic = self.config.topics.transactions
             asked = {tp.partition: off for tp, off in self._positions.items()}
             labels_asked = labels.fetch_positions()
+            sent = time.monotonic()
             try:
                 fetched = labels.fetcher.fetch_topics(
                     {topic: asked, labels.topic: labels_asked},
-                    self.config.fetch_max_wait_ms,
+                    self._fetch_wait.ms,
                     messages_of=topic,
                 )
             except OffsetOutOfRange as err:
                 self._out_of_range(err)
                 return {}
+            took = time.monotonic() - sent
             behind = labels.absorb(fetched.get(labels.topic, {}), labels_asked)
             by_partition = {tp.partition: tp for tp in self._positions}
             for p, part in fetched.get(topic, {}).items():
@@ -648,7 +660,11 @@ class StreamConsumer:
                 self._positions[tp] = part.next_offset
                 if part.records:
                     self._buffered[tp] = part.records
-            if not any(self._buffered.values()):
+                elif part.next_offset < part.high_watermark:
+                    self._fetch_wait.stalled()
+            got = any(self._buffered.values())
+            self._fetch_wait.settle(took if got else None)
+            if not got:
                 return {}
             if behind:
                 # Labels Tansu answered behind their watermark with nothing (its scan outlasted

@@ -280,12 +280,55 @@ class BarrierFetcher:
         return out
 
 
+class FetchWait:
+    """How long to let the broker hold a fetch, for Tansu's empty answers (module docstring).
+
+    Starts at ``floor_ms``; ``stalled()`` (a partition came back behind its watermark with
+    nothing) doubles it up to ``max_ms``. ``settle()`` ends a round of fetches: with no stall in
+    it, the wait is halved when records came back in under a quarter of it (a doubling lands
+    within twice the scan time, so this cannot oscillate), or else after ``DECAY_AFTER`` rounds
+    in a row (a round that found nothing new is held the whole wait and says nothing of the
+    scan)."""
+
+    DECAY_AFTER = 50
+
+    def __init__(self, floor_ms: int, max_ms: int) -> None:
+        self.floor_ms = floor_ms
+        self.max_ms = max(max_ms, floor_ms)
+        self.ms = floor_ms
+        self._clean = 0
+        self._stalled = False
+
+    def stalled(self) -> None:
+        self._stalled = True
+        self.ms = min(self.ms * 2, self.max_ms)
+
+    def settle(self, slowest_with_records_s: float | None) -> None:
+        if self._stalled:
+            self._clean = 0
+        elif (
+            self.ms > self.floor_ms
+            and slowest_with_records_s is not None
+            and slowest_with_records_s * 1000 * 4 < self.ms
+        ):
+            # The broker's scan is that fast again (the demo's retrain had raised the labels
+            # wait to 128 ms while answers took ~20 ms).
+            self.ms = max(self.floor_ms, self.ms // 2)
+            self._clean = 0
+        else:
+            self._clean += 1
+            if self._clean >= self.DECAY_AFTER and self.ms > self.floor_ms:
+                self.ms = max(self.floor_ms, self.ms // 2)
+                self._clean = 0
+        self._stalled = False
+
+
 class LabelFeed:
     """Reads the whole labels topic and hands each label to the router; ``drain()`` is the
     barrier before each batch (see the module docstring)."""
 
     # Clean drains in a row after which a raised fetch wait is halved.
-    WAIT_DECAY_DRAINS = 50
+    WAIT_DECAY_DRAINS = FetchWait.DECAY_AFTER
 
     def __init__(
         self,
@@ -301,8 +344,7 @@ class LabelFeed:
         self.metrics = metrics
         self.dataset = dataset
         self.max_wait_ms = max_wait_ms
-        self.wait_ms = 1
-        self._clean_drains = 0
+        self._wait = FetchWait(1, max_wait_ms)
         self.partitions: list[int] = []
         # Labels-topic offsets handed to the router so far in this pass over the topic.
         self._positions: dict[int, int] = {}
@@ -314,6 +356,14 @@ class LabelFeed:
         self.on_labels: Any | None = None
         # What the last drain did, for the slow-batch log.
         self.last_drain: dict[str, int] = {}
+
+    @property
+    def wait_ms(self) -> int:
+        return self._wait.ms
+
+    @wait_ms.setter
+    def wait_ms(self, ms: int) -> None:
+        self._wait.ms = ms
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.partitions = self.fetcher.partitions(timeout_s)
@@ -366,7 +416,6 @@ class LabelFeed:
             stats = self.last_drain = {"fetches": 0, "empty": 0, "retries": 0, "handle_ms": 0}
         pending = set(self.partitions if partitions is None else partitions)
         read = 0
-        stalled_any = False
         # The slowest fetch that brought records: about how long the broker's scan takes now.
         slowest_with_records: float | None = None
         deadline = started + self.catch_up_timeout_s
@@ -412,30 +461,11 @@ class LabelFeed:
             stats["handle_ms"] += round((time.monotonic() - handled) * 1000)
             if stalled:
                 stats["empty"] += 1
-                stalled_any = True
-                self.wait_ms = min(self.wait_ms * 2, self.max_wait_ms)
+                self._wait.stalled()
             if len(fetched) < len(asked):  # leader unknown or moving, connection lost
                 stats["retries"] += 1
                 time.sleep(self.retry_pause_s)
-        if stalled_any:
-            self._clean_drains = 0
-        elif (
-            self.wait_ms > 1
-            and slowest_with_records is not None
-            and slowest_with_records * 1000 * 4 < self.wait_ms
-        ):
-            # Records came back in well under the wait: the broker's scan is that fast again
-            # (the demo's retrain had raised the wait to 128 ms while answers took ~20 ms, and
-            # every drain that found nothing new was then held the whole 128 ms).
-            self.wait_ms //= 2
-            self._clean_drains = 0
-        else:
-            # A drain that found nothing new is held the whole wait and says nothing of the
-            # scan: come down slowly.
-            self._clean_drains += 1
-            if self._clean_drains >= self.WAIT_DECAY_DRAINS and self.wait_ms > 1:
-                self.wait_ms //= 2
-                self._clean_drains = 0
+        self._wait.settle(slowest_with_records)
         stats["ms"] = round((time.monotonic() - started) * 1000)
         stats["wait_ms"] = self.wait_ms
         return read
