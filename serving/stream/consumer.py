@@ -653,9 +653,7 @@ class StreamConsumer:
             behind = labels.absorb(fetched.get(labels.topic, {}), labels_asked)
             by_partition = {tp.partition: tp for tp in self._positions}
             for p, part in fetched.get(topic, {}).items():
-                tp = by_partition.get(p)
-                if tp is None or self._positions.get(tp) != asked[p]:
-                    continue  # moved since it was asked (cannot happen between two lines)
+                tp = by_partition[p]
                 self._highwater[tp] = part.high_watermark
                 self._positions[tp] = part.next_offset
                 if part.records:
@@ -844,7 +842,7 @@ class StreamConsumer:
         cfg = self.config
         delay = cfg.retry_initial_s
         held_since = time.monotonic()
-        paused = False
+        held = False
         bound_reported = False
         last_log = 0.0
         try:
@@ -854,7 +852,7 @@ class StreamConsumer:
                     self.metrics.scoring_latency.observe(scored.latency_s)
                     self.metrics.model_version.labels(cfg.model_name).set(scored.version)
                     self._check_delay(scored)
-                    if paused:
+                    if held:
                         log.info(
                             "model server answers again after %.1f s: resuming",
                             time.monotonic() - held_since,
@@ -882,7 +880,7 @@ class StreamConsumer:
                             held,
                             cfg.lag_bound_s,
                         )
-                    paused = True
+                    held = True
                     if not self._wait_keeping_membership(delay):
                         return None
                     delay = min(delay * 2, cfg.retry_max_s)

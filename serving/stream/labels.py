@@ -343,7 +343,6 @@ class LabelFeed:
         self.router = router
         self.metrics = metrics
         self.dataset = dataset
-        self.max_wait_ms = max_wait_ms
         self._wait = FetchWait(1, max_wait_ms)
         self.partitions: list[int] = []
         # Labels-topic offsets handed to the router so far in this pass over the topic.
@@ -390,8 +389,6 @@ class LabelFeed:
         behind = set(asked)
         read = 0
         for p, part in fetched.items():
-            if self._positions.get(p) != asked.get(p):
-                continue  # rewound since it was asked: the next fetch reads from there
             if part.records:
                 read += self._handle(p, part.records)
             self._positions[p] = part.next_offset
