@@ -860,24 +860,24 @@ class StreamConsumer:
                     return scored
                 except ScoringUnavailable as err:
                     self.metrics.scoring_failures.inc()
-                    held = time.monotonic() - held_since
-                    self.metrics.held_seconds.set(held)
+                    held_s = time.monotonic() - held_since
+                    self.metrics.held_seconds.set(held_s)
                     if time.monotonic() - last_log >= 10:
                         last_log = time.monotonic()
                         log.warning(
                             "scoring unavailable, holding %d transactions for %.1f s "
                             "(not committed; retrying): %s",
                             len(entries),
-                            held,
+                            held_s,
                             err,
                         )
-                    if held > cfg.lag_bound_s and not bound_reported:
+                    if held_s > cfg.lag_bound_s and not bound_reported:
                         bound_reported = True
                         self.metrics.hold_bound_exceeded.inc()
                         log.error(
                             "model server unavailable for %.0f s, over the %.0f s lag bound: "
                             "decisions are late; still retrying (nothing is dropped)",
-                            held,
+                            held_s,
                             cfg.lag_bound_s,
                         )
                     held = True
