@@ -14,6 +14,7 @@ Two kinds of features:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -227,7 +228,14 @@ APPROVE, REVIEW, BLOCK = "approve", "review", "block"
 DECISIONS: tuple[str, ...] = (APPROVE, REVIEW, BLOCK)
 
 
+# A score that is no number (NaN, which TF Serving writes as null, or an infinity) never
+# approves: the transaction goes to a person, and the consumer counts it.
+FAILSAFE_DECISION = REVIEW
+
+
 def decide(score: float, review_threshold: float, block_threshold: float) -> str:
+    if not math.isfinite(score):
+        return FAILSAFE_DECISION
     if score >= block_threshold:
         return BLOCK
     if score >= review_threshold:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -267,12 +268,15 @@ def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path
         "127.0.0.1",
         "--lag-bound-seconds",
         "5",
+        "--decision-deadline-seconds",
+        "off",
     )
     consumer = ConsumerProcess(cmd, child_env(topics), tmp_path)
     consumer.start()
     replay = _start_replay(df, broker.bootstrap_servers, topics, rate=len(df) / 40)
     try:
         wait_for(lambda: watcher.count() >= len(df) * 0.2, 120, "first decisions", poll_s=0.05)
+        assert _probe(metrics_port, "/ready") == 200
         server.stop()
         down_at = watcher.count()
         time.sleep(10)
@@ -281,8 +285,12 @@ def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path
         failures = _metric(metrics_port, "fraud_stream_scoring_failures_total")
         assert failures > 0 and held > 3, (held, failures)
         assert _metric(metrics_port, "fraud_stream_hold_bound_exceeded_total") == 1
+        # Held past the lag bound: not ready (with the reason), still alive.
+        assert _probe(metrics_port, "/ready") == 503
+        assert _probe(metrics_port, "/healthz") == 200
         assert watcher.count() <= down_at + BATCH  # nothing decided while the server was down
         server = start_model_server(model_base, tmp_path_factory.mktemp("down-server-2"), port)
+        wait_for(lambda: _probe(metrics_port, "/ready") == 200, 60, "ready again")
         replay.join(timeout=300)
         assert consumer.wait(timeout_s=300) == 0, consumer.logs()
     finally:
@@ -295,6 +303,80 @@ def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path
     assert set(ids) == set(df[c.TRANSACTION_ID])
     assert max(ids.values()) == 1  # held, not crashed: nothing decided twice
     _check_features(decisions, df)
+
+
+def test_decision_deadline_falls_back_then_corrects(
+    broker,  # noqa: F811
+    model_base,  # noqa: F811
+    tmp_path,
+    tmp_path_factory,
+):
+    """With the model server down, each transaction gets the fallback decision once its
+    deadline passes (marked, counted); when the server is back every one of them is re-scored
+    and the score goes out as a correction. Nothing is decided twice otherwise, and every
+    score carries the uninterrupted run's features."""
+    server = start_model_server(model_base, tmp_path_factory.mktemp("deadline-server"))
+    port = server.port
+    df = simulated(60, 20, seed=45)
+    topics = make_topics(broker.bootstrap_servers)
+    watcher = DecisionWatcher(broker.bootstrap_servers, topics.decisions)
+    metrics_port = free_port()
+    cmd = consumer_command(
+        broker.bootstrap_servers,
+        server.url,
+        model_base,
+        tmp_path / "state",
+        "deadline",
+        "--batch-size",
+        str(BATCH),
+        "--exit-when-idle-seconds",
+        "8",
+        "--metrics-port",
+        str(metrics_port),
+        "--decision-deadline-seconds",
+        "1",
+        "--fallback-decision",
+        c.REVIEW,
+    )
+    consumer = ConsumerProcess(cmd, child_env(topics), tmp_path)
+    consumer.start()
+    replay = _start_replay(df, broker.bootstrap_servers, topics, rate=len(df) / 30)
+    try:
+        wait_for(lambda: watcher.count() >= len(df) * 0.2, 120, "first decisions", poll_s=0.05)
+        server.stop()
+        fallbacks = lambda: sum(d[DecisionFields.FALLBACK] for d in list(watcher.decisions))  # noqa: E731
+        wait_for(lambda: fallbacks() >= 100, 60, "fallback decisions while the server is down")
+        assert _metric(metrics_port, "fraud_stream_fallback_decisions_total") >= 100
+        assert _metric(metrics_port, "fraud_stream_fallback_backlog") >= 100
+        server = start_model_server(model_base, tmp_path_factory.mktemp("deadline-2"), port)
+        replay.join(timeout=300)
+        assert consumer.wait(timeout_s=300) == 0, consumer.logs()
+    finally:
+        server.stop()
+        if consumer.proc and consumer.proc.poll() is None:
+            consumer.signal(signal.SIGKILL)
+    decisions = watcher.close()
+    first = [d for d in decisions if not d[DecisionFields.CORRECTION]]
+    fallback = [d for d in first if d[DecisionFields.FALLBACK]]
+    corrections = [d for d in decisions if d[DecisionFields.CORRECTION]]
+    assert Counter(d[c.TRANSACTION_ID] for d in first) == Counter(set(df[c.TRANSACTION_ID]))
+    assert len(fallback) >= 100
+    assert all(
+        d[DecisionFields.DECISION] == c.REVIEW and d[DecisionFields.SCORE] is None for d in fallback
+    )
+    assert Counter(d[c.TRANSACTION_ID] for d in corrections) == Counter(
+        d[c.TRANSACTION_ID] for d in fallback
+    )
+    assert all(d[DecisionFields.SCORE] is not None for d in corrections)
+    _check_features([d for d in decisions if d[DecisionFields.SCORE] is not None], df)
+
+
+def _probe(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def _metric(port: int, name: str) -> float:

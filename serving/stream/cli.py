@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from components import contract as c
 from components.settings import Settings
 
 log = logging.getLogger("serving.stream")
@@ -149,6 +150,9 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
         include_features=args.include_features,
         label_delay_days=args.label_delay_days or settings.label_delay_days,
         lag_bound_s=args.lag_bound_seconds,
+        decision_deadline_s=args.decision_deadline_seconds,
+        fallback_decision=args.fallback_decision,
+        max_fallback_backlog=args.max_fallback_backlog,
         write_dataset=not args.no_dataset,
         session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=max(1_000, args.session_timeout_ms // 3),
@@ -160,10 +164,14 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
     client = build_model_client(serving_url, model_name, timeout_s=args.serving_timeout_seconds)
     scorer = Scorer(client, ThresholdStore(Path(args.model_base_path or settings.model_base_path)))
     metrics = StreamMetrics()
-    server = metrics.serve(args.metrics_port, addr=args.metrics_host) if args.metrics_port else None
     drift_on = args.drift_window or args.drift_window_time
     drift_loop = _drift_loop(args, settings, config, metrics) if drift_on else None
     consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop)
+    server = (
+        metrics.serve(args.metrics_port, addr=args.metrics_host, health=consumer.health)
+        if args.metrics_port
+        else None
+    )
 
     def _request_stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the current batch, then exiting", signum)
@@ -185,12 +193,24 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
     return 0
 
 
+def _deadline(text: str) -> float | None:
+    """Seconds, or 'off' for no decision deadline."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'off', got {text!r}") from err
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"a deadline must be >= 0 s, got {text!r}")
+    return seconds
+
+
 # --- registration ----------------------------------------------------------------------------
 
 
 def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metrics: Any) -> Any:
     """The drift monitor (+ retrain trigger) on the consumer's own metrics registry."""
-    from components import contract as c
     from serving.stream.drift import DriftConfig, DriftMetrics, RetrainMetrics
     from serving.stream.monitoring import DriftLoop, DriftLoopConfig
     from serving.stream.retrain import parse_duration
@@ -353,7 +373,12 @@ def add_subcommands(subparsers: Any) -> None:
         help="log the time of each stage of a poll plus batch that takes this long",
     )
     con.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    con.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics server")
+    con.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics and health server binds (default loopback; 0.0.0.0 to let "
+        "Prometheus and the kubelet reach it from outside the pod)",
+    )
     con.add_argument(
         "--snapshot-interval-seconds",
         type=float,
@@ -365,6 +390,27 @@ def add_subcommands(subparsers: Any) -> None:
         type=float,
         default=60.0,
         help="how long a batch may wait for the model server before it is an incident",
+    )
+    con.add_argument(
+        "--decision-deadline-seconds",
+        type=_deadline,
+        default=ConsumerConfig.decision_deadline_s,
+        help="how long a transaction may wait for the model server before it gets the "
+        "fallback decision (re-scored, and corrected, once the server answers); 'off' holds "
+        "without a deadline (default %(default)s)",
+    )
+    con.add_argument(
+        "--fallback-decision",
+        choices=c.DECISIONS,
+        default=ConsumerConfig.fallback_decision,
+        help="the decision of a transaction whose deadline passed (default %(default)s)",
+    )
+    con.add_argument(
+        "--max-fallback-backlog",
+        type=int,
+        default=ConsumerConfig.max_fallback_backlog,
+        help="fallback-decided transactions kept for their re-score; beyond it the consumer "
+        "holds new batches instead (default %(default)s)",
     )
     con.add_argument("--serving-timeout-seconds", type=float, default=10.0)
     con.add_argument(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import struct
 import threading
 import time
@@ -39,6 +40,7 @@ from components import contract as c
 from components.settings import Topics
 from serving.stream import messages as m
 from serving.stream.dataset import ConsumedDataset
+from serving.stream.health import ConsumerHealth
 from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
 from serving.stream.labels import (
     BarrierFetcher,
@@ -78,6 +80,15 @@ class ConsumerConfig:
     # How long a batch may wait for the model server before that is an incident (logged as an
     # error and counted); the batch keeps being retried after it, nothing is dropped.
     lag_bound_s: float = 60.0
+    # A card authorisation cannot wait for a model server that is down: a transaction held
+    # this long gets ``fallback_decision`` (marked as a fallback, counted) and is re-scored
+    # once the server answers, the re-score going to the decisions topic as a correction.
+    # None: hold without a deadline.
+    decision_deadline_s: float | None = 2.0
+    fallback_decision: str = c.REVIEW
+    # Fallback-decided transactions kept for their re-score (about 1.5 KB each). Beyond it the
+    # consumer stops taking new batches and holds, as without a deadline: nothing is dropped.
+    max_fallback_backlog: int = 100_000
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     write_dataset: bool = True
@@ -107,6 +118,19 @@ class ConsumerConfig:
             raise ValueError(f"consumer: batch size must be >= 1, got {self.batch_size}")
         if self.max_messages is not None and self.max_messages < 1:
             raise ValueError(f"consumer: max messages must be >= 1, got {self.max_messages}")
+        if self.decision_deadline_s is not None and self.decision_deadline_s < 0:
+            raise ValueError(
+                f"consumer: decision deadline must be >= 0 s, got {self.decision_deadline_s}"
+            )
+        if self.fallback_decision not in c.DECISIONS:
+            raise ValueError(
+                f"consumer: fallback decision {self.fallback_decision!r} is not one of "
+                f"{', '.join(c.DECISIONS)}"
+            )
+        if self.max_fallback_backlog < 0:
+            raise ValueError(
+                f"consumer: max fallback backlog must be >= 0, got {self.max_fallback_backlog}"
+            )
         if self.snapshot_interval_s < 0:
             raise ValueError("consumer: snapshot interval must be >= 0")
         if self.gc_full_interval_s <= 0:
@@ -161,6 +185,20 @@ class _Entry:
     row: dict[str, Any] | None = None
     epoch: int = 0
     rejected: m.Rejected | None = None
+
+
+@dataclass
+class _Outcome:
+    """What the model boundary made of a batch's entries to score."""
+
+    entries: list[_Entry]  # to decide, in order
+    features: list[dict[str, float]]
+    scored: Scored | None  # None: the decision deadline passed, ``fallback_decision`` applies
+    refused: list[_Entry] = field(default_factory=list)  # the model refused them: dead letters
+
+    @property
+    def fallback(self) -> bool:
+        return self.scored is None
 
 
 class _GcPauseLog:
@@ -364,6 +402,16 @@ class StreamConsumer:
         self._producer: Any = None
         self._partitioner: KeyPartitioner | None = None
         self._gc = GcPolicy(config.gc_full_interval_s)
+        self.health = ConsumerHealth()
+        # Fallback-decided transactions awaiting their re-score, per partition in offset order
+        # (see ``_keep_for_rescore``), and when the model server is next asked for them.
+        self._backlog: dict[int, list[tuple[_Entry, dict[str, float]]]] = {}
+        self._backlog_size = 0
+        self._rescore_at = 0.0
+        self._rescore_delay = config.retry_initial_s
+        # When the model server was first found unavailable in the current outage (None: up).
+        self._hold_started: float | None = None
+        self._last_unavailable_log = float("-inf")
         self._labels: LabelFeed | None = None
         self._dataset: ConsumedDataset | None = None
         self._assigned_at: float | None = None
@@ -505,6 +553,7 @@ class StreamConsumer:
         elif self._writer is not None:
             # Queued older snapshots must land before the partitions' next owner writes its own.
             self._writer.flush()
+        self._drop_backlog(tp.partition for tp in revoked)
         for tp in revoked:
             self.router.partitions.pop(tp.partition, None)
             with contextlib.suppress(KeyError):  # no lag was reported for it yet
@@ -525,6 +574,7 @@ class StreamConsumer:
         if self._dirty:
             # Feature updates that no commit covers: restore everything owned from snapshots.
             self.router.partitions.clear()
+            self._drop_backlog(list(self._backlog))
             self._dirty = False
         for tp in list(self._positions):
             if tp not in assigned or tp.partition not in self.router.partitions:
@@ -593,8 +643,10 @@ class StreamConsumer:
         cfg = self.config
         last_data = time.monotonic()
         while not self._stop.is_set():
+            self.health.beat()
             if self._pending_assignment is not None:  # from a poll during a scoring hold
                 self._apply_assignment()
+            self._rescore_backlog()
             max_records = cfg.batch_size
             if cfg.max_messages is not None:
                 remaining = cfg.max_messages - self.summary.consumed
@@ -611,7 +663,11 @@ class StreamConsumer:
             poll_s = time.monotonic() - polled
             if not records:
                 # Idle time counts from the first assignment: joining the group is not idleness.
-                if cfg.exit_when_idle_s is not None and self._assigned_at is not None:
+                if (
+                    cfg.exit_when_idle_s is not None
+                    and self._assigned_at is not None
+                    and not self._backlog_size
+                ):
                     since = max(last_data, self._assigned_at)
                     if time.monotonic() - since >= cfg.exit_when_idle_s:
                         log.info("idle for %.1f s: exiting", cfg.exit_when_idle_s)
@@ -710,30 +766,39 @@ class StreamConsumer:
                 return
             scored_entries, features, dead = self._features(entries)
             stages.mark("features")
-            scored: Scored | None = None
+            outcome: _Outcome | None = None
             if scored_entries:
-                scored = self._score_with_hold(scored_entries, features)
+                outcome = self._score_with_hold(scored_entries, features)
                 stages.mark("score")
-                if scored is None:
+                if outcome is None:
                     self.summary.aborted_batches += 1
                     return  # stopping, or the partitions moved: the batch will be re-read
+                dead += outcome.refused
+            decided = outcome.entries if outcome is not None else []
             # At most one batch may have outputs whose commit has not landed: a crash then
             # re-decides only that one. The previous commit was sent a whole batch ago.
             self._await_commit()
             stages.mark("prev_commit")
-            futures = self._produce(scored_entries, features, scored, dead)
+            futures = self._produce(
+                decided,
+                outcome.features if outcome is not None else [],
+                outcome.scored if outcome is not None else None,
+                dead,
+            )
             stages.mark("produce")
-            if self.drift is not None and scored is not None:
-                futures += self._observe_drift(scored_entries, features, scored)
+            if self.drift is not None and outcome is not None and outcome.scored is not None:
+                futures += self._observe_drift(decided, outcome.features, outcome.scored)
                 stages.mark("drift")
             self._await_acks(futures)
             stages.mark("acks")
+            if outcome is not None and outcome.fallback:
+                self._keep_for_rescore(outcome)
             acked_ms = time.time() * 1000
             self.metrics.end_to_end_latency.observe_many(
-                [max(0.0, acked_ms - e.timestamp_ms) / 1000 for e in scored_entries]
+                [max(0.0, acked_ms - e.timestamp_ms) / 1000 for e in decided]
             )
             if self._dataset is not None:
-                self._dataset.append_transactions(e.row for e in scored_entries)  # type: ignore[misc]
+                self._dataset.append_transactions(e.row for e in decided)  # type: ignore[misc]
                 self._dataset.flush()
                 stages.mark("dataset")
             if self._commit(records):
@@ -837,60 +902,182 @@ class StreamConsumer:
     # -- scoring -----------------------------------------------------------------------------
     def _score_with_hold(
         self, entries: list[_Entry], features: list[dict[str, float]]
-    ) -> Scored | None:
+    ) -> _Outcome | None:
+        """Score the batch: rows the model refuses become dead letters, an unavailable server is
+        retried with backoff until it answers or the decision deadline passes (then the batch
+        is decided with the fallback and kept for its re-score); None: stopping or rebalanced,
+        the batch will be read again."""
         inputs = self._model_inputs(entries, features)
         cfg = self.config
         delay = cfg.retry_initial_s
         held_since = time.monotonic()
-        held = False
-        bound_reported = False
-        last_log = 0.0
         try:
             while True:
                 try:
-                    scored = self.scorer.score(inputs, len(entries))
-                    self.metrics.scoring_latency.observe(scored.latency_s)
-                    self.metrics.model_version.labels(cfg.model_name).set(scored.version)
-                    self._check_delay(scored)
-                    if held:
-                        log.info(
-                            "model server answers again after %.1f s: resuming",
-                            time.monotonic() - held_since,
-                        )
-                    return scored
+                    scored, kept, refused = self.scorer.score_isolating(inputs, len(entries))
                 except ScoringUnavailable as err:
-                    self.metrics.scoring_failures.inc()
                     held_s = time.monotonic() - held_since
-                    self.metrics.held_seconds.set(held_s)
-                    if time.monotonic() - last_log >= 10:
-                        last_log = time.monotonic()
-                        log.warning(
-                            "scoring unavailable, holding %d transactions for %.1f s "
-                            "(not committed; retrying): %s",
-                            len(entries),
-                            held_s,
-                            err,
-                        )
-                    if held_s > cfg.lag_bound_s and not bound_reported:
-                        bound_reported = True
-                        self.metrics.hold_bound_exceeded.inc()
-                        log.error(
-                            "model server unavailable for %.0f s, over the %.0f s lag bound: "
-                            "decisions are late; still retrying (nothing is dropped)",
-                            held_s,
-                            cfg.lag_bound_s,
-                        )
-                    held = True
+                    self._note_unavailable(err, len(entries), held_s)
+                    if self._may_fall_back(held_s, len(entries)):
+                        return _Outcome(entries, features, None)
                     if not self._wait_keeping_membership(delay):
                         return None
                     delay = min(delay * 2, cfg.retry_max_s)
+                    continue
+                self._scoring_recovered()
+                return self._outcome(entries, features, scored, kept, refused)
         finally:
             self.metrics.held_seconds.set(0)
+
+    def _outcome(
+        self,
+        entries: list[_Entry],
+        features: list[dict[str, float]],
+        scored: Scored | None,
+        kept: list[int],
+        refused: dict[int, str],
+    ) -> _Outcome:
+        if scored is not None:
+            self.metrics.scoring_latency.observe(scored.latency_s)
+            self.metrics.model_version.labels(self.config.model_name).set(scored.version)
+            self._check_delay(scored)
+        dead = []
+        for i, why in sorted(refused.items()):
+            entry = entries[i]
+            entry.rejected = m.Rejected(m.MODEL_REJECTED, why)
+            dead.append(entry)
+        if dead:
+            log.warning(
+                "the model refused %d transaction(s), dead-lettered; first: %s",
+                len(dead),
+                dead[0].rejected.reason,  # type: ignore[union-attr]
+            )
+        if len(kept) == len(entries):
+            return _Outcome(entries, features, scored, dead)
+        return _Outcome([entries[i] for i in kept], [features[i] for i in kept], scored, dead)
+
+    def _note_unavailable(self, err: Exception, rows: int, held_s: float) -> None:
+        """Count and report a failed scoring attempt; an outage longer than the lag bound turns
+        readiness red until the server answers again."""
+        now = time.monotonic()
+        self.metrics.scoring_failures.inc()
+        self.metrics.held_seconds.set(held_s)
+        if self._hold_started is None:
+            self._hold_started = now - held_s
+        if now - self._last_unavailable_log >= 10:
+            self._last_unavailable_log = now
+            log.warning(
+                "scoring unavailable for %.1f s; %d transactions held, %d awaiting a re-score "
+                "after a fallback decision: %s",
+                now - self._hold_started,
+                rows,
+                self._backlog_size,
+                err,
+            )
+        outage_s = now - self._hold_started
+        if outage_s > self.config.lag_bound_s and self.health.scoring_ok:
+            self.metrics.hold_bound_exceeded.inc()
+            self.health.scoring_failed(
+                f"model server unavailable for {outage_s:.0f} s, over the "
+                f"{self.config.lag_bound_s:.0f} s lag bound: {err}"
+            )
+            log.error(
+                "model server unavailable for %.0f s, over the %.0f s lag bound: not ready; "
+                "still retrying (nothing is dropped)",
+                outage_s,
+                self.config.lag_bound_s,
+            )
+
+    def _may_fall_back(self, held_s: float, rows: int) -> bool:
+        deadline = self.config.decision_deadline_s
+        if deadline is None:
+            return False
+        if self._backlog_size + rows > self.config.max_fallback_backlog:
+            return False  # hold instead: the backlog keeps what it has, nothing is dropped
+        # While earlier transactions await their re-score the server is known to be down: a
+        # new batch that fails once falls back at once instead of waiting out the deadline.
+        return held_s >= deadline or self._backlog_size > 0
+
+    def _keep_for_rescore(self, outcome: _Outcome) -> None:
+        """Keep fallback-decided transactions for their re-score.
+
+        Until it is done, a partition's committed offset stays at its oldest such transaction
+        and the partition is not snapshotted: a restart, or the partition's next owner, decides
+        them again from there, so a fallback decision is never left without a score.
+        """
+        for e, feats in zip(outcome.entries, outcome.features, strict=True):
+            self._backlog.setdefault(e.partition, []).append((e, feats))
+        self._backlog_size += len(outcome.entries)
+        self.metrics.fallback_backlog.set(self._backlog_size)
+
+    def _drop_backlog(self, partitions: Any) -> None:
+        """Forget the backlog of partitions this consumer no longer owns (their next owner
+        re-decides from the committed offset)."""
+        for p in list(partitions):
+            self._backlog_size -= len(self._backlog.pop(p, ()))
+        self.metrics.fallback_backlog.set(self._backlog_size)
+
+    def _rescore_backlog(self) -> None:
+        """Re-score up to a batch of fallback-decided transactions, oldest first, and send the
+        scores as corrections; the model server is asked again with backoff while it is down."""
+        if not self._backlog_size or time.monotonic() < self._rescore_at:
+            return
+        cfg = self.config
+        taken: dict[int, int] = {}
+        entries: list[_Entry] = []
+        features: list[dict[str, float]] = []
+        for p, items in self._backlog.items():
+            room = cfg.batch_size - len(entries)
+            if room <= 0:
+                break
+            for e, feats in items[:room]:
+                entries.append(e)
+                features.append(feats)
+            taken[p] = min(room, len(items))
+        try:
+            scored, kept, refused = self.scorer.score_isolating(
+                self._model_inputs(entries, features), len(entries)
+            )
+        except ScoringUnavailable as err:
+            self._note_unavailable(err, len(entries), 0.0)
+            self._rescore_at = time.monotonic() + self._rescore_delay
+            self._rescore_delay = min(self._rescore_delay * 2, cfg.retry_max_s)
+            return
+        self._rescore_delay = cfg.retry_initial_s
+        self._scoring_recovered()
+        outcome = self._outcome(entries, features, scored, kept, refused)
+        self._await_commit()
+        self._await_acks(
+            self._produce(
+                outcome.entries, outcome.features, scored, outcome.refused, correction=True
+            )
+        )
+        for p, n in taken.items():
+            del self._backlog[p][:n]
+            if not self._backlog[p]:
+                del self._backlog[p]
+        self._backlog_size -= len(entries)
+        self.metrics.fallback_backlog.set(self._backlog_size)
+        log.info(
+            "re-scored %d fallback decision(s) (%d left)", len(outcome.entries), self._backlog_size
+        )
+        from kafka.structs import TopicPartition
+
+        self._commit({TopicPartition(cfg.topics.transactions, p): None for p in taken})
+
+    def _scoring_recovered(self) -> None:
+        if self._hold_started is not None:
+            log.info(
+                "model server answers again after %.1f s", time.monotonic() - self._hold_started
+            )
+        self._hold_started = None
+        self.health.scoring_recovered()
 
     def _wait_keeping_membership(self, seconds: float) -> bool:
         """Sleep while polling the (paused) consumer so the group keeps us; False = give up."""
         deadline = time.monotonic() + seconds
         while True:
+            self.health.beat()
             if self._stop.is_set() or self._abort_batch:
                 return False
             left = deadline - time.monotonic()
@@ -956,7 +1143,10 @@ class StreamConsumer:
         features: list[dict[str, float]],
         scored: Scored | None,
         dead: list[_Entry],
+        correction: bool = False,
     ) -> list[Any]:
+        """Send the decisions of ``entries`` (scored, or the fallback when ``scored`` is None;
+        ``correction``: re-scores of fallback decisions), their alerts, and the dead letters."""
         cfg = self.config
         topics = cfg.topics
         producer = self._producer
@@ -964,21 +1154,30 @@ class StreamConsumer:
         key_hash = self._partitioner.key_hash
         futures: list[Any] = []
         f = m.DecisionFields
-        if scored is not None:
-            th = scored.thresholds
-            thresholds = {c.REVIEW: th.review, c.BLOCK: th.block}
-            scoring_ms = round(scored.latency_s * 1000, 3)
+        if entries:
+            fallback = scored is None
+            if scored is None:
+                scores: list[float | None] = [None] * len(entries)
+                thresholds = None
+                scoring_ms = None
+                version = None
+            else:
+                scores = list(scored.scores)
+                th = scored.thresholds
+                thresholds = {c.REVIEW: th.review, c.BLOCK: th.block}
+                scoring_ms = round(scored.latency_s * 1000, 3)
+                version = scored.version
             now_ms = time.time() * 1000
             decided_at = m.now_iso()
             # Per-batch constants out of the per-message loop (at ~10k messages/s each lookup
             # shows in a profile).
-            version, model_name = scored.version, cfg.model_name
+            model_name = cfg.model_name
             decisions_topic, alerts_topic, approve = topics.decisions, topics.alerts, c.APPROVE
             counts = dict.fromkeys(c.DECISIONS, 0)
-            for e, feats, score in zip(entries, features, scored.scores, strict=True):
+            for e, feats, score in zip(entries, features, scores, strict=True):
                 row = e.row
                 assert row is not None
-                decision = th.decide(score)
+                decision = cfg.fallback_decision if score is None else th.decide(score)
                 counts[decision] += 1
                 payload = {
                     c.TRANSACTION_ID: row[c.TRANSACTION_ID],
@@ -994,6 +1193,8 @@ class StreamConsumer:
                     f.SCORING_MS: scoring_ms,
                     f.END_TO_END_MS: round(now_ms - e.timestamp_ms, 3),
                     f.DECIDED_AT: decided_at,
+                    f.FALLBACK: fallback,
+                    f.CORRECTION: correction,
                 }
                 if cfg.include_features:
                     payload[f.FEATURES] = feats
@@ -1011,13 +1212,7 @@ class StreamConsumer:
                             alerts_topic, key=key, value=value, partition=part(alerts_topic, h)
                         )
                     )
-            self.metrics.score.observe_many(scored.scores)
-            for decision, n in counts.items():
-                if n:
-                    self.metrics.decisions.labels(decision).inc(n)
-            self.metrics.decided.inc(len(entries))
-            self.summary.decided += len(entries)
-            self.summary.alerts += counts[c.REVIEW] + counts[c.BLOCK]
+            self._count_decisions(scored, counts, len(entries), correction)
         for e in dead:
             assert e.rejected is not None
             futures.append(
@@ -1039,6 +1234,32 @@ class StreamConsumer:
             self.metrics.dead_lettered.labels(e.rejected.kind).inc()
         self.summary.dead_lettered += len(dead)
         return futures
+
+    def _count_decisions(
+        self, scored: Scored | None, counts: dict[str, int], n: int, correction: bool
+    ) -> None:
+        if scored is not None:
+            finite = [s for s in scored.scores if math.isfinite(s)]
+            if len(finite) < n:
+                self.metrics.nonfinite_scores.inc(n - len(finite))
+                log.error(
+                    "model version %d answered %d non-finite score(s): decided %s (fail-safe)",
+                    scored.version,
+                    n - len(finite),
+                    c.FAILSAFE_DECISION,
+                )
+            self.metrics.score.observe_many(finite)
+        else:
+            self.metrics.fallback_decisions.inc(n)
+        if correction:
+            self.metrics.corrections.inc(n)
+            return  # the transactions were counted as decided with their fallback decision
+        for decision, k in counts.items():
+            if k:
+                self.metrics.decisions.labels(decision).inc(k)
+        self.metrics.decided.inc(n)
+        self.summary.decided += n
+        self.summary.alerts += counts[c.REVIEW] + counts[c.BLOCK]
 
     def _await_acks(self, futures: list[Any]) -> None:
         if not futures:
@@ -1071,7 +1292,11 @@ class StreamConsumer:
                 and state.next_offset is not None
                 and state.next_offset > state.silent_until
             ):
-                offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
+                offset = state.next_offset
+                backlog = self._backlog.get(tp.partition)
+                if backlog:  # fallback decisions awaiting their re-score are re-read from here
+                    offset = min(offset, backlog[0][0].offset)
+                offsets[tp] = OffsetAndMetadata(offset, "", -1)
         if not offsets:
             return True
         done = threading.Event()
@@ -1134,6 +1359,8 @@ class StreamConsumer:
         for state in self.router.partitions.values():
             if state.next_offset is None or state.next_offset <= state.silent_until:
                 continue  # nothing new, or still rebuilding: the old snapshot stays valid
+            if state.partition in self._backlog:
+                continue  # restarts must re-read the fallback decisions (_keep_for_rescore)
             blob = self.store.encode(topic, state, positions)
             if force or self._writer is None:
                 self.store.write(topic, state.partition, blob)

@@ -142,7 +142,7 @@ class DriftMetrics:
         for g in (self.live_precision, self.live_recall):
             g.set(math.nan)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
         from prometheus_client import start_http_server
 
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
@@ -179,7 +179,7 @@ class RetrainMetrics:
             RETRAIN_LAST_PUSHED_VERSION, "Model version the last pushing run created", registry=r
         )
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
         from prometheus_client import start_http_server
 
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)

@@ -39,6 +39,11 @@ class DecisionFields:
     SCORING_MS = "scoring_ms"
     END_TO_END_MS = "end_to_end_ms"
     FEATURES = "features"  # only with --include-features (debugging, equality tests)
+    # True: decided with the fallback decision after the decision deadline, without a score.
+    FALLBACK = "fallback"
+    # True: the re-score of a transaction decided earlier with the fallback decision; it
+    # replaces that decision.
+    CORRECTION = "correction"
 
 
 class DeadLetterFields:
@@ -59,7 +64,8 @@ MALFORMED_JSON = "malformed_json"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 INVALID_VALUE = "invalid_value"
-REASON_KINDS = (MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, INVALID_VALUE)
+MODEL_REJECTED = "model_rejected"
+REASON_KINDS = (MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, INVALID_VALUE, MODEL_REJECTED)
 
 LABEL_FIELDS: tuple[str, ...] = (
     c.TRANSACTION_ID,

@@ -21,6 +21,9 @@ LABELS_REJECTED = PREFIX + "labels_rejected"
 REPLAYED_FOR_STATE = PREFIX + "replayed_for_state"
 SCORING_FAILURES = PREFIX + "scoring_failures"
 HOLD_BOUND_EXCEEDED = PREFIX + "hold_bound_exceeded"
+NONFINITE_SCORES = PREFIX + "nonfinite_scores"
+FALLBACK_DECISIONS = PREFIX + "fallback_decisions"
+CORRECTIONS = PREFIX + "corrections"
 COMMITS = PREFIX + "commits"
 COMMIT_FAILURES = PREFIX + "commit_failures"
 SNAPSHOTS = PREFIX + "snapshots"
@@ -39,6 +42,7 @@ HELD_SECONDS = PREFIX + "scoring_held_seconds"
 ASSIGNED_PARTITIONS = PREFIX + "assigned_partitions"
 SNAPSHOT_BYTES = PREFIX + "snapshot_bytes"
 LAST_COMMIT_TIMESTAMP = PREFIX + "last_commit_timestamp_seconds"
+FALLBACK_BACKLOG = PREFIX + "fallback_backlog"
 
 LATENCY_BUCKETS = (
     0.001,
@@ -149,6 +153,21 @@ class StreamMetrics:
             "Batches held longer than the lag bound because the model server was unavailable",
             registry=r,
         )
+        self.nonfinite_scores = Counter(
+            NONFINITE_SCORES,
+            "Scores that were no finite number, decided with the fail-safe decision",
+            registry=r,
+        )
+        self.fallback_decisions = Counter(
+            FALLBACK_DECISIONS,
+            "Transactions decided with the fallback decision after the decision deadline",
+            registry=r,
+        )
+        self.corrections = Counter(
+            CORRECTIONS,
+            "Re-scores of fallback decisions sent to the decisions topic as corrections",
+            registry=r,
+        )
         self.commits = Counter(COMMITS, "Offset commits", registry=r)
         self.commit_failures = Counter(
             COMMIT_FAILURES, "Offset commits rejected (rebalance)", registry=r
@@ -204,10 +223,14 @@ class StreamMetrics:
         self.last_commit_timestamp = Gauge(
             LAST_COMMIT_TIMESTAMP, "Unix time of the last successful commit", registry=r
         )
+        self.fallback_backlog = Gauge(
+            FALLBACK_BACKLOG, "Fallback-decided transactions awaiting their re-score", registry=r
+        )
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
-        """Expose /metrics on ``port`` in a daemon thread; returns the server (``shutdown()``)."""
-        from prometheus_client import start_http_server
+    def serve(self, port: int, addr: str = "127.0.0.1", health: Any = None) -> Any:
+        """Expose /metrics (and, with ``health``, /healthz and /ready: see
+        serving.stream.health) on ``addr:port`` in a daemon thread; returns the server
+        (``shutdown()``). Loopback by default: exposing it is a deployment's decision."""
+        from serving.stream.health import ConsumerHealth, serve
 
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        return server
+        return serve(self.registry, health or ConsumerHealth(), port, addr)

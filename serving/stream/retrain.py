@@ -859,7 +859,11 @@ def add_subcommands(subparsers: Any) -> None:
     model.add_argument("--export-path", help="cluster mode: write the merged dataset here first")
     model.add_argument("--wait", help="cluster mode: wait up to DURATION for the run to end")
     p.add_argument("--metrics-port", type=int, help="serve fraud_retrain_* on this port")
-    p.add_argument("--metrics-host", default="0.0.0.0")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics server binds (default loopback; 0.0.0.0 to expose it)",
+    )
     p.set_defaults(func=retrain_command)
 
 

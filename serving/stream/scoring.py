@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,27 @@ from components import contract as c
 log = logging.getLogger(__name__)
 
 METADATA_FILE = Path("assets.extra") / "fraud_metadata.json"
+METADATA_RETRY_S = 60.0  # between reads of a model metadata answer that could not be used
 
 
 class ScoringUnavailable(RuntimeError):
     """Scoring failed for now (server down, circuit open, bad answer); the batch is held."""
+
+
+class BatchRejected(RuntimeError):
+    """The model server refused the batch's content (a 4xx other than an unavailable version):
+    retrying the same rows fails the same way, so the offending rows are found and
+    dead-lettered instead of holding the batch."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"model server answered HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+# 4xx answers that say nothing about the batch's content: the model or version is not there
+# (yet), the request timed out, or the server sheds load. They are outages: hold and retry.
+_NOT_ABOUT_CONTENT = frozenset({404, 408, 409, 429})
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,8 @@ class PredictAnswer(Protocol):
 class Predictor(Protocol):
     def predict(self, inputs: Mapping[str, Sequence[Any]]) -> PredictAnswer: ...
 
+    def metadata(self) -> dict[str, Any]: ...
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -109,12 +129,28 @@ class Scored:
 
 
 class Scorer:
-    """One :predict call per batch; any failure becomes ``ScoringUnavailable`` (the caller holds
-    the batch and retries: a transaction is never dropped or decided without a score)."""
+    """One :predict call per batch. Failures come out by kind:
 
-    def __init__(self, client: Predictor, thresholds: ThresholdStore) -> None:
+    * ``ScoringUnavailable`` (server down, timeouts, 5xx, circuit open, an unusable answer):
+      the caller holds the batch and retries, a transaction is never decided without a score;
+    * ``BatchRejected`` (a 4xx about the request's content): ``score_isolating`` finds the rows
+      the server refuses so that only they are dead-lettered and the rest is decided.
+
+    Before a call, every value is checked against the dtypes of the served signature (read
+    from the model's metadata and refreshed when another version answers): a value the input
+    tensor cannot hold (1e39 for a float32) is refused by name without a round trip.
+    """
+
+    def __init__(
+        self, client: Predictor, thresholds: ThresholdStore, check_dtypes: bool = True
+    ) -> None:
         self.client = client
         self.thresholds = thresholds
+        self.check_dtypes = check_dtypes
+        # (version the signature was read from, input name -> TF dtype); None: not read yet.
+        self._signature: tuple[int | None, dict[str, str]] | None = None
+        self._last_version: int | None = None
+        self._metadata_retry_at = float("-inf")
 
     def score(self, inputs: Mapping[str, Sequence[Any]], rows: int) -> Scored:
         try:
@@ -122,8 +158,10 @@ class Scorer:
         except ScoringUnavailable:
             raise
         except Exception as err:
-            # The client already retried with backoff (and may have opened its breaker); from
-            # here every kind of failure means the same thing: not scored yet, hold the batch.
+            status = getattr(err, "status_code", None)
+            if isinstance(status, int) and 400 <= status < 500 and status not in _NOT_ABOUT_CONTENT:
+                raise BatchRejected(status, str(getattr(err, "message", err))) from err
+            # The client already retried with backoff (and may have opened its breaker).
             raise ScoringUnavailable(f"{type(err).__name__}: {err}") from err
         scores = [float(s) for s in _flat(answer.scores)]
         if len(scores) != rows:
@@ -134,7 +172,136 @@ class Scorer:
             raise ScoringUnavailable(
                 f"model answer carries no usable version ({answer.model_version!r})"
             ) from err
+        self._last_version = version
         return Scored(scores, self.thresholds.get(version), float(answer.latency_s))
+
+    def score_isolating(
+        self, inputs: Mapping[str, Sequence[Any]], rows: int
+    ) -> tuple[Scored | None, list[int], dict[int, str]]:
+        """Score the batch, leaving out the rows the model refuses.
+
+        Returns (scores of the kept rows, the kept row positions in order, {refused row: the
+        reason}). Rows are refused by the dtype check, or by the server: a ``BatchRejected``
+        batch is split in halves until each refused row stands alone (log2 of the batch size
+        extra calls per bad row), and the kept rows are then scored in one call, so that one
+        version decides them all. Raises ``ScoringUnavailable`` as ``score`` does, and when
+        the server refuses the batch while accepting each of its rows alone.
+        """
+        refused = self.check_inputs(inputs, rows)
+        kept = [i for i in range(rows) if i not in refused]
+        while kept:
+            part = inputs if len(kept) == rows else _take(inputs, kept)
+            try:
+                return self.score(part, len(kept)), kept, refused
+            except BatchRejected as err:
+                found = self._isolate(inputs, kept, err)
+                if not found:
+                    raise ScoringUnavailable(
+                        f"the model server refuses the batch of {len(kept)} rows but none of "
+                        f"them alone: {err}"
+                    ) from err
+                refused.update(found)
+                kept = [i for i in kept if i not in found]
+        return None, kept, refused
+
+    def _isolate(
+        self, inputs: Mapping[str, Sequence[Any]], rows: list[int], err: BatchRejected
+    ) -> dict[int, str]:
+        """The rows of ``rows`` (refused as a whole with ``err``) that the server refuses."""
+        if len(rows) == 1:
+            return {rows[0]: err.message}
+        found: dict[int, str] = {}
+        half = len(rows) // 2
+        for part in (rows[:half], rows[half:]):
+            try:
+                self.score(_take(inputs, part), len(part))
+            except BatchRejected as part_err:
+                found.update(self._isolate(inputs, part, part_err))
+        return found
+
+    def check_inputs(self, inputs: Mapping[str, Sequence[Any]], rows: int) -> dict[int, str]:
+        """{row: why} for the values the served signature's input tensors cannot hold."""
+        if not self.check_dtypes:
+            return {}
+        dtypes = self._dtypes()
+        refused: dict[int, str] = {}
+        for name, values in inputs.items():
+            fits = _FITS.get(dtypes.get(name, ""))
+            if fits is None:
+                continue
+            for i, value in enumerate(values):
+                if i not in refused and not fits(value):
+                    refused[i] = f"{name}: {value!r} does not fit the model input's {dtypes[name]}"
+        return refused
+
+    def _dtypes(self) -> dict[str, str]:
+        cached = self._signature
+        if cached is not None and (
+            self._last_version is None or cached[0] in (None, self._last_version)
+        ):
+            return cached[1]
+        if time.monotonic() < self._metadata_retry_at:
+            return {}
+        try:
+            version, dtypes = _signature_dtypes(self.client.metadata())
+        except Exception as err:
+            # Without the signature the server's own 400s still isolate bad rows.
+            self._metadata_retry_at = time.monotonic() + METADATA_RETRY_S
+            log.warning(
+                "model metadata unreadable (%s): inputs not checked against the signature's "
+                "dtypes for %.0f s",
+                err,
+                METADATA_RETRY_S,
+            )
+            return {}
+        self._signature = (version, dtypes)
+        return dtypes
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _fits_float32(value: Any) -> bool:
+    # NaN and infinities are valid float32 values (TF Serving accepts them in JSON); only
+    # finite values beyond the float32 range cannot be represented.
+    return (
+        isinstance(value, float | int)
+        and not isinstance(value, bool)
+        and (math.isnan(value) or math.isinf(value) or abs(value) <= _FLOAT32_MAX)
+    )
+
+
+def _fits_int(bits: int) -> Any:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+_FITS = {
+    "DT_FLOAT": _fits_float32,
+    "DT_DOUBLE": lambda v: isinstance(v, float | int) and not isinstance(v, bool),
+    "DT_INT32": _fits_int(32),
+    "DT_INT64": _fits_int(64),
+    "DT_STRING": lambda v: isinstance(v, str | bytes),
+}
+
+
+def _signature_dtypes(doc: Any) -> tuple[int | None, dict[str, str]]:
+    """(version, input name -> dtype) of the serving signature in a TF Serving metadata
+    answer (``GET /v1/models/<name>/metadata``)."""
+    try:
+        spec = doc["model_spec"]
+        version = int(spec["version"]) if spec.get("version") is not None else None
+        sigs = doc["metadata"]["signature_def"]["signature_def"]
+        sig = (
+            sigs.get(spec.get("signature_name") or c.SERVING_SIGNATURE) or sigs[c.SERVING_SIGNATURE]
+        )
+        return version, {name: t["dtype"] for name, t in sig["inputs"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ScoringUnavailable(f"model metadata without a readable signature: {err!r}") from err
+
+
+def _take(inputs: Mapping[str, Sequence[Any]], rows: list[int]) -> dict[str, list[Any]]:
+    return {name: [values[i] for i in rows] for name, values in inputs.items()}
 
 
 def _flat(values: Any) -> list[Any]:
