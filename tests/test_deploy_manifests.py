@@ -820,6 +820,11 @@ def test_consumer_metrics_port_is_one_number_everywhere() -> None:
     assert [p["port"] for r in policy["ingress"] for p in r["ports"]] == [port]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "metrics"
+    # The consumer binds loopback unless told otherwise: the probes and Prometheus come from
+    # outside the pod.
+    assert "--metrics-host=0.0.0.0" in container["args"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
 
 
 def test_config_keys_are_settings_fields() -> None:
