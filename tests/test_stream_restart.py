@@ -11,6 +11,7 @@ after any restart equal those of one uninterrupted streaming run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -241,6 +242,68 @@ def test_kill_9_three_times_during_a_replay(broker, model_server, model_base, tm
     assert duplicates <= 3 * BATCH, f"{duplicates} duplicate decisions for 3 kills"
     _check_features(decisions, df)
     print(f"kill -9 at {kills} decisions of {len(df)}: {duplicates} duplicates")
+
+
+def test_a_second_consumer_joins_mid_stream_then_leaves(
+    broker,  # noqa: F811
+    model_server,  # noqa: F811
+    model_base,  # noqa: F811
+    tmp_path,
+):
+    """Scale out and back in during a replay: the partitions' state moves with them through
+    the shared snapshots and committed offsets. Every transaction is decided, each rebalance
+    re-decides at most the batch in flight, and every decision carries the features of one
+    uninterrupted run (the batch engine's)."""
+    df = simulated(120, 20, seed=46)
+    topics = make_topics(broker.bootstrap_servers)
+    watcher = DecisionWatcher(broker.bootstrap_servers, topics.decisions)
+
+    def member(name: str) -> ConsumerProcess:
+        cmd = consumer_command(
+            broker.bootstrap_servers,
+            model_server.url,
+            model_base,
+            tmp_path / "state",  # one state volume for the group, as on Kubernetes
+            "scale",
+            "--batch-size",
+            str(BATCH),
+            "--exit-when-idle-seconds",
+            "8",
+            "--session-timeout-ms",
+            "6000",
+        )
+        logs = tmp_path / name
+        logs.mkdir()
+        return ConsumerProcess(cmd, child_env(topics), logs)
+
+    first, second = member("first"), member("second")
+    first.start()
+    replay = _start_replay(df, broker.bootstrap_servers, topics, rate=len(df) / 40)
+    try:
+        wait_for(lambda: watcher.count() >= len(df) * 0.15, 120, "first decisions", poll_s=0.05)
+        second.start()
+        wait_for(lambda: watcher.count() >= len(df) * 0.5, 180, "decisions by two members")
+        assert second.signal(signal.SIGTERM) == 0, second.logs()
+        replay.join(timeout=300)
+        assert not replay.errors, replay.errors  # type: ignore[attr-defined]
+        assert first.wait(timeout_s=300) == 0, first.logs()
+    finally:
+        for proc in (first, second):
+            if proc.proc and proc.proc.poll() is None:
+                proc.signal(signal.SIGKILL)
+    wait_for(lambda: watcher.count() >= len(df), 60, "all decisions", quiet=True)
+    decisions = watcher.close()
+    ids = Counter(d[c.TRANSACTION_ID] for d in decisions)
+    assert set(ids) == set(df[c.TRANSACTION_ID]), first.logs() + second.logs()
+    second_log = (tmp_path / "second" / "consumer-1.log").read_text()
+    # It did take partitions over (and handed them back when stopped).
+    assert re.search(rf"assigned .*{re.escape(topics.transactions)}\[\d\]", second_log), second_log[
+        -2000:
+    ]
+    duplicates = sum(ids.values()) - len(ids)
+    assert duplicates <= 2 * BATCH, f"{duplicates} duplicate decisions over two rebalances"
+    _check_features(decisions, df)
+    print(f"two members: {duplicates} duplicate decisions of {len(df)}")
 
 
 def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path_factory):  # noqa: F811
