@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pathlib
+import re
+from collections import OrderedDict, deque
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,6 +23,7 @@ from scipy.spatial.distance import jensenshannon
 
 from components import contract as c
 from components.scoring import METADATA_FILE
+from components.statefile import StateFileError
 from components.steps.pusher import training_profile
 from serving.stream import drift as d
 
@@ -516,7 +521,7 @@ def _loop(base, tmp_path, warmup_s: float = 0.0):
         model_base_path=base,
         windows_log=tmp_path / "windows.jsonl",
         warmup_s=warmup_s,
-        state_path=tmp_path / "drift_state.pickle",
+        state_path=tmp_path / "drift_state.json",
         save_interval_s=3_600,  # only the explicit saves below
     )
     drift = d.DriftConfig(window_seconds=6 * HOUR, hop_seconds=HOUR, min_samples=2_000)
@@ -574,12 +579,96 @@ def test_drift_loop_resumes_windows_streak_and_warmup_after_a_restart(
     assert third._first_event == float(times[0])
 
 
-def test_drift_state_from_another_release_is_named(metadata: dict, tmp_path) -> None:
+def test_drift_state_round_trips_exactly(metadata: dict, tmp_path) -> None:
+    base = tmp_path / "models"
+    _install(metadata, base, 3)
+    cols, scores, times = stream(seed=15, windows=1, size=12 * HOUR // SECONDS_PER_TX)
+    cut = int(np.searchsorted(times, T0 + 8 * HOUR + 1_000))  # mid-hop
+    first = _loop(base, tmp_path)
+    _observe(first, 3, cols, scores, times, 0, cut)
+    first.add_labels([(f"tx{i}", i % 2) for i in range(0, 600, 3)])
+    first._pending = ("a retrain waiting for its labels", float(T0 + 100 * HOUR))
+    first.save()
+    mon = first.monitor
+    saved = mon.state()
+    # Everything the monitor carries is in it: windows (the unused count accumulator has
+    # infinite time bounds), the streak, decisions waiting for labels and labels matched.
+    # Hops 0-8 seen: the windows ending with hops 5, 6 and 7 are closed, hops 3-8 are kept.
+    assert len(saved["_buckets"]) == 6 and saved["_open_hop"] == saved["_first_hop"] + 8
+    assert saved["_acc"]["t_min"] == "inf" and saved["_acc"]["t_max"] == "-inf"
+    assert len(saved["_pending"]) == cut - 200 and len(saved["_matched"]) == 200
+    assert saved["_tp"] == 0 and saved["_frauds"] == 100 and saved["window_index"] == 3
+
+    fresh = d.DriftMonitor(metadata, mon.config, d.DriftMetrics(CollectorRegistry()))
+    assert fresh.restore_state(orjson.loads(orjson.dumps(saved)))
+    assert orjson.dumps(fresh.state()) == orjson.dumps(saved)  # order and float bits included
+    assert isinstance(fresh._pending, OrderedDict) and isinstance(fresh._matched, deque)
+    assert all(type(pair) is tuple for pair in fresh._matched)
+    assert fresh._acc.counts[SHIFTED[0]].dtype == np.int64
+
+    second = _loop(base, tmp_path)  # a new process, same state file
+    for loop in (first, second):
+        _observe(loop, 3, cols, scores, times, cut, len(scores))
+        loop.add_labels([(f"tx{i}", 1) for i in range(1, cut, 3)])
+    assert orjson.dumps(second.monitor.state()) == orjson.dumps(first.monitor.state())
+    assert second._pending == first._pending and type(second._pending) is tuple
+    assert (second._first_event, second._last_window) == (first._first_event, first._last_window)
+
+
+class _Touch:
+    """Unpickling this creates ``path``: proof that a loader ran code from the file."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return pathlib.Path.touch, (self.path,)
+
+
+def test_drift_state_of_another_format_version_or_release_is_refused_unread(
+    metadata: dict, tmp_path
+) -> None:
     import pickle
 
-    (tmp_path / "drift_state.pickle").write_bytes(pickle.dumps({"version": 99}))
-    with pytest.raises(ValueError, match="drift_state.pickle: drift state version 99"):
+    path = tmp_path / "drift_state.json"
+    marker = tmp_path / "marker"
+    pickle.loads(pickle.dumps(_Touch(marker)))
+    assert marker.exists()  # the payload works: the check below can fail
+    marker.unlink()
+    path.write_bytes(pickle.dumps(_Touch(marker), protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(
+        StateFileError,
+        match=re.escape(
+            f"{path}: a pickle (written by an older release), not a fraud-drift-state document; "
+            "it is not read, since unpickling can run code: move it away to start the monitor "
+            "afresh"
+        ),
+    ):
         _loop(tmp_path / "models", tmp_path)
+    assert not marker.exists()
+
+    refused = {
+        "fraud-drift-state version 2, this release reads version 3 only": {
+            "format": "fraud-drift-state",
+            "version": 2,
+        },
+        "format 'fraud-partition-snapshot', expected 'fraud-drift-state'": {
+            "format": "fraud-partition-snapshot",
+            "version": 3,
+        },
+        "fraud-drift-state document without monitor, _streak_start": {
+            "format": "fraud-drift-state",
+            "version": 3,
+            "_first_event": None,
+            "_last_window": -1,
+            "_pending": None,
+            "triggers": [],
+        },
+    }
+    for message, document in refused.items():
+        path.write_bytes(orjson.dumps(document))
+        with pytest.raises(StateFileError, match=f"^{re.escape(str(path))}: .*{message}"):
+            _loop(tmp_path / "models", tmp_path)
 
 
 # --- night excess ---------------------------------------------------------------------------------

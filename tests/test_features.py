@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import pickle
+import re
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
@@ -13,6 +14,7 @@ from components.features import stream as stream_module
 from components.features.batch import build_feature_table, compute_features, epoch_seconds
 from components.features.stream import StreamingFeatureEngine
 from components.simulator import LEGIT, SimulationConfig, simulate
+from components.statefile import StateFileError
 
 RTOL, ATOL = 1e-9, 1e-6
 DELAY = c.DEFAULT_LABEL_DELAY_DAYS
@@ -96,6 +98,9 @@ def test_parity_batch_vs_stream_with_snapshot_restore(parity_frame):
     uninterrupted: dict[int, dict[str, float]] = {}
     _feed(engine, df, events[:half], uninterrupted)
     blob = engine.snapshot()
+    # The snapshot holds evicted prefixes and compacted sums, and comes back bit for bit.
+    assert any(orjson.loads(blob)["customers"]["heads"])
+    assert StreamingFeatureEngine.restore(blob).snapshot() == blob
     _feed(engine, df, events[half:], uninterrupted)
     _assert_parity(batch, _as_frame(uninterrupted, df))
 
@@ -126,11 +131,32 @@ def test_parity_on_shuffled_input_and_other_delay(parity_frame):
     assert table[c.TIMESTAMP].is_monotonic_increasing
 
 
-def test_snapshot_version_is_checked():
-    state = pickle.loads(StreamingFeatureEngine().snapshot())
-    state["version"] = -1
-    with pytest.raises(ValueError, match="snapshot version"):
-        StreamingFeatureEngine.restore(pickle.dumps(state))
+def test_snapshot_format_and_version_are_checked():
+    engine = StreamingFeatureEngine()
+    engine.update("C1", "M1", 100, 12.5)
+    engine.add_label("M1", 50, 1)
+    doc = orjson.loads(engine.snapshot())
+    assert (doc["format"], doc["version"]) == ("fraud-feature-engine-state", 2)
+    refused = {
+        "fraud-feature-engine-state version 1, this release reads version 2 only": {"version": 1},
+        "format 'fraud-partition-snapshot', expected 'fraud-feature-engine-state'": {
+            "format": "fraud-partition-snapshot"
+        },
+        "malformed fraud-feature-engine-state document (ValueError('customers: 3 sums for 1 ": {
+            "customers": {**doc["customers"], "csum": "A" * 32}  # 24 bytes: 3 doubles
+        },
+        "customers.ts must be lists of integers": {
+            "customers": {**doc["customers"], "ts": [["100"]]}
+        },
+        "terminals: ids, ts and fraud lists differ in length": {
+            "terminals": {**doc["terminals"], "fraud": [[1, 0]]}
+        },
+    }
+    for message, change in refused.items():
+        with pytest.raises(StateFileError, match=f"^snap-1: .*{re.escape(message)}"):
+            StreamingFeatureEngine.restore(orjson.dumps({**doc, **change}), where="snap-1")
+    with pytest.raises(StateFileError, match="snap-1: not a fraud-feature-engine-state document"):
+        StreamingFeatureEngine.restore(b"{", where="snap-1")
 
 
 # --- eviction -------------------------------------------------------------------------------

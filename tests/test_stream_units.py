@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import pathlib
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,9 @@ from components import contract as c
 from components.dataio import validate_frame
 from components.features.batch import epoch_seconds as batch_epoch_seconds
 from components.features.stream import StreamingFeatureEngine
+from components.statefile import StateFileError
 from serving.stream import messages as m
+from serving.stream import state as st
 from serving.stream.dataset import ConsumedDataset, load_consumed
 from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
 from serving.stream.metrics import PREFIX, StreamMetrics
@@ -28,7 +32,7 @@ from serving.stream.scoring import (
     ScoringUnavailable,
     ThresholdStore,
 )
-from serving.stream.state import LabelRouter, PartitionState, SnapshotStore
+from serving.stream.state import LabelRouter, PartitionState, RecentIds, SnapshotStore
 
 
 def _tx(**overrides: object) -> dict:
@@ -275,10 +279,189 @@ def test_snapshot_rejects_other_label_delay_and_corruption(tmp_path: Path) -> No
     store.save("tx", state, {})
     with pytest.raises(ValueError, match="label delay"):
         store.restore("tx", 1, 7)
-    store.path("tx", 1).write_bytes(pickle.dumps({"version": 99}))
-    with pytest.raises(ValueError, match="snapshot version"):
+    path = store.path("tx", 1)
+    doc = orjson.loads(path.read_bytes())
+    refused = {
+        "fraud-partition-snapshot version 1, this release reads version 2 only": {"version": 1},
+        "format 'fraud-feature-engine-state', expected 'fraud-partition-snapshot'": {
+            "format": "fraud-feature-engine-state"
+        },
+        "malformed fraud-partition-snapshot document (KeyError('last_log_ms'))": {
+            "last_log_ms": None
+        },
+        "engine: fraud-feature-engine-state version 1": {"engine": {**doc["engine"], "version": 1}},
+        "recent ids: an id appears twice": {
+            "recent_ids": {"ids": ["T1", "T1"], "digests": ["a", "b"]}
+        },
+    }
+    for message, change in refused.items():
+        changed = {**doc, **change}
+        if change.get("last_log_ms", 0) is None:
+            del changed["last_log_ms"]
+        path.write_bytes(orjson.dumps(changed))
+        with pytest.raises(
+            StateFileError, match=f"^{re.escape(str(path))}: .*{re.escape(message)}"
+        ):
+            store.restore("tx", 1, 3)
+    path.write_bytes(b'{"format": "fraud-partition-snapshot", "version": 2, "topic"')
+    with pytest.raises(StateFileError, match="not a fraud-partition-snapshot document"):
         store.load("tx", 1)
     assert store.restore("tx", 2, 7)[1] is None
+
+
+class _Touch:
+    """Unpickling this creates ``path``: proof that a loader ran code from the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return pathlib.Path.touch, (self.path,)
+
+
+def test_a_pickle_in_place_of_a_snapshot_is_refused_unread(tmp_path: Path) -> None:
+    proof = tmp_path / "unpickling-runs-code"
+    pickle.loads(pickle.dumps(_Touch(proof)))
+    assert proof.exists()  # the payload works: the checks below can fail
+
+    marker = tmp_path / "marker"
+    evil = pickle.dumps(_Touch(marker), protocol=pickle.HIGHEST_PROTOCOL)
+    store = SnapshotStore(tmp_path, fsync=False)
+    store.dir.mkdir(parents=True)
+    store.path("tx", 0).write_bytes(evil)
+    expected = (
+        f"{store.path('tx', 0)}: a pickle (written by an older release), not a "
+        "fraud-partition-snapshot document; it is not read, since unpickling can run code: move "
+        "it away"
+    )
+    with pytest.raises(StateFileError, match=re.escape(expected)):
+        store.restore("tx", 0, c.DEFAULT_LABEL_DELAY_DAYS)
+    with pytest.raises(StateFileError, match="feature snapshot: a pickle"):
+        StreamingFeatureEngine.restore(evil)
+    # Protocol 0 (text) starts like no JSON document either.
+    store.path("tx", 0).write_bytes(pickle.dumps(_Touch(marker), protocol=0))
+    with pytest.raises(StateFileError, match="not a fraud-partition-snapshot document"):
+        store.load("tx", 0)
+    assert not marker.exists()
+
+
+def test_snapshot_round_trips_recent_ids_and_log_clock(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, fsync=False)
+    state = PartitionState(
+        0, StreamingFeatureEngine(), next_offset=7, last_ts=100, recent_ids=RecentIds(3)
+    )
+    state.last_log_ms = 1_735_689_600_123
+    for i in (5, 1, 4, 2):  # T5 is evicted
+        state.recent_ids.add(f"T{i}", f"d{i}")
+    store.save("tx", state, {0: 11, 2: 3})
+    back, snap = store.restore("tx", 0, c.DEFAULT_LABEL_DELAY_DAYS, recent_ids_capacity=3)
+    assert (snap.last_log_ms, back.last_log_ms) == (1_735_689_600_123, 1_735_689_600_123)
+    assert back.snapshot_label_positions == {0: 11, 2: 3}
+    assert (back.next_offset, back.last_ts) == (7, 100)
+    assert back.recent_ids.state() == {"ids": ["T1", "T4", "T2"], "digests": ["d1", "d4", "d2"]}
+    # Same behaviour as the window saved: T1 is the next to go.
+    back.recent_ids.add("T9", "d9")
+    assert [back.recent_ids.check(f"T{i}", f"d{i}") for i in (1, 4, 9)] == [
+        st.NEW,
+        st.REPEAT,
+        st.REPEAT,
+    ]
+    # A smaller window on restore keeps the newest ids.
+    small, _ = store.restore("tx", 0, c.DEFAULT_LABEL_DELAY_DAYS, recent_ids_capacity=2)
+    assert small.recent_ids.state()["ids"] == ["T4", "T2"]
+    fresh, none = store.restore("tx", 5, c.DEFAULT_LABEL_DELAY_DAYS, recent_ids_capacity=4)
+    assert none is None and fresh.recent_ids.capacity == 4 and fresh.last_log_ms is None
+
+
+def test_recent_ids_on_a_seeded_sequence() -> None:
+    rng = np.random.default_rng(11)
+    recent = RecentIds(capacity=4)
+    outcomes = []
+    for tid in rng.integers(0, 8, 24).tolist():
+        digest = "same" if rng.random() < 0.75 else "other"
+        verdict = recent.check(f"T{tid}", digest)
+        outcomes.append(f"T{tid}:{digest}:{verdict}")
+        if verdict == st.NEW:  # only accepted transactions claim their id
+            recent.add(f"T{tid}", digest)
+    assert outcomes == [
+        "T1:same:new",
+        "T1:same:repeat",
+        "T6:same:new",
+        "T3:other:new",
+        "T4:same:new",  # full: T1 T6 T3 T4
+        "T4:same:repeat",
+        "T5:other:new",  # evicts T1
+        "T0:same:new",  # evicts T6
+        "T3:other:repeat",
+        "T1:same:new",  # forgotten, so new again; evicts T3
+        "T3:same:new",  # evicts T4
+        "T7:same:new",  # evicts T5
+        "T4:same:new",  # evicts T0
+        "T0:same:new",  # evicts T1
+        "T4:same:repeat",
+        "T1:other:new",  # evicts T3
+        "T6:other:new",  # evicts T7
+        "T7:same:new",  # evicts T4
+        "T7:same:repeat",
+        "T4:same:new",  # evicts T0
+        "T6:same:conflict",  # not added: T6 keeps its first content
+        "T2:other:new",  # evicts T1
+        "T1:same:new",  # evicts T6
+        "T4:same:repeat",
+    ]
+    assert recent.state() == {
+        "ids": ["T7", "T4", "T2", "T1"],
+        "digests": ["same", "same", "other", "same"],
+    }
+    recent.add("T2", "same")  # an id held keeps its first content and place
+    assert recent.check("T2", "same") == st.CONFLICT
+    assert recent.state()["ids"] == ["T7", "T4", "T2", "T1"]
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+        RecentIds(0)
+
+
+def test_transaction_digest_is_stable_and_ignores_the_spelling_of_valid_values() -> None:
+    rows = [
+        _tx(),
+        _tx(**{c.TIMESTAMP: "2025-03-01T11:00:00+01:00"}),  # validate_frame's path
+        _tx(**{c.AMOUNT: 12}),
+        _tx(**{c.AMOUNT: 12.0}),
+        _tx(**{c.CUSTOMER_ID: "C2"}),
+    ]
+    digests = []
+    for row in rows:
+        valid, rejected = m.validate_batch([row])
+        assert not rejected
+        digests.append(st.transaction_digest(valid[0].row))
+    # Pinned: digests are kept in snapshots, so they must not change between releases.
+    assert digests[0] == "70117cd486ecf8ad"
+    assert digests[1] == digests[0] and digests[2] == digests[3]
+    assert len({digests[0], digests[2], digests[4]}) == 3
+
+
+def test_pending_labels_are_bounded_and_refusals_counted() -> None:
+    applied: list[str] = []
+
+    class Recorder(StreamingFeatureEngine):
+        def add_label(self, terminal_id: str, tx_ts: int, is_fraud: int) -> None:
+            applied.append(terminal_id)
+
+    router = LabelRouter()
+    state = router.partitions[0] = PartitionState(0, Recorder(), max_pending_labels=3)
+    available = [30, 10, 20, 40, 5, 50]
+    for i, at in enumerate(available):
+        router.deliver(0, i, m.Label(f"x{i}", f"t{i}", "c", 0, 0, at, "", ""))
+    # The heap was full from the fourth label on: t3, t4 and t5 are refused, held ones stay.
+    assert (len(state.pending), state.labels_dropped) == (3, 3)
+    state.advance_to(25)
+    assert applied == ["t1", "t2"]
+    router.deliver(0, 6, m.Label("x6", "t6", "c", 0, 0, 60, "", ""))
+    router.deliver(0, 7, m.Label("x7", "t7", "c", 0, 0, 15, "", ""))  # late: applied at once
+    router.deliver(0, 8, m.Label("x8", "t8", "c", 0, 0, 70, "", ""))  # fills the room made
+    router.deliver(0, 9, m.Label("x9", "t9", "c", 0, 0, 80, "", ""))
+    assert (applied[2:], len(state.pending), state.labels_dropped) == (["t7"], 3, 4)
+    state.advance_to(100)
+    assert applied[3:] == ["t0", "t6", "t8"]
 
 
 # --- thresholds and scoring -------------------------------------------------------------------

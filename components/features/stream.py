@@ -7,18 +7,24 @@ Contract:
 * state older than the longest window (plus the label delay for terminals) is evicted, so memory
   is bounded by active customers/terminals x window;
 * ``snapshot()`` / ``restore()`` round-trip the whole state, so features after a restart equal
-  those of an uninterrupted run.
+  those of an uninterrupted run; the snapshot is data only (``components.statefile``), and
+  ``state()`` / ``from_state()`` give the same document unencoded, to embed in a larger one.
 """
 
 from __future__ import annotations
 
 import bisect
-import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from components import contract as c
+from components import statefile
 
-_SNAPSHOT_VERSION = 1
+SNAPSHOT_FORMAT = "fraud-feature-engine-state"
+# 2: JSON (components.statefile) instead of pickle.
+SNAPSHOT_VERSION = 2
+_REMEDY = "move the snapshot away: the consumer then rebuilds the features from the stream"
 _EVICT_EVERY = 10_000  # transactions between eviction sweeps: amortises the sweep cost
 # The windows in seconds, and the output names in the contract's order so ``update`` can zip
 # them with its values (it runs once per transaction; name formatting there was measurable).
@@ -152,26 +158,85 @@ class StreamingFeatureEngine:
         return {"customers": len(self._customers), "terminals": len(self._terminals)}
 
     def snapshot(self) -> bytes:
-        state = {
-            "version": _SNAPSHOT_VERSION,
+        """The whole state as a data-only document (``restore`` takes it back)."""
+        return statefile.dumps(self.state())
+
+    @classmethod
+    def restore(cls, blob: bytes, where: str = "feature snapshot") -> StreamingFeatureEngine:
+        """The engine ``snapshot()`` saved; ``where`` names the source in errors."""
+        return cls.from_state(
+            statefile.loads(blob, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, where, _REMEDY), where
+        )
+
+    def state(self) -> dict[str, Any]:
+        """The whole state as JSON-ready data, stamped with its format and version.
+
+        The lists in it are the engine's own (copying them would double the cost of a
+        snapshot, which the consumer takes in its scoring loop): encode it before the next
+        ``update``/``add_label``.
+        """
+        customers = self._customers.values()
+        terminals = self._terminals.values()
+        body = {
             "label_delay_days": self.label_delay_days,
             "watermark": self._watermark,
             "since_evict": self._since_evict,
-            "customers": {k: (v.ts, v.csum, v.head) for k, v in self._customers.items()},
-            "terminals": {k: (v.ts, v.fraud) for k, v in self._terminals.items()},
+            "customers": {
+                "ids": list(self._customers),
+                "heads": [v.head for v in customers],
+                "ts": [v.ts for v in customers],
+                # Each customer's len(ts) + 1 sums, concatenated: bit-exact, and the JSON
+                # numbers would be most of the encoding time.
+                "csum": statefile.pack_floats(v.csum for v in customers),
+            },
+            "terminals": {
+                "ids": list(self._terminals),
+                "ts": [v.ts for v in terminals],
+                "fraud": [v.fraud for v in terminals],
+            },
         }
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        return statefile.stamp(SNAPSHOT_FORMAT, SNAPSHOT_VERSION, body)
 
     @classmethod
-    def restore(cls, blob: bytes) -> StreamingFeatureEngine:
-        state = pickle.loads(blob)
-        if state.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(
-                f"feature snapshot version {state.get('version')} != {_SNAPSHOT_VERSION}"
-            )
-        eng = cls(state["label_delay_days"])
-        eng._watermark = state["watermark"]
-        eng._since_evict = state["since_evict"]
-        eng._customers = {k: _Customer(*v) for k, v in state["customers"].items()}
-        eng._terminals = {k: _Terminal(*v) for k, v in state["terminals"].items()}
+    def from_state(
+        cls, state: Mapping[str, Any], where: str = "feature state"
+    ) -> StreamingFeatureEngine:
+        """The engine ``state()`` described; a malformed one raises ``StateFileError``."""
+        statefile.check(state, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, where, _REMEDY)
+        with statefile.reading(where, SNAPSHOT_FORMAT, _REMEDY):
+            eng = cls(int(state["label_delay_days"]))
+            eng._watermark = int(state["watermark"])
+            eng._since_evict = int(state["since_evict"])
+            eng._customers = _customers_from(state["customers"])
+            eng._terminals = _terminals_from(state["terminals"])
         return eng
+
+
+def _customers_from(raw: Mapping[str, Any]) -> dict[str, _Customer]:
+    ids, heads = raw["ids"], raw["heads"]
+    ts = statefile.int_lists(raw["ts"], "customers.ts")
+    sums = statefile.unpack_floats(raw["csum"])
+    if not len(ids) == len(heads) == len(ts):
+        raise ValueError(f"customers: {len(ids)} ids, {len(heads)} heads, {len(ts)} ts lists")
+    if len(sums) != sum(len(t) for t in ts) + len(ts):
+        raise ValueError(f"customers: {len(sums)} sums for {len(ts)} ts lists")
+    customers = {}
+    start = 0
+    for key, head, times in zip(ids, heads, ts, strict=True):
+        if type(head) is not int or not 0 <= head <= len(times):
+            raise ValueError(f"customer {key!r}: head {head!r} outside 0..{len(times)}")
+        end = start + len(times) + 1
+        customers[key] = _Customer(times, sums[start:end], head)
+        start = end
+    return customers
+
+
+def _terminals_from(raw: Mapping[str, Any]) -> dict[str, _Terminal]:
+    ids = raw["ids"]
+    ts = statefile.int_lists(raw["ts"], "terminals.ts")
+    fraud = statefile.int_lists(raw["fraud"], "terminals.fraud")
+    if not len(ids) == len(ts) == len(fraud) or any(
+        len(t) != len(f) for t, f in zip(ts, fraud, strict=True)
+    ):
+        raise ValueError("terminals: ids, ts and fraud lists differ in length")
+    return {key: _Terminal(t, f) for key, t, f in zip(ids, ts, fraud, strict=True)}

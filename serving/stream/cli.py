@@ -269,7 +269,7 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
         windows_log=config.state_dir / "drift_windows.jsonl",
         warmup_s=config.label_delay_days * c.SECONDS_PER_DAY + max(c.TERMINAL_WINDOWS.values()),
         label_wait_s=wait_days * c.SECONDS_PER_DAY,
-        state_path=config.state_dir / "drift_state.pickle",
+        state_path=config.state_dir / "drift_state.json",
     )
     return DriftLoop(loop_config, drift_config, DriftMetrics(metrics.registry), trigger)
 

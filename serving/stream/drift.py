@@ -544,6 +544,25 @@ class _Acc:
         self.t_max = max(self.t_max, other.t_max)
 
 
+def _acc_state(acc: _Acc) -> dict[str, Any]:
+    """``acc`` as JSON-ready data (``DriftMonitor._acc_from`` reads it back)."""
+    return {
+        "counts": {name: counts.tolist() for name, counts in acc.counts.items()},
+        "missing": dict(acc.missing),
+        "night": {name: counts.tolist() for name, counts in acc.night.items()},
+        "n": acc.n,
+        "alerts": acc.alerts,
+        "blocks": acc.blocks,
+        # JSON has no infinity (an empty accumulator's bounds); float() reads these back.
+        "t_min": _float_text(acc.t_min),
+        "t_max": _float_text(acc.t_max),
+    }
+
+
+def _float_text(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
 class DriftMonitor:
     """Windowed drift checks of one served model version.
 
@@ -687,42 +706,75 @@ class DriftMonitor:
         self._first_hop: int | None = None
 
     # -- state -----------------------------------------------------------------------------------
+    # Saved as they are: ints (the hops: int or None).
     _STATE_FIELDS = (
         "window_index",
         "consecutive",
-        "_pending",
-        "_matched",
         "_tp",
         "_alerted",
         "_frauds",
         "unmatched_labels",
-        "_acc",
-        "_buckets",
         "_open_hop",
         "_first_hop",
     )
 
     def state(self) -> dict[str, Any]:
         """What a restarted consumer needs to carry on (windows, streak, label join) against
-        the same model version; ``restore_state`` takes it back."""
+        the same model version, as JSON-ready data (lists, string-keyed dicts, numbers, with
+        non-finite floats as strings); ``restore_state`` takes it back."""
         return {
             "model_version": self.model_version,
             "timed": self.config.timed,
             **{name: getattr(self, name) for name in self._STATE_FIELDS},
+            "_pending": dict(self._pending),  # JSON objects keep their order
+            "_matched": [list(pair) for pair in self._matched],
+            "_acc": _acc_state(self._acc),
+            # Pairs: JSON object keys are strings, hops are ints.
+            "_buckets": [[hop, _acc_state(acc)] for hop, acc in self._buckets.items()],
         }
 
     def restore_state(self, state: Mapping[str, Any]) -> bool:
         """Take over a saved state; False (nothing changed) when it was saved against another
-        model version or window kind, whose windows mean something else."""
+        model version or window kind, whose windows mean something else. A state that does not
+        fit this reference (other inputs or bins) raises ValueError, changing nothing."""
         if state.get("model_version") != self.model_version or state.get("timed") != (
             self.config.timed
         ):
             return False
-        for name in self._STATE_FIELDS:
-            setattr(self, name, state[name])
+        plain = {name: state[name] for name in self._STATE_FIELDS}
+        pending = OrderedDict((str(k), bool(v)) for k, v in state["_pending"].items())
+        matched = deque((bool(a), bool(f)) for a, f in state["_matched"])
+        acc = self._acc_from(state["_acc"])
+        buckets = {int(hop): self._acc_from(raw) for hop, raw in state["_buckets"]}
+        for name, value in plain.items():
+            setattr(self, name, value)
+        self._pending, self._matched, self._acc, self._buckets = pending, matched, acc, buckets
         self.metrics.consecutive_windows.set(self.consecutive)
         self.metrics.sustained.set(1 if self.sustained else 0)
         return True
+
+    def _acc_from(self, raw: Mapping[str, Any]) -> _Acc:
+        """An accumulator of this reference's shape holding ``_acc_state`` data."""
+        acc = self._new_acc()
+        for part in ("counts", "missing", "night"):
+            if set(raw[part]) != set(getattr(acc, part)):
+                raise ValueError(
+                    f"drift state: {part} of {sorted(raw[part])}, the reference monitors "
+                    f"{sorted(getattr(acc, part))}"
+                )
+        for part in ("counts", "night"):
+            for name, counts in getattr(acc, part).items():
+                saved = np.asarray(raw[part][name], dtype=np.int64)
+                if saved.shape != counts.shape:
+                    raise ValueError(
+                        f"drift state: {len(saved)} {part} bins of {name!r}, the reference "
+                        f"has {len(counts)}"
+                    )
+                counts[:] = saved
+        acc.missing = {name: int(raw["missing"][name]) for name in acc.missing}
+        acc.n, acc.alerts, acc.blocks = int(raw["n"]), int(raw["alerts"]), int(raw["blocks"])
+        acc.t_min, acc.t_max = float(raw["t_min"]), float(raw["t_max"])
+        return acc
 
     @property
     def sustained(self) -> bool:

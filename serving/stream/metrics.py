@@ -28,6 +28,7 @@ COMMITS = PREFIX + "commits"
 COMMIT_FAILURES = PREFIX + "commit_failures"
 SNAPSHOTS = PREFIX + "snapshots"
 REBALANCES = PREFIX + "rebalances"
+LABELS_DROPPED = PREFIX + "labels_dropped"
 # Histograms.
 END_TO_END_LATENCY = PREFIX + "end_to_end_latency_seconds"
 SCORING_LATENCY = PREFIX + "scoring_latency_seconds"
@@ -174,6 +175,12 @@ class StreamMetrics:
         )
         self.snapshots = Counter(SNAPSHOTS, "Partition feature snapshots written", registry=r)
         self.rebalances = Counter(REBALANCES, "Partition assignments received", registry=r)
+        self.labels_dropped = Counter(
+            LABELS_DROPPED,
+            "Labels refused by a partition whose pending labels were at their bound (its "
+            "terminal features miss them)",
+            registry=r,
+        )
         self.end_to_end_latency = BatchHistogram(
             END_TO_END_LATENCY,
             "Transaction produced (Kafka timestamp) to its decision acknowledged by the broker",

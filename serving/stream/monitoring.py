@@ -17,6 +17,7 @@
   retrain) is saved to ``state_path`` every ``save_interval_s`` and by ``save()`` at shutdown,
   and taken back at start when the same model version still answers: a restart does not blind
   the monitor for a window (a day, with daily windows). A crash loses at most the interval.
+  The file is data only (``components.statefile``): reading it never runs code.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,12 +34,16 @@ from typing import Any
 import numpy as np
 
 from components import contract as c
+from components import statefile
 from components.scoring import read_metadata
 
 log = logging.getLogger(__name__)
 
-# 2: windows hold night counts (the night-excess check).
-_STATE_VERSION = 2
+_STATE_FORMAT = "fraud-drift-state"
+# 2: windows hold night counts (the night-excess check). 3: JSON (components.statefile) instead
+# of pickle.
+_STATE_VERSION = 3
+_REMEDY = "move it away to start the monitor afresh"
 
 
 @dataclass(frozen=True)
@@ -88,15 +92,18 @@ class DriftLoop:
         path = self.config.state_path
         if path is None or not path.exists():
             return None
-        try:
-            saved = pickle.loads(path.read_bytes())
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
-            raise ValueError(f"{path}: unreadable drift state ({err}); move it away") from err
-        if saved.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"{path}: drift state version {saved.get('version')} != {_STATE_VERSION}; "
-                "written by another release: move it away to start the monitor afresh"
+        saved = statefile.loads(
+            path.read_bytes(), _STATE_FORMAT, _STATE_VERSION, str(path), _REMEDY
+        )
+        missing = [name for name in ("monitor", *self._LOOP_FIELDS) if name not in saved]
+        if missing:
+            raise statefile.StateFileError(
+                f"{path}: {_STATE_FORMAT} document without {', '.join(missing)}: {_REMEDY}"
             )
+        if saved["_pending"] is not None:  # a tuple in the loop, an array in JSON
+            with statefile.reading(str(path), _STATE_FORMAT, _REMEDY):
+                reason, due = saved["_pending"]
+                saved["_pending"] = (str(reason), float(due))
         return saved
 
     def save(self) -> None:
@@ -105,16 +112,12 @@ class DriftLoop:
         self._last_save = time.monotonic()
         if path is None or self.monitor is None:
             return
-        blob = pickle.dumps(
-            {
-                "version": _STATE_VERSION,
-                "monitor": self.monitor.state(),
-                **{name: getattr(self, name) for name in self._LOOP_FIELDS},
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        body = {
+            "monitor": self.monitor.state(),
+            **{name: getattr(self, name) for name in self._LOOP_FIELDS},
+        }
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(blob)
+        tmp.write_bytes(statefile.dumps(statefile.stamp(_STATE_FORMAT, _STATE_VERSION, body)))
         os.replace(tmp, path)
 
     def _take_saved(self) -> None:
@@ -124,7 +127,10 @@ class DriftLoop:
         # The warm-up is about the feature state, which the consumer restores whatever model
         # answers: without this, every restart would blind the monitor for the warm-up again.
         self._first_event = saved["_first_event"]
-        if not self.monitor.restore_state(saved["monitor"]):
+        path = str(self.config.state_path)
+        with statefile.reading(path, _STATE_FORMAT, _REMEDY):
+            restored = self.monitor.restore_state(saved["monitor"])
+        if not restored:
             log.info(
                 "drift: saved state is for model version %s, not %s: starting afresh",
                 saved["monitor"].get("model_version"),

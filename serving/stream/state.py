@@ -1,4 +1,4 @@
-"""Per-partition feature state, label routing and crash-safe snapshots.
+"""Per-partition feature state, label routing, recent transaction ids and crash-safe snapshots.
 
 Why per partition: transactions are keyed by customer, so a partition owns its customers'
 windows; when the group rebalances, a partition's state moves with it (through its snapshot).
@@ -11,22 +11,128 @@ was read before its snapshot, plus those that arrived late (after ``last_ts`` ha
 availability) and were applied on arrival. ``label_positions`` records how far the labels topic
 had been read at snapshot time, so after a restart (which re-reads the labels topic from the
 beginning) a label is skipped exactly when the restored engine already has it.
+
+Snapshots are data only (``components.statefile``): whoever can write the state directory can
+corrupt the features, but cannot make the consumer run code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import os
-import pickle
 import time
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import orjson
+
+from components import contract as c
+from components import statefile
 from components.features.stream import StreamingFeatureEngine
 from serving.stream.messages import Label
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_FORMAT = "fraud-partition-snapshot"
+# 2: JSON (components.statefile) instead of pickle; recent transaction ids and last_log_ms.
+SNAPSHOT_VERSION = 2
+_REMEDY = (
+    "move it away (the consumer then rebuilds the partition's features from the retained "
+    "history of the topic)"
+)
+
+# A label is about 0.6 kB in memory (the Label and its strings, measured with tracemalloc), held
+# once however many partitions' heaps point at it, plus 8 bytes per heap slot. 500,000 labels
+# are ~0.3 GB, under a third of the consumer's 1 GiB limit (k8s/base/consumer): 1,000 s of
+# labels at 500 labels/s, so a partition may lag the labels topic by ~17 minutes of event time
+# before labels are refused.
+DEFAULT_MAX_PENDING_LABELS = 500_000
+# 100,000 ids are ~17 MB per partition (an id, its 16-hex-digit digest, a dict entry and a deque
+# slot: ~175 bytes): 200 s of a partition at 500 tx/s, 10 s at the consumer's ~10,000 tx/s
+# peak; producer retries and replays of a recent batch come back well within that.
+DEFAULT_RECENT_IDS = 100_000
+
+# RecentIds.check verdicts.
+NEW = "new"
+REPEAT = "repeat"
+CONFLICT = "conflict"
+
+
+def transaction_digest(row: Mapping[str, Any]) -> str:
+    """Content digest of a validated transaction row (``messages.Transaction.row``): 64-bit
+    blake2b of its ``contract.LIVE_FIELDS`` values in that order, as 16 hex digits.
+
+    Stable across processes and releases (no hash seed); validated rows hold canonical values
+    (timestamp text, float amount), so a time or amount spelt another way gives the same
+    digest. Two different contents under one id share a digest with probability 2**-64.
+    """
+    payload = orjson.dumps([row[f] for f in c.LIVE_FIELDS])
+    return hashlib.blake2b(payload, digest_size=8).hexdigest()
+
+
+class RecentIds:
+    """The ``capacity`` most recently accepted transaction ids of a partition, with digests.
+
+    ``check`` says what an incoming transaction is: ``NEW``, ``REPEAT`` (that id was accepted
+    with the same content: skip it) or ``CONFLICT`` (that id was accepted with other content).
+    It changes nothing: ``add`` records a transaction once it is accepted, so a message that is
+    rejected or dead-lettered never claims its id. Beyond ``capacity`` the oldest id is
+    forgotten (so a repeat older than the window reads as ``NEW``).
+    """
+
+    def __init__(self, capacity: int = DEFAULT_RECENT_IDS) -> None:
+        if capacity < 1:
+            raise ValueError(f"recent ids: capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        # A dict iterates in insertion order as fast as a list; an OrderedDict, which could also
+        # evict, took 11 ms per 100,000 ids to list for a snapshot. The deque is the eviction
+        # order, and as an id is only ever inserted once, it is also the dict's order.
+        self._digests: dict[str, str] = {}
+        self._order: deque[str] = deque()
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def check(self, transaction_id: str, digest: str) -> str:
+        seen = self._digests.get(transaction_id)
+        if seen is None:
+            return NEW
+        return REPEAT if seen == digest else CONFLICT
+
+    def add(self, transaction_id: str, digest: str) -> None:
+        """Remember an accepted transaction. An id already held keeps its place and digest
+        (the content accepted first is the one decided)."""
+        digests = self._digests
+        if transaction_id in digests:
+            return
+        digests[transaction_id] = digest
+        self._order.append(transaction_id)
+        if len(self._order) > self.capacity:
+            del digests[self._order.popleft()]
+
+    def state(self) -> dict[str, list[str]]:
+        """Ids and digests, oldest first (JSON-ready; ``from_state`` takes it back)."""
+        return {"ids": list(self._digests), "digests": list(self._digests.values())}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], capacity: int = DEFAULT_RECENT_IDS) -> RecentIds:
+        """The window ``state()`` described; with a smaller ``capacity``, its newest ids."""
+        ids, digests = state["ids"], state["digests"]
+        if len(ids) != len(digests) or not all(
+            type(x) is str for x in itertools.chain(ids, digests)
+        ):
+            raise ValueError("recent ids: ids and digests must be two string lists of one length")
+        recent = cls(capacity)
+        start = max(0, len(ids) - capacity)
+        recent._digests = dict(zip(ids[start:], digests[start:], strict=True))
+        recent._order = deque(ids[start:])
+        if len(recent._digests) != len(recent._order):
+            raise ValueError("recent ids: an id appears twice")
+        return recent
+
 
 # heap entry: (available_at, arrival sequence, label); the sequence keeps equal times in arrival
 # order and stops comparisons from reaching the Label.
@@ -35,7 +141,13 @@ _HeapEntry = tuple[int, int, Label]
 
 @dataclass
 class PartitionState:
-    """Feature state of one transactions-topic partition."""
+    """Feature state of one transactions-topic partition.
+
+    ``max_pending_labels`` bounds the labels held until the partition's event time reaches
+    their availability (default ``DEFAULT_MAX_PENDING_LABELS`` = 500,000: ~0.3 GB, as a label
+    takes ~0.6 kB, shared by every partition's heap that holds it). Beyond it the incoming label
+    is refused and counted in ``labels_dropped``.
+    """
 
     partition: int
     engine: StreamingFeatureEngine
@@ -43,6 +155,8 @@ class PartitionState:
     next_offset: int | None = None
     # Event time (epoch s) of the newest transaction processed: labels available by then are in.
     last_ts: int | None = None
+    # Kafka timestamp (ms) of the newest accepted transaction: how far the log clock has moved.
+    last_log_ms: int | None = None
     # Labels-topic positions (label partition -> offset) read before the snapshot was taken.
     snapshot_label_positions: dict[int, int] = field(default_factory=dict)
     # Offsets below this were decided before (committed) but are missing from the restored state:
@@ -51,7 +165,16 @@ class PartitionState:
     # Labels-topic positions already handed to this state in this process; set when the topic is
     # re-read for a newly assigned partition so the partitions kept do not get labels twice.
     delivered_positions: dict[int, int] = field(default_factory=dict)
+    # Labels read before they are available at this partition's event time, soonest first.
     pending: list[_HeapEntry] = field(default_factory=list)
+    # Bound of ``pending`` (see DEFAULT_MAX_PENDING_LABELS for what it means in memory). A label
+    # arriving when it is full is refused and counted in ``labels_dropped``: the labels held
+    # stay, and as the topic is in about availability order the one refused is about the one
+    # needed last. The partition's terminal features then miss it, hence the count.
+    max_pending_labels: int = DEFAULT_MAX_PENDING_LABELS
+    labels_dropped: int = 0  # in this process; not in the snapshot
+    # Accepted transaction ids, to tell a resent transaction from a reused id.
+    recent_ids: RecentIds = field(default_factory=RecentIds)
 
     def offer_label(self, label_partition: int, offset: int, entry: _HeapEntry) -> None:
         if offset < self.delivered_positions.get(label_partition, 0):
@@ -61,6 +184,8 @@ class PartitionState:
             if offset < self.snapshot_label_positions.get(label_partition, 0):
                 return  # read and applied before the snapshot: the restored engine has it
             self._apply(label)  # late label: the transactions it concerned are past
+        elif len(self.pending) >= self.max_pending_labels:
+            self.labels_dropped += 1
         else:
             heapq.heappush(self.pending, entry)
 
@@ -91,12 +216,16 @@ class LabelRouter:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A partition snapshot as read (the engine and the ids still as data)."""
+
     topic: str
     partition: int
     next_offset: int
     last_ts: int | None
+    last_log_ms: int | None
     label_positions: dict[int, int]
-    engine: bytes
+    engine: dict[str, Any]  # StreamingFeatureEngine.state()
+    recent_ids: dict[str, Any]  # RecentIds.state()
     written_at: float
 
 
@@ -120,24 +249,19 @@ class SnapshotStore:
             blob = path.read_bytes()
         except FileNotFoundError:
             return None
-        try:
-            raw = pickle.loads(blob)
-        except (pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise ValueError(f"{path}: corrupt feature snapshot ({err}); move it away") from err
-        if raw.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(
-                f"{path}: snapshot version {raw.get('version')} != {SNAPSHOT_VERSION}; "
-                "it was written by another release: move it away to rebuild the state"
+        raw = statefile.loads(blob, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, str(path), _REMEDY)
+        with statefile.reading(str(path), SNAPSHOT_FORMAT, _REMEDY):
+            return Snapshot(
+                topic=str(raw["topic"]),
+                partition=int(raw["partition"]),
+                next_offset=int(raw["next_offset"]),
+                last_ts=_int_or_none(raw["last_ts"]),
+                last_log_ms=_int_or_none(raw["last_log_ms"]),
+                label_positions={int(p): int(o) for p, o in raw["label_positions"]},
+                engine=raw["engine"],
+                recent_ids=raw["recent_ids"],
+                written_at=float(raw["written_at"]),
             )
-        return Snapshot(
-            topic=raw["topic"],
-            partition=raw["partition"],
-            next_offset=raw["next_offset"],
-            last_ts=raw["last_ts"],
-            label_positions=dict(raw["label_positions"]),
-            engine=raw["engine"],
-            written_at=raw["written_at"],
-        )
 
     def save(self, topic: str, state: PartitionState, label_positions: dict[int, int]) -> int:
         """Persist one partition's state now; returns the bytes written."""
@@ -149,19 +273,19 @@ class SnapshotStore:
         """The snapshot of one partition as bytes (a consistent copy: the state may move on)."""
         if state.next_offset is None:
             raise ValueError(f"{topic}-{state.partition}: nothing processed yet, nothing to save")
-        return pickle.dumps(
-            {
-                "version": SNAPSHOT_VERSION,
-                "topic": topic,
-                "partition": state.partition,
-                "next_offset": state.next_offset,
-                "last_ts": state.last_ts,
-                "label_positions": dict(label_positions),
-                "engine": state.engine.snapshot(),
-                "written_at": time.time(),
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        body = {
+            "topic": topic,
+            "partition": state.partition,
+            "next_offset": state.next_offset,
+            "last_ts": state.last_ts,
+            "last_log_ms": state.last_log_ms,
+            # Pairs: JSON object keys are strings, label partitions are ints.
+            "label_positions": list(label_positions.items()),
+            "engine": state.engine.state(),
+            "recent_ids": state.recent_ids.state(),
+            "written_at": time.time(),
+        }
+        return statefile.dumps(statefile.stamp(SNAPSHOT_FORMAT, SNAPSHOT_VERSION, body))
 
     def write(self, topic: str, partition: int, blob: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -175,27 +299,49 @@ class SnapshotStore:
         os.replace(tmp, path)  # readers see the old or the new snapshot, never half of one
 
     def restore(
-        self, topic: str, partition: int, label_delay_days: int
+        self,
+        topic: str,
+        partition: int,
+        label_delay_days: int,
+        *,
+        max_pending_labels: int = DEFAULT_MAX_PENDING_LABELS,
+        recent_ids_capacity: int = DEFAULT_RECENT_IDS,
     ) -> tuple[PartitionState, Snapshot | None]:
         """The partition's state from its snapshot, or a fresh one when there is none."""
         snap = self.load(topic, partition)
         if snap is None:
-            return PartitionState(partition, StreamingFeatureEngine(label_delay_days)), None
-        engine = StreamingFeatureEngine.restore(snap.engine)
+            state = PartitionState(
+                partition,
+                StreamingFeatureEngine(label_delay_days),
+                max_pending_labels=max_pending_labels,
+                recent_ids=RecentIds(recent_ids_capacity),
+            )
+            return state, None
+        where = str(self.path(topic, partition))
+        engine = StreamingFeatureEngine.from_state(snap.engine, f"{where}: engine")
         if engine.label_delay_days != label_delay_days:
             raise ValueError(
-                f"{self.path(topic, partition)}: snapshot built with a label delay of "
+                f"{where}: snapshot built with a label delay of "
                 f"{engine.label_delay_days} days, consumer runs with {label_delay_days}: the "
                 "features would not match the model; move the state dir away or fix the flag"
             )
+        with statefile.reading(where, SNAPSHOT_FORMAT, _REMEDY):
+            recent = RecentIds.from_state(snap.recent_ids, recent_ids_capacity)
         state = PartitionState(
             partition,
             engine,
             next_offset=snap.next_offset,
             last_ts=snap.last_ts,
+            last_log_ms=snap.last_log_ms,
             snapshot_label_positions=dict(snap.label_positions),
+            max_pending_labels=max_pending_labels,
+            recent_ids=recent,
         )
         return state, snap
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 class SnapshotWriter:
