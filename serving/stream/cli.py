@@ -155,6 +155,9 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         slow_batch_s=args.slow_batch_ms / 1000,
         labels_fetch_max_wait_ms=args.labels_fetch_max_wait_ms,
+        max_event_time_skew_s=args.max_event_time_skew,
+        max_message_bytes=args.max_message_bytes,
+        dead_letter_max_payload_bytes=args.dead_letter_max_payload_bytes,
         security=_security(args),
     )
     client = build_model_client(serving_url, model_name, timeout_s=args.serving_timeout_seconds)
@@ -374,6 +377,28 @@ def add_subcommands(subparsers: Any) -> None:
         help="group session timeout: how long a crashed member blocks its partitions",
     )
     con.add_argument("--label-delay-days", type=int, help="must match the model's training")
+    con.add_argument(
+        "--max-event-time-skew",
+        type=float,
+        default=ConsumerConfig.max_event_time_skew_s,
+        metavar="SECONDS",
+        help="dead-letter a transaction that moves its partition's event time further ahead "
+        "than this plus the time the log clock (Kafka timestamps) moved since the newest "
+        "accepted one (default: 86400, one day; raise it to replay sparse data fast)",
+    )
+    con.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=ConsumerConfig.max_message_bytes,
+        help="dead-letter larger transactions messages (key plus value) without decoding them",
+    )
+    con.add_argument(
+        "--dead-letter-max-payload-bytes",
+        type=int,
+        default=ConsumerConfig.dead_letter_max_payload_bytes,
+        help="bytes of the original key and of the value kept in a dead letter (their full "
+        "size and sha256 are always recorded)",
+    )
     con.add_argument(
         "--include-features", action="store_true", help="put the features in each decision"
     )

@@ -43,6 +43,8 @@ class PartitionState:
     next_offset: int | None = None
     # Event time (epoch s) of the newest transaction processed: labels available by then are in.
     last_ts: int | None = None
+    # Kafka timestamp (ms) of the newest accepted transaction: how far the log clock has moved.
+    last_log_ms: int | None = None
     # Labels-topic positions (label partition -> offset) read before the snapshot was taken.
     snapshot_label_positions: dict[int, int] = field(default_factory=dict)
     # Offsets below this were decided before (committed) but are missing from the restored state:
