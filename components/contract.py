@@ -45,6 +45,23 @@ TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 DEFAULT_LABEL_DELAY_DAYS = 7
 
+# --- value bounds (batch validation and the stream apply the same ones) ------------------------
+
+# Largest valid amount, in currency units. Far above any single card payment (issuers cap those
+# in the millions at most), yet the model's float32 input holds it with a relative error below
+# 6e-8 (float32 turns anything above 3.4e38, e.g. 1e39, into inf), and the feature engines'
+# float64 window sums stay finite and exact to the cent up to 10,000 such amounts in a window
+# (two amounts of 1e308 would sum to inf).
+MAX_AMOUNT = 1e9
+# Valid event times: [MIN_TIMESTAMP, MAX_TIMESTAMP), epoch seconds UTC. One stray year 9999
+# transaction would move a partition's event time past every window and label delay at once;
+# the range keeps every accepted time inside pandas' datetime64[ns] range (1677-2262) and the
+# in-graph calendar's 4-digit years.
+MIN_TIMESTAMP_TEXT = "2000-01-01T00:00:00Z"
+MAX_TIMESTAMP_TEXT = "2100-01-01T00:00:00Z"
+MIN_TIMESTAMP = 946_684_800  # MIN_TIMESTAMP_TEXT, inclusive
+MAX_TIMESTAMP = 4_102_444_800  # MAX_TIMESTAMP_TEXT, exclusive
+
 # --- stateful window aggregates --------------------------------------------------------------
 
 SECONDS_PER_DAY = 86_400

@@ -7,7 +7,9 @@ finds them: for CSV the line number in the file (header = line 1), for Parquet t
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,9 @@ class RowError:
     row: int
     field: str
     reason: str
+    # A well-formed value outside the contract's bounds (the stream dead-letters an event time
+    # out of range under its own reason kind).
+    out_of_range: bool = False
 
 
 class DataValidationError(ValueError):
@@ -61,6 +66,7 @@ def read_raw(path: str | os.PathLike) -> pd.DataFrame:
 _ISO8601 = (
     r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?"
 )
+_ISO8601_RE = re.compile(_ISO8601)
 # pandas >= 2 parses mixed ISO-8601 forms only with format="ISO8601"; pandas 1.x does not know
 # that format (it turns every value into NaT) but parses mixed ISO forms element-wise without it.
 _ISO_FORMAT = {"format": "ISO8601"} if int(pd.__version__.split(".")[0]) >= 2 else {}
@@ -85,13 +91,43 @@ def _parse_timestamps(values: pd.Series) -> pd.Series:
     )
 
 
+def _far_timestamps(values: pd.Series, unparsed: np.ndarray) -> np.ndarray:
+    """Which of the ``unparsed`` values are ISO-8601 times beyond datetime64[ns]'s years
+    (1677-2262), e.g. 9999-12-31T23:59:59Z: out of range rather than unparsable."""
+    far = np.zeros(len(values), dtype=bool)
+    for i in np.flatnonzero(unparsed):
+        text = values.iloc[i]
+        if not isinstance(text, str) or not _ISO8601_RE.fullmatch(text.strip()):
+            continue
+        try:
+            ts = datetime.fromisoformat(text.strip())
+        except ValueError:
+            continue  # no such date (month 13): unparsable
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        far[i] = not c.MIN_TIMESTAMP <= ts.timestamp() < c.MAX_TIMESTAMP
+    return far
+
+
+def _bool_values(values: pd.Series) -> np.ndarray:
+    """Which values are booleans (numeric to pandas, but no amount)."""
+    if pd.api.types.is_bool_dtype(values):
+        return np.ones(len(values), dtype=bool)
+    if values.dtype != object:
+        return np.zeros(len(values), dtype=bool)
+    return values.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(dtype=bool)
+
+
 def validate_frame(
     df: pd.DataFrame, path: str | os.PathLike, require_label: bool = True
 ) -> tuple[pd.DataFrame, list[RowError]]:
     """Normalise types and collect row errors; returns (clean rows, errors).
 
     Clean rows have ``timestamp`` as datetime64[ns, UTC] floored to the second, ``amount`` as
-    float64, ``is_fraud`` as int8 and ids as str. Extra columns are carried through.
+    float64, ``is_fraud`` as int8 and ids as str. Extra columns are carried through. Amounts
+    must be finite numbers (not booleans) in [0, ``contract.MAX_AMOUNT``], timestamps (floored)
+    in [``contract.MIN_TIMESTAMP``, ``contract.MAX_TIMESTAMP``); values that are well-formed but
+    outside these bounds are reported with ``RowError.out_of_range``.
     """
     path = Path(path)
     required = c.RAW_FIELDS if require_label else c.LIVE_FIELDS
@@ -105,10 +141,10 @@ def validate_frame(
     bad = np.zeros(len(df), dtype=bool)
     errors: list[RowError] = []
 
-    def flag(mask: np.ndarray, field: str, reason_of) -> None:
+    def flag(mask: np.ndarray, field: str, reason_of, out_of_range: bool = False) -> None:
         nonlocal bad
         for i in np.flatnonzero(mask):
-            errors.append(RowError(int(rows[i]), field, reason_of(i)))
+            errors.append(RowError(int(rows[i]), field, reason_of(i), out_of_range))
         bad |= mask
 
     out = df.copy()
@@ -118,21 +154,43 @@ def validate_frame(
         flag(empty, field, lambda i: "empty")
         out[field] = col.astype(str)
 
-    ts = _parse_timestamps(df[c.TIMESTAMP])
+    ts = _parse_timestamps(df[c.TIMESTAMP]).dt.floor("s")
+    unparsed = ts.isna().to_numpy()
+    far = _far_timestamps(df[c.TIMESTAMP], unparsed)
     flag(
-        ts.isna().to_numpy(),
+        unparsed & ~far,
         c.TIMESTAMP,
         lambda i: f"unparsable timestamp {df[c.TIMESTAMP].iloc[i]!r}",
     )
-    out[c.TIMESTAMP] = ts.dt.floor("s")
-
-    amount = pd.to_numeric(df[c.AMOUNT], errors="coerce").astype("float64")
+    low = pd.Timestamp(c.MIN_TIMESTAMP, unit="s", tz="UTC")
+    high = pd.Timestamp(c.MAX_TIMESTAMP, unit="s", tz="UTC")
     flag(
-        amount.isna().to_numpy() | ~np.isfinite(amount.to_numpy()),
-        c.AMOUNT,
-        lambda i: f"not a number: {df[c.AMOUNT].iloc[i]!r}",
+        far | ((ts < low) | (ts >= high)).to_numpy(),
+        c.TIMESTAMP,
+        lambda i: (
+            f"timestamp {df[c.TIMESTAMP].iloc[i]!r} outside the valid range "
+            f"[{c.MIN_TIMESTAMP_TEXT}, {c.MAX_TIMESTAMP_TEXT})"
+        ),
+        out_of_range=True,
     )
-    flag((amount < 0).to_numpy(), c.AMOUNT, lambda i: f"negative amount {amount.iloc[i]}")
+    out[c.TIMESTAMP] = ts
+
+    raw_amount = df[c.AMOUNT]
+    amount = pd.to_numeric(raw_amount, errors="coerce").astype("float64")
+    values = amount.to_numpy()
+    finite = np.isfinite(values)
+    flag(
+        ~finite | _bool_values(raw_amount),
+        c.AMOUNT,
+        lambda i: f"not a number: {raw_amount.iloc[i]!r}",
+    )
+    flag(values < 0, c.AMOUNT, lambda i: f"negative amount {values[i]}")
+    flag(
+        finite & (values > c.MAX_AMOUNT),
+        c.AMOUNT,
+        lambda i: f"amount {float(values[i])!r} above the maximum {c.MAX_AMOUNT:,.0f}",
+        out_of_range=True,
+    )
     out[c.AMOUNT] = amount
 
     if c.LABEL in df.columns:

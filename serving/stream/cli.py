@@ -153,12 +153,17 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
         decision_deadline_s=args.decision_deadline_seconds,
         fallback_decision=args.fallback_decision,
         max_fallback_backlog=args.max_fallback_backlog,
+        max_pending_labels=args.max_pending_labels,
+        recent_ids=args.recent_ids,
         write_dataset=not args.no_dataset,
         session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=max(1_000, args.session_timeout_ms // 3),
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         slow_batch_s=args.slow_batch_ms / 1000,
         labels_fetch_max_wait_ms=args.labels_fetch_max_wait_ms,
+        max_event_time_skew_s=args.max_event_time_skew,
+        max_message_bytes=args.max_message_bytes,
+        dead_letter_max_payload_bytes=args.dead_letter_max_payload_bytes,
         security=_security(args),
     )
     client = build_model_client(serving_url, model_name, timeout_s=args.serving_timeout_seconds)
@@ -412,6 +417,20 @@ def add_subcommands(subparsers: Any) -> None:
         help="fallback-decided transactions kept for their re-score; beyond it the consumer "
         "holds new batches instead (default %(default)s)",
     )
+    con.add_argument(
+        "--max-pending-labels",
+        type=int,
+        default=ConsumerConfig.max_pending_labels,
+        help="labels a partition holds until they become available; more are refused and "
+        "counted (default %(default)s)",
+    )
+    con.add_argument(
+        "--recent-ids",
+        type=int,
+        default=ConsumerConfig.recent_ids,
+        help="transaction ids a partition remembers: an identical re-send is skipped, one "
+        "with other content dead-lettered (default %(default)s)",
+    )
     con.add_argument("--serving-timeout-seconds", type=float, default=10.0)
     con.add_argument(
         "--session-timeout-ms",
@@ -420,6 +439,28 @@ def add_subcommands(subparsers: Any) -> None:
         help="group session timeout: how long a crashed member blocks its partitions",
     )
     con.add_argument("--label-delay-days", type=int, help="must match the model's training")
+    con.add_argument(
+        "--max-event-time-skew",
+        type=float,
+        default=ConsumerConfig.max_event_time_skew_s,
+        metavar="SECONDS",
+        help="dead-letter a transaction that moves its partition's event time further ahead "
+        "than this plus the time the log clock (Kafka timestamps) moved since the newest "
+        "accepted one (default: 86400, one day; raise it to replay sparse data fast)",
+    )
+    con.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=ConsumerConfig.max_message_bytes,
+        help="dead-letter larger transactions messages (key plus value) without decoding them",
+    )
+    con.add_argument(
+        "--dead-letter-max-payload-bytes",
+        type=int,
+        default=ConsumerConfig.dead_letter_max_payload_bytes,
+        help="bytes of the original key and of the value kept in a dead letter (their full "
+        "size and sha256 are always recorded)",
+    )
     con.add_argument(
         "--include-features", action="store_true", help="put the features in each decision"
     )

@@ -51,7 +51,17 @@ from serving.stream.labels import (
 )
 from serving.stream.metrics import StreamMetrics
 from serving.stream.scoring import Scored, Scorer, ScoringUnavailable
-from serving.stream.state import LabelRouter, PartitionState, SnapshotStore, SnapshotWriter
+from serving.stream.state import (
+    CONFLICT,
+    DEFAULT_MAX_PENDING_LABELS,
+    DEFAULT_RECENT_IDS,
+    REPEAT,
+    LabelRouter,
+    PartitionState,
+    SnapshotStore,
+    SnapshotWriter,
+    transaction_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +87,16 @@ class ConsumerConfig:
     snapshot_interval_s: float = 2.0
     include_features: bool = False
     label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS
+    # How far (seconds) one transaction may move its partition's event time beyond the newest
+    # accepted one, plus however far the log clock (Kafka record timestamps) moved since that
+    # one: longer than any quiet gap of one partition of a live card stream, shorter than the
+    # label delay and the customer windows, so no accepted jump can empty the windows or apply
+    # every pending label at once. See ``_features``.
+    max_event_time_skew_s: float = float(c.SECONDS_PER_DAY)
+    # Messages whose key plus value exceed this are dead-lettered without being decoded.
+    max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES
+    # Bytes of the original key and of the value a dead letter carries (see messages).
+    dead_letter_max_payload_bytes: int = m.DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES
     # How long a batch may wait for the model server before that is an incident (logged as an
     # error and counted); the batch keeps being retried after it, nothing is dropped.
     lag_bound_s: float = 60.0
@@ -89,6 +109,10 @@ class ConsumerConfig:
     # Fallback-decided transactions kept for their re-score (about 1.5 KB each). Beyond it the
     # consumer stops taking new batches and holds, as without a deadline: nothing is dropped.
     max_fallback_backlog: int = 100_000
+    # Per partition: labels held until their availability (serving.stream.state), and the
+    # transaction ids remembered to skip identical re-sends and dead-letter conflicting ones.
+    max_pending_labels: int = DEFAULT_MAX_PENDING_LABELS
+    recent_ids: int = DEFAULT_RECENT_IDS
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     write_dataset: bool = True
@@ -141,6 +165,19 @@ class ConsumerConfig:
             # Tansu answers a fetch with a zero wait before reading anything: never any data.
             if getattr(self, name) < 1:
                 raise ValueError(f"consumer: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.max_event_time_skew_s < math.inf:
+            raise ValueError(
+                f"consumer: max event time skew must be > 0 s, got {self.max_event_time_skew_s}"
+            )
+        if self.max_message_bytes < 1:
+            raise ValueError(
+                f"consumer: max message bytes must be >= 1, got {self.max_message_bytes}"
+            )
+        if self.dead_letter_max_payload_bytes < 0:
+            raise ValueError(
+                "consumer: dead letter max payload bytes must be >= 0, got "
+                f"{self.dead_letter_max_payload_bytes}"
+            )
 
 
 @dataclass
@@ -153,6 +190,7 @@ class ConsumerSummary:
     alerts: int = 0
     seconds: float = 0.0
     aborted_batches: int = 0
+    repeats_skipped: int = 0  # identical re-sends of a transaction already decided
     # Monotonic times of the first batch received and the last batch committed: their
     # difference is the busy time, excluding group joins and idle waits (for throughput).
     first_batch_at: float | None = None
@@ -199,6 +237,38 @@ class _Outcome:
     @property
     def fallback(self) -> bool:
         return self.scored is None
+
+
+@dataclass(slots=True)
+class _DeadLetterSend:
+    """A dead letter sent for ``entry``: the send's future, or the refusal ``send()`` raised."""
+
+    entry: _Entry
+    future: Any = None
+    error: BaseException | None = None
+
+    def refusal(self) -> BaseException | None:
+        """Why the record itself was refused (``_refused_for_itself``), once it is done."""
+        if self.error is not None:
+            return self.error
+        fut = self.future
+        if fut.is_done and fut.failed() and _refused_for_itself(fut.exception):
+            return fut.exception
+        return None
+
+
+def _refused_for_itself(err: BaseException) -> bool:
+    """Whether a produce failed because of the record it sent (too large for the client's
+    max_request_size or the broker's max.message.bytes, rejected by broker-side validation):
+    sending the same record again can never succeed, a smaller one can."""
+    from kafka import errors
+
+    return isinstance(
+        err,
+        errors.MessageSizeTooLargeError
+        | errors.RecordListTooLargeError
+        | errors.InvalidRecordError,
+    )
 
 
 class _GcPauseLog:
@@ -412,6 +482,8 @@ class StreamConsumer:
         # When the model server was first found unavailable in the current outage (None: up).
         self._hold_started: float | None = None
         self._last_unavailable_log = float("-inf")
+        self._labels_dropped_seen = 0
+        self._last_dropped_log = float("-inf")
         self._labels: LabelFeed | None = None
         self._dataset: ConsumedDataset | None = None
         self._assigned_at: float | None = None
@@ -605,7 +677,13 @@ class StreamConsumer:
 
     def _restore(self, tp: Any) -> PartitionState:
         cfg = self.config
-        state, snap = self.store.restore(tp.topic, tp.partition, cfg.label_delay_days)
+        state, snap = self.store.restore(
+            tp.topic,
+            tp.partition,
+            cfg.label_delay_days,
+            max_pending_labels=cfg.max_pending_labels,
+            recent_ids_capacity=cfg.recent_ids,
+        )
         committed = self._consumer.committed(tp)
         if snap is not None:
             self._positions[tp] = snap.next_offset
@@ -838,6 +916,7 @@ class StreamConsumer:
     def _parse(self, records: dict[Any, list[Any]]) -> list[_Entry]:
         """Entries in per-partition offset order, each with a row or a rejection."""
         entries: list[_Entry] = []
+        max_bytes = self.config.max_message_bytes
         for tp, msgs in records.items():
             state = self.router.partitions.get(tp.partition)
             if state is None:
@@ -846,7 +925,9 @@ class StreamConsumer:
                 if state.next_offset is not None and msg.offset < state.next_offset:
                     continue  # already applied to the state (a re-fetch after a seek)
                 entry = _Entry(tp.partition, msg.offset, msg.timestamp, msg.key, msg.value)
-                parsed = m.parse_transaction(msg.value)
+                parsed = m.oversized(msg.key, msg.value, max_bytes) or m.parse_transaction(
+                    msg.value
+                )
                 if isinstance(parsed, m.Rejected):
                     entry.rejected = parsed
                 else:
@@ -854,7 +935,12 @@ class StreamConsumer:
                 entries.append(entry)
         candidates = [e for e in entries if e.row is not None]
         if candidates:
-            valid, rejected = m.validate_batch([e.row for e in candidates])  # type: ignore[misc]
+            # Repeated ids are judged in ``_features``, in offset order, within and across
+            # batches alike (RecentIds).
+            valid, rejected = m.validate_batch(
+                [e.row for e in candidates],  # type: ignore[misc]
+                dedupe=False,
+            )
             for entry, tx in zip(candidates, valid, strict=True):
                 if tx is None:
                     entry.row = None
@@ -867,26 +953,57 @@ class StreamConsumer:
     def _features(
         self, entries: list[_Entry]
     ) -> tuple[list[_Entry], list[dict[str, float]], list[_Entry]]:
-        """Advance each partition's state; returns (to score, their features, to dead-letter)."""
+        """Advance each partition's state; returns (to score, their features, to dead-letter).
+
+        The skew rule: a transaction more than ``max_event_time_skew_s`` plus the log clock's
+        advance (``_too_far_ahead``) beyond its partition's event time is dead-lettered and
+        moves nothing. Messages re-read for state only obey it too, so a restart rebuilds the
+        same state."""
         to_score: list[_Entry] = []
         features: list[dict[str, float]] = []
         dead: list[_Entry] = []
         self._dirty = True
-        replayed = 0
+        replayed = repeats = 0
+        skew = self.config.max_event_time_skew_s
+        # Record timestamps later than this count only up to it: a forged one opens nothing.
+        wall_ms = int(time.time() * 1000)
         for e in entries:
             state = self.router.partitions[e.partition]
             silent = e.offset < state.silent_until
             state.next_offset = e.offset + 1
             replayed += silent
+            last = state.last_ts
+            if e.row is not None and last is not None and e.epoch - last > skew:
+                e.rejected = self._too_far_ahead(state, e, min(e.timestamp_ms, wall_ms))
+                if e.rejected is not None:
+                    e.row = None
+            if e.row is not None:
+                digest = transaction_digest(e.row)
+                seen = state.recent_ids.check(e.row[c.TRANSACTION_ID], digest)
+                if seen == REPEAT:
+                    # Decided already (a producer's retry, a re-sent file): skipped, counted.
+                    repeats += not silent
+                    continue
+                if seen == CONFLICT:
+                    e.rejected = m.Rejected(
+                        m.DUPLICATE_TRANSACTION_ID,
+                        f"{c.TRANSACTION_ID}: {e.row[c.TRANSACTION_ID]!r} was decided before "
+                        "with other content",
+                    )
+                    e.row = None
             if e.row is None:
                 if not silent:
                     dead.append(e)
                 continue
             row = e.row
+            if last is None or e.epoch > last or state.last_log_ms is None:
+                # The log time at which the partition's event time reached its newest value.
+                state.last_log_ms = min(e.timestamp_ms, wall_ms)
             state.advance_to(e.epoch)
             feats = state.engine.update(
                 row[c.CUSTOMER_ID], row[c.TERMINAL_ID], e.epoch, row[c.AMOUNT]
             )
+            state.recent_ids.add(row[c.TRANSACTION_ID], digest)
             if not silent:
                 to_score.append(e)
                 features.append(feats)
@@ -897,7 +1014,49 @@ class StreamConsumer:
             self.metrics.replayed_for_state.inc(replayed)
         if len(entries) > replayed:
             self.metrics.consumed.inc(len(entries) - replayed)
+        if repeats:
+            self.summary.repeats_skipped += repeats
+            self.metrics.repeats_skipped.inc(repeats)
+        self._report_dropped_labels()
         return to_score, features, dead
+
+    def _report_dropped_labels(self) -> None:
+        """Export labels refused by full pending heaps (PartitionState.max_pending_labels)."""
+        dropped = sum(s.labels_dropped for s in self.router.partitions.values())
+        new = dropped - self._labels_dropped_seen
+        self._labels_dropped_seen = dropped
+        if new <= 0:
+            return  # (a revoked partition takes its count along)
+        self.metrics.labels_dropped.inc(new)
+        now = time.monotonic()
+        if now - self._last_dropped_log >= 10:
+            self._last_dropped_log = now
+            log.error(
+                "%d label(s) refused: a partition holds its maximum of labels not yet "
+                "available; their terminals' features will miss them",
+                new,
+            )
+
+    def _too_far_ahead(self, state: PartitionState, e: _Entry, log_ms: int) -> m.Rejected | None:
+        """Why ``e`` may not move ``state``'s event time (``last_ts``) forward by as much as it
+        does, or None. The allowance is the skew plus how far the log clock moved from the
+        newest accepted transaction (``last_log_ms``) to ``e``'s ``log_ms``, so a producer
+        outage longer than the skew cannot dead-letter everything after it. A restored state
+        without a log time starts the log clock at ``e``."""
+        assert state.last_ts is not None and e.row is not None
+        if state.last_log_ms is None:
+            state.last_log_ms = log_ms
+        skew = self.config.max_event_time_skew_s
+        log_advance_s = max(0, log_ms - state.last_log_ms) / 1000
+        ahead = e.epoch - state.last_ts
+        if ahead <= skew + log_advance_s:
+            return None
+        return m.Rejected(
+            m.TIMESTAMP_OUT_OF_RANGE,
+            f"{c.TIMESTAMP}: {e.row[c.TIMESTAMP]} is {ahead:,} s ahead of the partition's event "
+            f"time {m.iso_from_epoch(state.last_ts)}, beyond the limit of {skew:,.0f} s "
+            f"(--max-event-time-skew) plus {log_advance_s:,.3f} s the log clock moved since",
+        )
 
     # -- scoring -----------------------------------------------------------------------------
     def _score_with_hold(
@@ -1215,22 +1374,7 @@ class StreamConsumer:
             self._count_decisions(scored, counts, len(entries), correction)
         for e in dead:
             assert e.rejected is not None
-            futures.append(
-                producer.send(
-                    topics.dead_letter,
-                    key=e.key,
-                    value=m.dead_letter(
-                        e.rejected,
-                        topic=topics.transactions,
-                        partition=e.partition,
-                        offset=e.offset,
-                        timestamp_ms=e.timestamp_ms,
-                        key=e.key,
-                        value=e.value,
-                        group_id=cfg.group_id,
-                    ),
-                )
-            )
+            futures.append(self._send_dead_letter(e, e.rejected, cfg.dead_letter_max_payload_bytes))
             self.metrics.dead_lettered.labels(e.rejected.kind).inc()
         self.summary.dead_lettered += len(dead)
         return futures
@@ -1261,11 +1405,53 @@ class StreamConsumer:
         self.summary.decided += n
         self.summary.alerts += counts[c.REVIEW] + counts[c.BLOCK]
 
+    def _send_dead_letter(
+        self, e: _Entry, rejected: m.Rejected, max_payload_bytes: int
+    ) -> _DeadLetterSend:
+        """Send ``e``'s dead letter; a refusal of this very record (see ``_refused_for_itself``)
+        raised by ``send()`` is kept for ``_await_acks``, like one that fails the future."""
+        topics = self.config.topics
+        value = m.dead_letter(
+            rejected,
+            topic=topics.transactions,
+            partition=e.partition,
+            offset=e.offset,
+            timestamp_ms=e.timestamp_ms,
+            key=e.key,
+            value=e.value,
+            group_id=self.config.group_id,
+            max_payload_bytes=max_payload_bytes,
+        )
+        # Keyed like the original (one customer's dead letters stay in order) unless that key
+        # is what a payload cap cuts.
+        key = e.key if e.key is None or len(e.key) <= max_payload_bytes else None
+        try:
+            return _DeadLetterSend(e, self._producer.send(topics.dead_letter, key=key, value=value))
+        except Exception as err:
+            if not _refused_for_itself(err):
+                raise
+            return _DeadLetterSend(e, error=err)
+
     def _await_acks(self, futures: list[Any]) -> None:
+        """Wait for every output of the batch to be acknowledged; raise if one is not, except
+        a dead letter refused for itself (too large, invalid record): that one is replaced by
+        a dead letter without the original bytes, so one message can never stop the consumer.
+        A failure that is not about the record (broker unreachable, topic missing, not
+        authorised) raises: nothing of the batch is committed, the restart decides it again."""
         if not futures:
             return
         self._producer.flush(timeout=60)
-        failed = [fut for fut in futures if not fut.is_done or fut.failed()]
+        outputs: list[Any] = []
+        replaced = False
+        for fut in futures:
+            if isinstance(fut, _DeadLetterSend):
+                refusal = fut.refusal()
+                replaced |= refusal is not None
+                fut = fut.future if refusal is None else self._send_bare_dead_letter(fut, refusal)
+            outputs.append(fut)
+        if replaced:
+            self._producer.flush(timeout=60)
+        failed = [fut for fut in outputs if not fut.is_done or fut.failed()]
         if failed:
             first = failed[0].exception if failed[0].is_done else "no answer within 60 s"
             # Not committing is not enough: the state already moved past this batch. Stop; the
@@ -1274,6 +1460,32 @@ class StreamConsumer:
                 f"{len(failed)} of {len(futures)} output messages not acknowledged by "
                 f"{self.config.bootstrap_servers}: {first}"
             )
+
+    def _send_bare_dead_letter(self, refused: _DeadLetterSend, refusal: BaseException) -> Any:
+        """Send a dead letter without the original key and value (their sizes and sha256 stay)
+        in place of ``refused``; returns its future."""
+        e = refused.entry
+        assert e.rejected is not None
+        log.error(
+            "dead letter of %s[%d]@%d refused (%s: %s); sending it without the original bytes",
+            self.config.topics.transactions,
+            e.partition,
+            e.offset,
+            type(refusal).__name__,
+            refusal,
+        )
+        bare = m.Rejected(
+            e.rejected.kind,
+            f"original bytes left out (the dead letter with them was refused: "
+            f"{type(refusal).__name__}); {e.rejected.reason}",
+        )
+        sent = self._send_dead_letter(e, bare, max_payload_bytes=0)
+        if sent.error is not None:
+            raise RuntimeError(
+                f"dead letter of {self.config.topics.transactions}[{e.partition}]@{e.offset} "
+                f"refused even without the original bytes: {sent.error}"
+            ) from sent.error
+        return sent.future
 
     def _commit(self, records: dict[Any, list[Any]]) -> bool:
         """Send the offsets after ``records`` (their outputs are acknowledged); False if they

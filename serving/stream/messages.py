@@ -5,26 +5,32 @@
 * labels: transaction_id, terminal_id, customer_id, timestamp, is_fraud, label_available_at,
   key = terminal_id;
 * decisions / alerts: ``DecisionFields`` below, key = transaction_id;
-* dead letters: ``DeadLetterFields`` below, with the original bytes in base64.
+* dead letters: ``DeadLetterFields`` below, with the original bytes in base64 up to a cap
+  (``DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES``), their full size and sha256.
 
 Validation of transactions reuses ``components.dataio.validate_frame`` on each poll batch, so a
-streamed transaction is accepted exactly when a row of a raw file would be.
+streamed transaction is accepted exactly when a row of a raw file would be (within the same
+bounds: ``contract.MAX_AMOUNT``, ``contract.MIN_TIMESTAMP``..``contract.MAX_TIMESTAMP``).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from components import contract as c
+
+if TYPE_CHECKING:
+    from components.dataio import RowError
 
 
 class DecisionFields:
@@ -53,8 +59,17 @@ class DeadLetterFields:
     SOURCE_PARTITION = "source_partition"
     SOURCE_OFFSET = "source_offset"
     SOURCE_TIMESTAMP_MS = "source_timestamp_ms"
+    # The original key and value: base64 of at most the first ``max_payload_bytes`` bytes, the
+    # full size, the sha256 of all of it (hex) and whether the base64 holds less than that.
+    # All None (truncated False) for a null key or value.
     KEY_B64 = "key_b64"
+    KEY_SIZE = "key_size"
+    KEY_SHA256 = "key_sha256"
+    KEY_TRUNCATED = "key_truncated"
     VALUE_B64 = "value_b64"
+    VALUE_SIZE = "value_size"
+    VALUE_SHA256 = "value_sha256"
+    VALUE_TRUNCATED = "value_truncated"
     CONSUMER_GROUP = "consumer_group"
     DEAD_LETTERED_AT = "dead_lettered_at"
 
@@ -64,8 +79,32 @@ MALFORMED_JSON = "malformed_json"
 NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 INVALID_VALUE = "invalid_value"
+# An event time outside the contract's range, or too far ahead of its partition's event time.
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+# Key plus value above the consumer's maximum: dead-lettered without being decoded.
+MESSAGE_TOO_LARGE = "message_too_large"
+DUPLICATE_TRANSACTION_ID = "duplicate_transaction_id"
 MODEL_REJECTED = "model_rejected"
-REASON_KINDS = (MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, INVALID_VALUE, MODEL_REJECTED)
+REASON_KINDS = (
+    MALFORMED_JSON,
+    NOT_AN_OBJECT,
+    MISSING_FIELD,
+    INVALID_VALUE,
+    TIMESTAMP_OUT_OF_RANGE,
+    MESSAGE_TOO_LARGE,
+    DUPLICATE_TRANSACTION_ID,
+    MODEL_REJECTED,
+)
+
+# Largest transactions-topic message (key plus value bytes) the consumer decodes. Apache Kafka's
+# default message.max.bytes is ~1 MB; a transaction is a few hundred bytes.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+# Bytes of the original key and of the value a dead letter carries. Base64 makes 64 KiB into
+# ~87 KiB, so a dead letter with both stays far below the 1 MB a broker accepts by default; a
+# message that large is not a transaction anyway, and its sha256 identifies it in full.
+DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES = 64 * 1024
+# A reason quotes the offending value: bounded too, or a huge field would make a huge reason.
+MAX_REASON_CHARS = 1000
 
 LABEL_FIELDS: tuple[str, ...] = (
     c.TRANSACTION_ID,
@@ -130,7 +169,7 @@ class Transaction:
 
 
 def validate_batch(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]], dedupe: bool = True
 ) -> tuple[list[Transaction | None], dict[int, Rejected]]:
     """Validate parsed transactions with the raw-data rules of ``components.dataio``.
 
@@ -138,8 +177,10 @@ def validate_batch(
     Rows already in the canonical wire form (what the replay and any well-behaved producer
     send) are checked by a fast path that accepts a strict subset of what ``validate_frame``
     accepts; every other row is decided by ``validate_frame`` itself, so the verdicts and
-    reasons are those of a raw file. Within a batch, the first valid occurrence of a
-    transaction id wins and later ones are rejected as duplicates, as in a raw file.
+    reasons are those of a raw file. With ``dedupe``, the first valid occurrence of a
+    transaction id within the batch wins and later ones are rejected as duplicates, as in a raw
+    file (the scoring consumer judges repeats itself, across batches, see
+    serving.stream.state.RecentIds).
     """
     out: list[Transaction | None] = [None] * len(rows)
     slow: list[int] = []
@@ -152,6 +193,12 @@ def validate_batch(
     rejected: dict[int, Rejected] = {}
     if slow:
         _validate_with_dataio(rows, slow, out, rejected)
+    if dedupe:
+        _reject_repeated_ids(out, rejected)
+    return out, rejected
+
+
+def _reject_repeated_ids(out: list[Transaction | None], rejected: dict[int, Rejected]) -> None:
     first_seen: dict[str, int] = {}
     for i, tx in enumerate(out):
         if tx is None:
@@ -165,7 +212,6 @@ def validate_batch(
             )
         else:
             first_seen[tid] = i + 1
-    return out, rejected
 
 
 _CANONICAL_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -179,13 +225,13 @@ def _fast_path(row: dict[str, Any]) -> Transaction | None:
         if type(value) is not str or not value.strip():
             return None
     amount = row[c.AMOUNT]
-    if type(amount) not in (float, int) or not 0 <= amount < math.inf:
+    if type(amount) not in (float, int) or not 0 <= amount <= c.MAX_AMOUNT:
         return None
     try:
         epoch = _canonical_epoch(row[c.TIMESTAMP])
     except ValueError:
         return None  # e.g. month 13: let validate_frame word the rejection
-    if epoch is None:
+    if epoch is None or not c.MIN_TIMESTAMP <= epoch < c.MAX_TIMESTAMP:
         return None
     return Transaction({f: row[f] for f in c.LIVE_FIELDS} | {c.AMOUNT: float(amount)}, epoch)
 
@@ -218,11 +264,11 @@ def _validate_with_dataio(
         )
         frame["batch_index"] = batch
         clean, errors = validate_frame(frame, _BATCH_PATH, require_label=False)
-        reasons: dict[int, list[str]] = {}
+        by_position: dict[int, list[RowError]] = {}
         for err in errors:
-            reasons.setdefault(batch[err.row - 1], []).append(f"{err.field}: {err.reason}")
-        for pos, why in reasons.items():
-            rejected[pos] = Rejected(INVALID_VALUE, "; ".join(why))
+            by_position.setdefault(batch[err.row - 1], []).append(err)
+        for pos, errs in by_position.items():
+            rejected[pos] = _rejection(errs)
         if len(clean):
             epochs = epoch_seconds(clean[c.TIMESTAMP]).tolist()
             texts = format_timestamps(clean[c.TIMESTAMP]).tolist()
@@ -230,6 +276,28 @@ def _validate_with_dataio(
             for k, pos in enumerate(clean["batch_index"].tolist()):
                 row = records[k] | {c.TIMESTAMP: texts[k], c.AMOUNT: float(records[k][c.AMOUNT])}
                 out[pos] = Transaction(row, int(epochs[k]))
+
+
+def _rejection(errors: list[RowError]) -> Rejected:
+    """One row's ``validate_frame`` errors as a rejection: an event time out of range is its own
+    kind when it is the row's only problem."""
+    time_only = all(e.field == c.TIMESTAMP and e.out_of_range for e in errors)
+    return Rejected(
+        TIMESTAMP_OUT_OF_RANGE if time_only else INVALID_VALUE,
+        "; ".join(f"{e.field}: {e.reason}" for e in errors),
+    )
+
+
+def oversized(key: bytes | None, value: bytes | None, max_bytes: int) -> Rejected | None:
+    """The rejection of a message whose key plus value exceed ``max_bytes``, else None."""
+    size = len(key or b"") + len(value or b"")
+    if size <= max_bytes:
+        return None
+    return Rejected(
+        MESSAGE_TOO_LARGE,
+        f"message of {size:,} bytes (key and value) is above the maximum of {max_bytes:,} "
+        "bytes (--max-message-bytes); not decoded",
+    )
 
 
 def transaction_message(row: dict[str, Any]) -> bytes:
@@ -315,11 +383,11 @@ def _canonical_epoch(text: Any) -> int | None:
     day = _DAY_CACHE.get(text[:10])
     if day is None:
         try:
-            day = _DAY_CACHE[text[:10]] = int(
-                datetime.fromisoformat(text[:10] + "T00:00:00+00:00").timestamp()
-            )
+            day = int(datetime.fromisoformat(text[:10] + "T00:00:00+00:00").timestamp())
         except ValueError as err:
             raise ValueError(f"unparsable timestamp {text!r}") from err
+        if c.MIN_TIMESTAMP <= day < c.MAX_TIMESTAMP:  # bounds the cache to the valid days
+            _DAY_CACHE[text[:10]] = day
     hh, mm, ss = int(text[11:13]), int(text[14:16]), int(text[17:19])
     if hh > 23 or mm > 59 or ss > 59:
         raise ValueError(f"unparsable timestamp {text!r}")
@@ -340,22 +408,42 @@ def dead_letter(
     key: bytes | None,
     value: bytes | None,
     group_id: str,
+    max_payload_bytes: int = DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES,
 ) -> bytes:
+    """A dead-letter value: why, where from, and the original key and value (see
+    ``DeadLetterFields``), each cut to ``max_payload_bytes`` (0: sizes and hashes only)."""
     f = DeadLetterFields
+    reason = rejected.reason
+    if len(reason) > MAX_REASON_CHARS:
+        reason = f"{reason[:MAX_REASON_CHARS]}... ({len(reason):,} characters)"
     return encode(
         {
-            f.REASON: rejected.reason,
+            f.REASON: reason,
             f.REASON_KIND: rejected.kind,
             f.SOURCE_TOPIC: topic,
             f.SOURCE_PARTITION: partition,
             f.SOURCE_OFFSET: offset,
             f.SOURCE_TIMESTAMP_MS: timestamp_ms,
-            f.KEY_B64: None if key is None else base64.b64encode(key).decode("ascii"),
-            f.VALUE_B64: None if value is None else base64.b64encode(value).decode("ascii"),
+            **_payload_fields(key, max_payload_bytes, f.KEY_B64, f.KEY_SIZE, f.KEY_SHA256),
+            **_payload_fields(value, max_payload_bytes, f.VALUE_B64, f.VALUE_SIZE, f.VALUE_SHA256),
+            f.KEY_TRUNCATED: key is not None and len(key) > max_payload_bytes,
+            f.VALUE_TRUNCATED: value is not None and len(value) > max_payload_bytes,
             f.CONSUMER_GROUP: group_id,
             f.DEAD_LETTERED_AT: now_iso(),
         }
     )
+
+
+def _payload_fields(
+    data: bytes | None, max_bytes: int, b64: str, size: str, sha256: str
+) -> dict[str, Any]:
+    if data is None:
+        return {b64: None, size: None, sha256: None}
+    return {
+        b64: base64.b64encode(data[:max_bytes]).decode("ascii"),
+        size: len(data),
+        sha256: hashlib.sha256(data).hexdigest(),
+    }
 
 
 def _plain(value: Any) -> Any:

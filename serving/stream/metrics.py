@@ -22,6 +22,7 @@ REPLAYED_FOR_STATE = PREFIX + "replayed_for_state"
 SCORING_FAILURES = PREFIX + "scoring_failures"
 HOLD_BOUND_EXCEEDED = PREFIX + "hold_bound_exceeded"
 NONFINITE_SCORES = PREFIX + "nonfinite_scores"
+REPEATS_SKIPPED = PREFIX + "repeats_skipped"
 FALLBACK_DECISIONS = PREFIX + "fallback_decisions"
 CORRECTIONS = PREFIX + "corrections"
 COMMITS = PREFIX + "commits"
@@ -157,6 +158,11 @@ class StreamMetrics:
         self.nonfinite_scores = Counter(
             NONFINITE_SCORES,
             "Scores that were no finite number, decided with the fail-safe decision",
+            registry=r,
+        )
+        self.repeats_skipped = Counter(
+            REPEATS_SKIPPED,
+            "Identical re-sends of a transaction id decided before, skipped",
             registry=r,
         )
         self.fallback_decisions = Counter(
