@@ -53,6 +53,10 @@ DEFAULT_LABEL_DELAY_DAYS = 7
 # float64 window sums stay finite and exact to the cent up to 10,000 such amounts in a window
 # (two amounts of 1e308 would sum to inf).
 MAX_AMOUNT = 1e9
+# Longest id (transaction, customer, terminal), in characters. Card networks' ids are tens of
+# characters; the bound keeps one transaction's decision message far below the 1 MB a Kafka
+# broker accepts by default, so no accepted transaction can make an output the broker refuses.
+MAX_ID_CHARS = 256
 # Valid event times: [MIN_TIMESTAMP, MAX_TIMESTAMP), epoch seconds UTC. One stray year 9999
 # transaction would move a partition's event time past every window and label delay at once;
 # the range keeps every accepted time inside pandas' datetime64[ns] range (1677-2262) and the

@@ -152,7 +152,15 @@ def validate_frame(
         col = df[field]
         empty = col.isna().to_numpy() | (col.astype(str).str.strip() == "").to_numpy()
         flag(empty, field, lambda i: "empty")
-        out[field] = col.astype(str)
+        text = col.astype(str)
+        flag(
+            (text.str.len() > c.MAX_ID_CHARS).to_numpy() & ~empty,
+            field,
+            lambda i, text=text: (
+                f"{len(text.iloc[i]):,} characters, above the maximum {c.MAX_ID_CHARS}"
+            ),
+        )
+        out[field] = text
 
     ts = _parse_timestamps(df[c.TIMESTAMP]).dt.floor("s")
     unparsed = ts.isna().to_numpy()

@@ -155,6 +155,30 @@ def _assert_same(stream: Verdict, frame: Verdict, what: str) -> None:
         assert stream.epoch == frame.epoch, what
 
 
+IDS: list[tuple[Any, str]] = [
+    ("x" * c.MAX_ID_CHARS, OK),
+    ("x" * (c.MAX_ID_CHARS + 1), INVALID),
+    ("é" * c.MAX_ID_CHARS, OK),  # characters, not bytes
+    (" " * (c.MAX_ID_CHARS + 1), INVALID),
+    ("  T1  ", OK),
+]
+
+
+@pytest.mark.parametrize("field", [c.TRANSACTION_ID, c.CUSTOMER_ID, c.TERMINAL_ID])
+def test_stream_and_validate_frame_agree_on_id_lengths(field: str) -> None:
+    rows = [_tx(f"T{i}") | {field: value} for i, (value, _) in enumerate(IDS)]
+    together_stream, together_frame = _stream_verdicts(rows), _frame_verdicts(rows)
+    for i, (value, expect) in enumerate(IDS):
+        what = f"{field} of {len(value)} characters"
+        alone_stream, alone_frame = _stream_verdicts([rows[i]])[0], _frame_verdicts([rows[i]])[0]
+        for stream in (alone_stream, together_stream[i]):
+            for frame in (alone_frame, together_frame[i]):
+                _assert_same(stream, frame, what)
+        assert alone_stream.accepted == (expect == OK), what
+        if expect != OK:
+            assert alone_stream.kind == m.INVALID_VALUE, what
+
+
 @pytest.mark.parametrize("field", [c.AMOUNT, c.TIMESTAMP])
 def test_stream_and_validate_frame_agree_on_the_bounds(field: str) -> None:
     """Each boundary value alone and all of them in one batch: the stream accepts exactly what

@@ -222,7 +222,7 @@ def _fast_path(row: dict[str, Any]) -> Transaction | None:
     """The row if it is valid in the canonical form, else None (undecided, not rejected)."""
     for f in c.STRING_FIELDS:
         value = row[f]
-        if type(value) is not str or not value.strip():
+        if type(value) is not str or not value.strip() or len(value) > c.MAX_ID_CHARS:
             return None
     amount = row[c.AMOUNT]
     if type(amount) not in (float, int) or not 0 <= amount <= c.MAX_AMOUNT:
