@@ -469,6 +469,9 @@ class StreamConsumer:
         self._consumer.resume(*assigned)
         if new and self._labels is not None:
             self._labels.rewind()
+            # The re-read is part of taking the partitions over, as restoring their snapshots
+            # is: the first batch's barrier then reads only the labels appended since.
+            self._labels.drain()
         self.metrics.assigned_partitions.set(len(assigned))
         # Everything alive now (modules, clients, restored engines) lives as long as the process:
         # collected once and frozen, see GcPolicy.
