@@ -336,9 +336,6 @@ def our_consumer(
 
 def relay(bootstrap: str, source: str, sink: str, group_id: str) -> None:
     """The raw pipe as its own process, until SIGTERM: the latency ceiling of (1)."""
-    from serving.stream.kafka_config import install_fast_crc32c
-
-    install_fast_crc32c()
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     consumer, producer = _pipe_clients(bootstrap, source, group_id, 1000)
@@ -583,11 +580,8 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     from serving.client import ModelClient
     from serving.stream.broker import EmbeddedBroker
-    from serving.stream.kafka_config import install_fast_crc32c
     from serving.stream.replay import replay_frame
 
-    # Process-wide: the ceiling and the per-message design get the same C checksums.
-    install_fast_crc32c()
     fx = _tests_on_path()
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:

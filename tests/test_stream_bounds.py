@@ -42,7 +42,7 @@ from components.dataio import format_timestamps, validate_frame
 from components.features.batch import epoch_seconds as batch_epoch_seconds
 from components.features.stream import StreamingFeatureEngine
 from serving.stream import messages as m
-from serving.stream.consumer import ConsumerConfig, KeyPartitioner
+from serving.stream.consumer import ConsumerConfig
 from serving.stream.messages import DeadLetterFields as F
 
 DAY = c.SECONDS_PER_DAY
@@ -282,7 +282,9 @@ def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, int 
 
 def _partition_of(customer: str, partitions: int = 3) -> int:
     """Kafka's default partition of a customer's transactions (murmur2 of the key)."""
-    return KeyPartitioner.key_hash(customer.encode()) % partitions
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(customer.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _dead_by_id(dead: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

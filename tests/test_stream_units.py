@@ -23,7 +23,7 @@ from components.statefile import StateFileError
 from serving.stream import messages as m
 from serving.stream import state as st
 from serving.stream.dataset import ConsumedDataset, load_consumed
-from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
+from serving.stream.kafka_config import KafkaSecurity, client_config
 from serving.stream.metrics import PREFIX, StreamMetrics
 from serving.stream.scoring import (
     METADATA_FILE,
@@ -535,15 +535,6 @@ def test_kafka_security_settings() -> None:
         KafkaSecurity(security_protocol="SASL_SSL", sasl_mechanism="PLAIN")
 
 
-def test_fast_crc32c_matches_kafka_python() -> None:
-    from kafka.record import default_records
-    from kafka.record._crc32c import crc as pure_python
-
-    assert install_fast_crc32c()
-    data = bytes(range(256)) * 300
-    assert default_records.calc_crc32c(memoryview(data)) == pure_python(memoryview(data))
-
-
 def test_metric_names_are_prefixed_and_exposed() -> None:
     from prometheus_client import generate_latest
 
@@ -714,21 +705,6 @@ def test_gc_pause_log_names_the_generation_of_a_long_collection(caplog) -> None:
 
 
 # --- hot-path pieces ----------------------------------------------------------------------------
-
-
-def test_murmur2_equals_kafka_python_for_every_tail_length() -> None:
-    import random
-
-    from kafka.partitioner.default import murmur2 as reference
-
-    from serving.stream.consumer import KeyPartitioner, murmur2
-
-    rng = random.Random(7)
-    for length in range(70):
-        for _ in range(50):
-            key = bytes(rng.randrange(256) for _ in range(length))
-            assert murmur2(key) == reference(key), key
-            assert KeyPartitioner.key_hash(key) == reference(key) & 0x7FFFFFFF
 
 
 def test_streaming_features_come_out_in_the_contract_order() -> None:

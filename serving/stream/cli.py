@@ -367,9 +367,8 @@ def add_subcommands(subparsers: Any) -> None:
         "--labels-fetch-max-wait-ms",
         type=int,
         default=ConsumerConfig.labels_fetch_max_wait_ms,
-        help="the longest the broker may hold a fetch: the labels reader's wait starts at 1 ms "
-        "and the batch fetch's at --fetch-max-wait-ms, and each doubles only while the broker "
-        "answers a partition that is behind with nothing",
+        help="longest the broker may hold a labels fetch (the labels barrier waits for it when "
+        "labels arrive; latency on Tansu as for --fetch-max-wait-ms)",
     )
     con.add_argument(
         "--slow-batch-ms",

@@ -2,10 +2,9 @@
 
 One loop iteration handles one batch:
 
-1. ONE Fetch request reads the owned transactions partitions and then the labels topic up to
-   its end (every instance reads all labels, outside the group): the labels barrier and the
-   batch in one round trip. The group consumer keeps the membership, rebalances and commits,
-   every partition paused; the loop fetches itself, and only when it is ready for a batch;
+1. poll the group consumer for up to a batch of the owned transactions partitions, then read
+   the labels topic up to its end as of after that poll (every instance reads all labels,
+   outside the group): the labels barrier, see serving.stream.labels;
 2. parse and validate each transaction; bad ones go to the dead-letter topic with the reason,
    the original bytes and where they came from;
 3. per partition, in offset order: apply the labels available by the transaction's time, then
@@ -29,7 +28,6 @@ import contextlib
 import gc
 import logging
 import math
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,14 +39,8 @@ from components.settings import Topics
 from serving.stream import messages as m
 from serving.stream.dataset import ConsumedDataset
 from serving.stream.health import ConsumerHealth
-from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
-from serving.stream.labels import (
-    BarrierFetcher,
-    FetchWait,
-    LabelFeed,
-    Message,
-    OffsetOutOfRange,
-)
+from serving.stream.kafka_config import KafkaSecurity, client_config, has_c_crc32c
+from serving.stream.labels import LabelFeed, partitions_of
 from serving.stream.metrics import StreamMetrics
 from serving.stream.scoring import Scored, Scorer, ScoringUnavailable
 from serving.stream.state import (
@@ -119,17 +111,17 @@ class ConsumerConfig:
     fsync_snapshots: bool = True
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
-    # How long the broker may hold a fetch. Apache Kafka answers as soon as data is there, but
-    # Tansu reads once and, finding nothing, sleeps the whole fetch.max.wait.ms and answers
-    # empty: a record arriving meanwhile waits out the hold and the next fetch, so on Tansu
-    # this wait is latency (a probe consumer's delivery p99 was 54 ms at 100 ms and 10 ms at
-    # 20 ms). A fetch that finds records is answered at once (median 3.8 ms at 500 tx/s).
+    # How long the broker may hold a transactions fetch. Apache Kafka answers as soon as data
+    # is there, but Tansu reads once and, finding nothing, sleeps the whole fetch.max.wait.ms
+    # and answers empty: a record arriving meanwhile waits out the hold and the next fetch, so
+    # on Tansu this wait is latency (a probe consumer's delivery p99 was 54 ms at 100 ms and
+    # 10 ms at 20 ms). A fetch that finds records is answered at once (median 3.8 ms at
+    # 500 tx/s). Tansu also answers empty when finding the offset takes longer than the wait
+    # (partitions of very many small batches): below ~5 ms it starts doing so. On Apache Kafka,
+    # raise it to save idle fetches.
     fetch_max_wait_ms: int = 10
-    # The longest the broker may hold a fetch. The labels reader asks for 1 ms and the batch
-    # fetch for fetch_max_wait_ms; each doubles only while Tansu answers a partition that is
-    # behind with nothing (its scan for the offset outlasted the wait), see
-    # serving.stream.labels.FetchWait.
-    labels_fetch_max_wait_ms: int = 500
+    # The same for the labels reader's fetch (the barrier waits for it when labels arrive).
+    labels_fetch_max_wait_ms: int = 10
     # A poll plus batch taking this long is logged with the time of each stage.
     slow_batch_s: float = 1.0
     # Seconds between full garbage collections, see GcPolicy. Each one stops the loop for the
@@ -378,64 +370,6 @@ class _StageClock:
         return ", ".join([*parts, f"total {self.total() * 1000:.0f} ms"])
 
 
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-_WORDS: dict[int, struct.Struct] = {}
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of ``data`` (what its Java and kafka-python clients hash keys with),
-    equal to ``kafka.partitioner.default.murmur2`` but reading the key a word at a time: 2 us
-    instead of 4.5 us, once per decision."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    n4 = length >> 2
-    if n4:
-        words = _WORDS.get(n4)
-        if words is None:
-            words = _WORDS[n4] = struct.Struct(f"<{n4}I")
-        for k in words.unpack_from(data):
-            k = (k * _M) & _MASK
-            k = ((k ^ (k >> 24)) * _M) & _MASK
-            h = ((h * _M) & _MASK) ^ k
-    tail = length & 3
-    if tail:
-        i = length - tail
-        if tail == 3:
-            h ^= data[i + 2] << 16
-        if tail >= 2:
-            h ^= data[i + 1] << 8
-        h = ((h ^ data[i]) * _M) & _MASK
-    h = ((h ^ (h >> 13)) * _M) & _MASK
-    return h ^ (h >> 15)
-
-
-class KeyPartitioner:
-    """Kafka's default keyed partitioning (murmur2 of the key), computed here with the
-    partition counts cached: kafka-python's own per-send partitioner path (metadata lookups
-    for every record) cost a quarter of each send. The hash is taken once per key
-    (``key_hash``) and reused for every topic the record goes to (decisions and alerts)."""
-
-    REFRESH_S = 60.0  # pick up added partitions within a minute
-
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
-        self._counts: dict[str, tuple[int, float]] = {}
-
-    @staticmethod
-    def key_hash(key: bytes) -> int:
-        return murmur2(key) & 0x7FFFFFFF
-
-    def partition(self, topic: str, key_hash: int) -> int:
-        cached = self._counts.get(topic)
-        if cached is None or time.monotonic() - cached[1] > self.REFRESH_S:
-            parts = self._producer.partitions_for(topic)
-            if not parts:
-                raise RuntimeError(f"topic {topic!r} has no partitions (create the topics first)")
-            cached = self._counts[topic] = (len(parts), time.monotonic())
-        return key_hash % cached[0]
-
-
 class StreamConsumer:
     """Owns the Kafka clients and the per-partition state; ``run()`` until stopped or done."""
 
@@ -470,7 +404,6 @@ class StreamConsumer:
         self._warned_delay: set[int] = set()
         self._consumer: Any = None
         self._producer: Any = None
-        self._partitioner: KeyPartitioner | None = None
         self._gc = GcPolicy(config.gc_full_interval_s)
         self.health = ConsumerHealth()
         # Fallback-decided transactions awaiting their re-score, per partition in offset order
@@ -490,16 +423,9 @@ class StreamConsumer:
         # Set by the rebalance callback, applied by the loop right after poll() returns:
         # kafka-python 3 runs callbacks on its IO thread, where blocking calls are not allowed.
         self._pending_assignment: set[Any] | None = None
-        # The loop fetches the transactions itself (see ``_fetch``); the group consumer only
-        # keeps the membership, rebalances and commits, every partition paused. Per owned
-        # partition: the next offset to fetch, the records fetched but not yet handed out (a
-        # fetch can bring more than a batch) and the high watermark of the last answer.
+        # Per owned partition: the next offset to read, i.e. where it was restored to, then
+        # past the last record polled (sought again at each assignment; the lag's position).
         self._positions: dict[Any, int] = {}
-        self._buffered: dict[Any, list[Message]] = {}
-        self._highwater: dict[Any, int] = {}
-        # Tansu answers a partition it could not scan within the fetch wait with nothing (its
-        # in-memory store slows as a partition fills): raised while that happens.
-        self._fetch_wait = FetchWait(config.fetch_max_wait_ms, config.labels_fetch_max_wait_ms)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -525,10 +451,10 @@ class StreamConsumer:
         from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 
         cfg = self.config
-        if not install_fast_crc32c():
+        if not has_c_crc32c():
             log.warning(
-                "no C CRC-32C implementation: kafka-python checksums in pure Python, which "
-                "costs a large share of the throughput (install the `crc32c` package)"
+                "the crc32c package is not installed: kafka-python checksums every record batch "
+                "in pure Python, which costs a large share of the throughput (install the lock)"
             )
         common = client_config(cfg.bootstrap_servers, cfg.security)
         self._writer = SnapshotWriter(self.store)
@@ -544,26 +470,23 @@ class StreamConsumer:
             max_request_size=8 * 1024 * 1024,
             metrics_enabled=False,
         )
-        self._partitioner = KeyPartitioner(self._producer)
-        # Never assigned anything, so it never fetches by itself: the labels barrier sends its
-        # own Fetch requests over this client's connections (see serving.stream.labels).
-        labels_client = KafkaConsumer(**common, group_id=None, metrics_enabled=False)
         self._labels = LabelFeed(
-            BarrierFetcher(labels_client, cfg.topics.labels),
+            common,
+            cfg.topics.labels,
             self.router,
             self.metrics,
             self._dataset,
-            max_wait_ms=cfg.labels_fetch_max_wait_ms,
+            fetch_max_wait_ms=cfg.labels_fetch_max_wait_ms,
         )
         if self.drift is not None:
             self._labels.on_labels = self.drift.add_labels
         self._labels.start()
-        # The transactions are fetched over the same client, in the labels' requests.
-        self._labels.fetcher.partitions(30.0, cfg.topics.transactions)
         self._consumer = KafkaConsumer(
             **common,
             group_id=cfg.group_id,
             enable_auto_commit=False,
+            # Every assigned partition is sought to its restored position; the reset applies to
+            # an offset out of range only, which ``_out_of_range`` reports.
             auto_offset_reset="earliest",
             max_poll_records=cfg.batch_size,
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,
@@ -573,6 +496,10 @@ class StreamConsumer:
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             metrics_enabled=False,
         )
+        topics = cfg.topics
+        for topic in (topics.transactions, topics.decisions, topics.alerts, topics.dead_letter):
+            # A clear error now rather than a send that blocks on metadata and then times out.
+            partitions_of(self._consumer, topic, 30.0)
         owner = self
 
         class _Listener(ConsumerRebalanceListener):
@@ -599,10 +526,7 @@ class StreamConsumer:
         for name, closer in (
             ("producer", lambda: self._producer and self._producer.close(timeout=30)),
             ("consumer", lambda: self._consumer and self._consumer.close(autocommit=False)),
-            (
-                "labels client",
-                lambda: self._labels and self._labels.fetcher.client.close(autocommit=False),
-            ),
+            ("labels clients", lambda: self._labels and self._labels.close()),
             ("dataset", lambda: self._dataset and self._dataset.close()),
             ("snapshot writer", lambda: self._writer and self._writer.close()),
             ("drift state", lambda: self.drift is not None and self.drift.save()),
@@ -632,7 +556,8 @@ class StreamConsumer:
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     def _on_assigned(self, assigned: Any) -> None:
-        # Paused before kafka-python's fetcher sees them: the loop fetches them itself.
+        # Paused until the loop has set their positions (``_apply_assignment``): kafka-python
+        # would otherwise start fetching them from the committed offsets.
         self._consumer.pause(*assigned)
         self.metrics.rebalances.inc()
         if self._in_batch:
@@ -640,8 +565,8 @@ class StreamConsumer:
         self._pending_assignment = set(assigned)
 
     def _apply_assignment(self) -> None:
-        """Restore state for newly assigned partitions and set their positions; partitions kept
-        across the rebalance keep theirs (and what was fetched for them)."""
+        """Restore state for newly assigned partitions, seek every assigned partition to where
+        its state goes on (partitions kept across the rebalance keep theirs) and resume them."""
         assigned, self._pending_assignment = self._pending_assignment or set(), None
         if self._dirty:
             # Feature updates that no commit covers: restore everything owned from snapshots.
@@ -651,8 +576,6 @@ class StreamConsumer:
         for tp in list(self._positions):
             if tp not in assigned or tp.partition not in self.router.partitions:
                 del self._positions[tp]
-                self._buffered.pop(tp, None)
-                self._highwater.pop(tp, None)
         for partition in [
             p for p in self.router.partitions if p not in {tp.partition for tp in assigned}
         ]:
@@ -663,8 +586,14 @@ class StreamConsumer:
             state.delivered_positions = dict(positions)
         for tp in new:
             self.router.partitions[tp.partition] = self._restore(tp)
+        for tp in assigned:
+            self._consumer.seek(tp, self._positions[tp])
+        self._consumer.resume(*assigned)
         if new and self._labels is not None:
             self._labels.rewind()
+            # The re-read is part of taking the partitions over, as restoring their snapshots
+            # is: the first batch's barrier then reads only the labels appended since.
+            self._labels.drain()
         self.metrics.assigned_partitions.set(len(assigned))
         # Everything alive now (modules, clients, restored engines) lives as long as the process:
         # collected once and frozen, see GcPolicy.
@@ -713,8 +642,7 @@ class StreamConsumer:
         return state
 
     def _earliest(self, tp: Any) -> int:
-        assert self._labels is not None
-        return self._labels.fetcher.earliest([tp.partition], tp.topic)[tp.partition]
+        return self._consumer.beginning_offsets([tp])[tp]
 
     # -- main loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -732,12 +660,7 @@ class StreamConsumer:
                     return
                 max_records = min(max_records, remaining)
             polled = time.monotonic()
-            # Group duties only (heartbeats, rebalances, commit answers): every partition is
-            # paused, so this returns nothing.
-            self._consumer.poll(timeout_ms=0 if self._positions else cfg.poll_timeout_ms)
-            if self._pending_assignment is not None:
-                self._apply_assignment()
-            records = self._fetch(max_records) if self._positions else {}
+            records = self._fetch(max_records)
             poll_s = time.monotonic() - polled
             if not records:
                 # Idle time counts from the first assignment: joining the group is not idleness.
@@ -752,81 +675,58 @@ class StreamConsumer:
                         return
                 continue
             started = last_data = time.monotonic()
+            assert self._labels is not None
+            # The labels barrier: every label appended before these transactions is handed to
+            # the router before they are featurised (serving.stream.labels).
+            self._labels.drain()
             self._process(records, poll_s, started)
             self._update_lag()
             self._gc.after_batch()
 
-    def _fetch(self, max_records: int) -> dict[Any, list[Message]]:
-        """The next batch: up to ``max_records`` transactions, with every label appended before
-        them handed to the router (the labels barrier, see serving.stream.labels).
-
-        ONE Fetch request reads the transactions partitions and then the labels partitions: the
-        broker reads a request's topics in order, so the labels come back as of after the
-        transactions were read. It is sent only when the loop is ready for a batch. Fetching
-        ahead (kafka-python's fetcher sends the next fetch as soon as poll() hands out
-        records) makes every batch as old as the one before it took: the broker answers that
-        early fetch at once with what little had arrived, and what arrives during the batch
-        waits for the next one."""
-        assert self._labels is not None
-        labels = self._labels
-        if not any(self._buffered.values()):
-            topic = self.config.topics.transactions
-            asked = {tp.partition: off for tp, off in self._positions.items()}
-            labels_asked = labels.fetch_positions()
-            sent = time.monotonic()
-            try:
-                fetched = labels.fetcher.fetch_topics(
-                    {topic: asked, labels.topic: labels_asked},
-                    self._fetch_wait.ms,
-                    messages_of=topic,
-                )
-            except OffsetOutOfRange as err:
-                self._out_of_range(err)
-                return {}
-            took = time.monotonic() - sent
-            behind = labels.absorb(fetched.get(labels.topic, {}), labels_asked)
-            by_partition = {tp.partition: tp for tp in self._positions}
-            for p, part in fetched.get(topic, {}).items():
-                tp = by_partition[p]
-                self._highwater[tp] = part.high_watermark
-                self._positions[tp] = part.next_offset
-                if part.records:
-                    self._buffered[tp] = part.records
-                elif part.next_offset < part.high_watermark:
-                    self._fetch_wait.stalled()
-            got = any(self._buffered.values())
-            self._fetch_wait.settle(took if got else None)
-            if not got:
-                return {}
-            if behind:
-                # Labels Tansu answered behind their watermark with nothing (its scan outlasted
-                # the wait), or that the request left out: read them before the batch.
-                labels.drain(behind)
-        # Hand out at most max_records, the rest stays buffered for the next batches (their
-        # labels are in: they were read in the same request).
-        out: dict[Any, list[Message]] = {}
-        budget = max_records
-        for tp, msgs in self._buffered.items():
-            if budget <= 0 or not msgs:
-                continue
-            out[tp], self._buffered[tp] = msgs[:budget], msgs[budget:]
-            budget -= len(out[tp])
-        return out
-
-    def _out_of_range(self, err: OffsetOutOfRange) -> None:
-        assert self._labels is not None
-        if err.topic == self._labels.topic:
-            self._labels.drain()  # its own out-of-range handling resets and logs
-            return
-        tp = next(tp for tp in self._positions if tp.partition == err.partition)
-        start = self._earliest(tp)
-        # As auto.offset.reset=earliest would, but loudly: these transactions got no decision.
-        log.error(
-            "%s; transactions below offset %d were deleted unread, going on from there",
-            err,
-            start,
+    def _fetch(self, max_records: int) -> dict[Any, list[Any]]:
+        """The next batch: up to ``max_records`` transactions of the owned partitions, in offset
+        order per partition; empty when none came or the assignment changed."""
+        records = self._consumer.poll(
+            timeout_ms=self.config.poll_timeout_ms, max_records=max_records
         )
-        self._positions[tp] = start
+        if self._pending_assignment is not None:
+            self._apply_assignment()
+            return {}  # polled before the seeks: read again from the positions just set
+        for tp, msgs in records.items():
+            expected = self._positions.get(tp)
+            if expected is not None and msgs[0].offset != expected:
+                self._out_of_range(tp, expected, msgs[0].offset)
+            self._positions[tp] = msgs[-1].offset + 1
+        return records
+
+    def _out_of_range(self, tp: Any, expected: int, got: int) -> None:
+        """A poll returned ``tp`` from ``got`` instead of ``expected``. Compaction and
+        transaction markers skip offsets too; retention deleting transactions never read is
+        what makes kafka-python (``auto_offset_reset="earliest"``) move on silently: say so.
+        Costs a ListOffsets, only when offsets are skipped."""
+        if got < expected:
+            log.error(
+                "%s[%d]: offsets went back from %d to %d (was the topic recreated?); offsets "
+                "below %d are skipped as decided already",
+                tp.topic,
+                tp.partition,
+                expected,
+                got,
+                expected,
+            )
+            return
+        start = self._earliest(tp)
+        if start > expected:
+            log.error(
+                "%s[%d]: offset %d is out of range; transactions %d-%d were deleted unread "
+                "(retention), going on from %d",
+                tp.topic,
+                tp.partition,
+                expected,
+                expected,
+                start - 1,
+                got,
+            )
 
     def _process(self, records: dict[Any, list[Any]], poll_s: float, started: float) -> None:
         """Decide one polled batch; the labels were drained since ``started``."""
@@ -1233,20 +1133,29 @@ class StreamConsumer:
         self.health.scoring_recovered()
 
     def _wait_keeping_membership(self, seconds: float) -> bool:
-        """Sleep while polling the (paused) consumer so the group keeps us; False = give up."""
-        deadline = time.monotonic() + seconds
-        while True:
-            self.health.beat()
-            if self._stop.is_set() or self._abort_batch:
-                return False
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return True
-            polled = self._consumer.poll(timeout_ms=int(min(left, 0.2) * 1000) or 1)
-            if self._abort_batch:
-                return False  # rebalanced: records of new partitions are fetched again
-            if polled:  # cannot happen while paused; refuse to lose messages silently if it does
-                raise RuntimeError("paused consumer returned records during a scoring hold")
+        """Sleep while polling the consumer, its partitions paused, so the group keeps us;
+        False = give up."""
+        consumer = self._consumer
+        consumer.pause(*(consumer.assignment() or ()))
+        try:
+            deadline = time.monotonic() + seconds
+            while True:
+                self.health.beat()
+                if self._stop.is_set() or self._abort_batch:
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                polled = consumer.poll(timeout_ms=int(min(left, 0.2) * 1000) or 1)
+                if self._abort_batch:
+                    return False  # rebalanced: records of new partitions are fetched again
+                if polled:  # cannot happen while paused; refuse to lose messages silently
+                    raise RuntimeError("paused consumer returned records during a scoring hold")
+        finally:
+            # What was fetched meanwhile stays buffered and is handed out after the resume. A
+            # new assignment is resumed once its positions are set.
+            if self._pending_assignment is None:
+                consumer.resume(*(consumer.assignment() or ()))
 
     def _model_inputs(
         self, entries: list[_Entry], features: list[dict[str, float]]
@@ -1309,8 +1218,6 @@ class StreamConsumer:
         cfg = self.config
         topics = cfg.topics
         producer = self._producer
-        part = self._partitioner.partition
-        key_hash = self._partitioner.key_hash
         futures: list[Any] = []
         f = m.DecisionFields
         if entries:
@@ -1358,19 +1265,11 @@ class StreamConsumer:
                 if cfg.include_features:
                     payload[f.FEATURES] = feats
                 value = m.encode(payload)
+                # Partitioned by the producer's default partitioner (murmur2 of the key).
                 key = row[c.TRANSACTION_ID].encode()
-                h = key_hash(key)
-                futures.append(
-                    producer.send(
-                        decisions_topic, key=key, value=value, partition=part(decisions_topic, h)
-                    )
-                )
+                futures.append(producer.send(decisions_topic, key=key, value=value))
                 if decision != approve:
-                    futures.append(
-                        producer.send(
-                            alerts_topic, key=key, value=value, partition=part(alerts_topic, h)
-                        )
-                    )
+                    futures.append(producer.send(alerts_topic, key=key, value=value))
             self._count_decisions(scored, counts, len(entries), correction)
         for e in dead:
             assert e.rejected is not None
@@ -1585,10 +1484,12 @@ class StreamConsumer:
         self.metrics.snapshot_bytes.set(total)
 
     def _update_lag(self) -> None:
-        for tp, high in self._highwater.items():
-            buffered = self._buffered.get(tp)
-            position = buffered[0].offset if buffered else self._positions.get(tp)
-            if position is None:
+        assigned = self._consumer.assignment() or set()
+        for tp, position in self._positions.items():
+            # The high watermark of the last fetch answer: lag, not a barrier (it may predate
+            # the poll).
+            high = self._consumer.highwater(tp) if tp in assigned else None
+            if high is None:
                 continue
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                 max(0, high - position)

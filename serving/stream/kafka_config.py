@@ -8,6 +8,7 @@ and a secured Apache Kafka cluster without code changes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -152,38 +153,8 @@ def client_config(bootstrap_servers: str, security: KafkaSecurity | None = None)
     return {"bootstrap_servers": servers, **(security or KafkaSecurity()).client_kwargs()}
 
 
-_CRC32C_CHECK = (b"123456789", 0xE3069283)  # the standard CRC-32C check value
-
-
-def install_fast_crc32c() -> bool:
-    """Make kafka-python checksum record batches in C; returns whether the C path is in use.
-
-    kafka-python computes CRC-32C for every record batch it produces (and verifies every batch
-    it fetches) in pure Python unless the optional ``crc32c`` package is installed: ~80 ms per
-    250 KB batch, which was the largest single cost of the scoring consumer. ``google-crc32c``
-    (a C implementation already in the lock through the Google Cloud dependencies) computes the
-    same checksum, so kafka-python's function is pointed at it. Process-wide and idempotent; a
-    no-op when kafka-python already uses ``crc32c`` or when no C implementation is available.
-    """
-    from kafka.record import default_records, util
-
-    if getattr(util, "crc32c_c", None) is not None:
-        return True  # kafka-python found the `crc32c` package itself
-    try:
-        import google_crc32c
-    except ImportError:
-        return False
-    if getattr(google_crc32c, "implementation", None) != "c":
-        return False
-    value = google_crc32c.value
-
-    def crc32c(memview: memoryview) -> int:
-        # google-crc32c wants a read-only buffer; the copy costs far less than the checksum.
-        return value(bytes(memview))
-
-    data, expected = _CRC32C_CHECK
-    if crc32c(memoryview(data)) != expected:  # pragma: no cover - a broken build
-        return False
-    default_records.calc_crc32c = crc32c
-    util.calc_crc32c = crc32c
-    return True
+def has_c_crc32c() -> bool:
+    """Whether kafka-python checksums record batches in C: it uses the ``crc32c`` package when
+    that is installed (the lock installs it), and pure Python otherwise, which costs ~80 ms per
+    250 KB batch produced or fetched."""
+    return importlib.util.find_spec("crc32c") is not None

@@ -28,7 +28,7 @@ import numpy as np
 
 from components import contract as c
 from components.settings import Topics
-from serving.stream.kafka_config import KafkaSecurity, client_config, install_fast_crc32c
+from serving.stream.kafka_config import KafkaSecurity, client_config
 from serving.stream.messages import LABEL_FIELDS, encode
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,6 @@ def replay_frame(
     from components.dataio import format_timestamps, sort_stream_order
     from components.features.batch import epoch_seconds
 
-    install_fast_crc32c()
     df = sort_stream_order(df)
     n = len(df)
     ts = epoch_seconds(df[c.TIMESTAMP])
