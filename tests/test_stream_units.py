@@ -690,10 +690,10 @@ def test_gc_pause_log_names_the_generation_of_a_long_collection(caplog) -> None:
     import gc
     import logging
 
-    from serving.stream import consumer as sc
+    from serving.stream import gcpolicy
 
-    slow, quiet = sc._GcPauseLog(threshold_s=0.0), sc._GcPauseLog(threshold_s=3600.0)
-    with caplog.at_level(logging.WARNING, logger=sc.__name__):
+    slow, quiet = gcpolicy.GcPauseLog(0.0), gcpolicy.GcPauseLog(3600.0)
+    with caplog.at_level(logging.WARNING, logger=gcpolicy.__name__):
         gc.callbacks.extend([slow, quiet])
         try:
             gc.collect(2)
@@ -718,7 +718,7 @@ def test_gc_policy_freezes_survivors_and_frees_their_cycles_at_the_full_collecti
     import gc
     import weakref
 
-    from serving.stream.consumer import GcPolicy
+    from serving.stream.gcpolicy import GcPolicy
 
     class Node:
         pass
