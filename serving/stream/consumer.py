@@ -70,9 +70,9 @@ class ConsumerConfig:
     poll_timeout_ms: int = 200
     max_messages: int | None = None
     exit_when_idle_s: float | None = None
-    # Seconds between feature snapshots (0: after every commit). Pickling every partition's
-    # state costs tens of ms, so a snapshot per 1000-message batch cost ~10 % of the throughput
-    # and added that much to the latency of the next batch; with an interval, a restart re-reads
+    # Seconds between feature snapshots (0: after every commit). Encoding every partition's
+    # state takes tens of ms, which after every batch would cost throughput and add to the
+    # latency of the next batch; with an interval, a restart re-reads
     # the messages between the snapshot and the committed offset through the feature engine
     # only (no scoring, no output), so features stay exact and duplicates stay <= one batch.
     snapshot_interval_s: float = 2.0

@@ -40,8 +40,7 @@ from components.scoring import read_metadata
 log = logging.getLogger(__name__)
 
 _STATE_FORMAT = "fraud-drift-state"
-# 2: windows hold night counts (the night-excess check). 3: JSON (components.statefile) instead
-# of pickle.
+# Bumped whenever the document's fields change: a file of another version is refused.
 _STATE_VERSION = 3
 _REMEDY = "move it away to start the monitor afresh"
 

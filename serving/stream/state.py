@@ -37,7 +37,7 @@ from components.features.stream import StreamingFeatureEngine
 from serving.stream.messages import Label
 
 SNAPSHOT_FORMAT = "fraud-partition-snapshot"
-# 2: JSON (components.statefile) instead of pickle; recent transaction ids and last_log_ms.
+# Bumped whenever the document's fields change: a file of another version is refused.
 SNAPSHOT_VERSION = 2
 _REMEDY = (
     "move it away (the consumer then rebuilds the partition's features from the retained "
