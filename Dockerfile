@@ -41,9 +41,13 @@ RUN uv pip sync --python /opt/venv/bin/python /tmp/requirements.lock
 # in the runtime stage, so the editable finder keeps pointing at /app.
 WORKDIR /app
 COPY pyproject.toml README.md params.yaml dvc.yaml ./
-COPY components ./components
-COPY pipelines ./pipelines
+COPY core ./core
 COPY serving ./serving
+COPY components ./components
+COPY streaming ./streaming
+COPY pipelines ./pipelines
+COPY monitoring ./monitoring
+COPY app ./app
 COPY bench ./bench
 RUN uv pip install --python /opt/venv/bin/python --no-deps -e . \
     && /opt/venv/bin/python -m compileall -q /app
@@ -85,7 +89,7 @@ USER 10001:10001
 # FRAUD_HEALTHCHECK_URL (e.g. the consumer's metrics endpoint); otherwise the check proves the
 # installed package still imports. Kubernetes ignores HEALTHCHECK and uses its own probes.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; u = os.environ.get('FRAUD_HEALTHCHECK_URL'); urllib.request.urlopen(u, timeout=4).close() if u else __import__('components.cli')"]
+    CMD ["python", "-c", "import os, urllib.request; u = os.environ.get('FRAUD_HEALTHCHECK_URL'); urllib.request.urlopen(u, timeout=4).close() if u else __import__('app.cli')"]
 
 ENTRYPOINT ["fraud"]
 CMD ["--help"]

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from components import contract as c
-from components.features.batch import compute_features, epoch_seconds
-from components.features.stream import StreamingFeatureEngine
-from components.simulator import SimulationConfig, simulate
+from core import contract as c
+from core.features.batch import compute_features, epoch_seconds
+from core.features.stream import StreamingFeatureEngine
+from core.simulator import SimulationConfig, simulate
 
 
 @dataclass

@@ -39,10 +39,10 @@ def logistic_baseline(run_dir: Path) -> dict[str, float]:
     import tensorflow_transform as tft
     from sklearn.linear_model import LogisticRegression
 
-    from components import contract as c
-    from components.scoring import input_arrays
     from components.steps.evaluator import compute_metrics
     from components.steps.transform import TRANSFORM_FN_DIR, load_transformed
+    from core import contract as c
+    from core.model import input_arrays
 
     names = list(c.transformed_feature_names())
     out_dir = run_dir / "transform" / "transform_output"
@@ -57,8 +57,8 @@ def logistic_baseline(run_dir: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.dataio import write_transactions
-    from components.simulator import SimulationConfig, simulate
+    from core.dataio import write_transactions
+    from core.simulator import SimulationConfig, simulate
     from pipelines.runners import run_local
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

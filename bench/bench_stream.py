@@ -6,7 +6,7 @@ One run, one embedded broker (Tansu, loopback) and one model server subprocess s
    JSON to another topic, committing per poll batch: no features, no scoring. The ceiling.
 2. per-message design: the same loop computing features and making ONE REST :predict call per
    transaction.
-3. our consumer (``serving.stream.consumer``): features per partition, labels, one :predict per
+3. our consumer (``streaming.consumer``): features per partition, labels, one :predict per
    poll batch, decisions + alerts, acks before commit, snapshots.
 
 Each of (1), (2) and (3) runs twice, in the order (1) (2) (3) (3) (2) (1), and the means are
@@ -200,7 +200,7 @@ def _pipe_clients(
     fetch wait (the broker holds each fetch that long), so the ceiling is configured like (3)."""
     from kafka import KafkaConsumer, KafkaProducer
 
-    from serving.stream.consumer import ConsumerConfig
+    from streaming.consumer import ConsumerConfig
 
     consumer = KafkaConsumer(
         source,
@@ -225,7 +225,7 @@ def raw_pipe(
     bootstrap: str, source: str, sink: str, n: int, batch_size: int, run: str = "a"
 ) -> float:
     """(1): consume and produce the same bytes, commit per batch; returns tx/s."""
-    from serving.stream.messages import encode, parse_transaction
+    from streaming.messages import encode, parse_transaction
 
     consumer, producer = _pipe_clients(
         bootstrap, source, f"bench-raw-{os.getpid()}-{run}", batch_size
@@ -263,9 +263,9 @@ def per_message(
     run: str = "a",
 ) -> float:
     """(2): features per transaction and one :predict per transaction; returns tx/s."""
-    from components import contract as c
-    from components.features.stream import StreamingFeatureEngine
-    from serving.stream.messages import encode, epoch_seconds, parse_transaction
+    from core import contract as c
+    from core.features.stream import StreamingFeatureEngine
+    from streaming.messages import encode, epoch_seconds, parse_transaction
 
     consumer, producer = _pipe_clients(
         bootstrap, source, f"bench-per-message-{os.getpid()}-{run}", batch_size
@@ -315,8 +315,8 @@ def our_consumer(
     run: str = "a",
 ) -> float:
     """(3): the scoring consumer in this process; returns tx/s over its busy time."""
-    from serving.stream.consumer import ConsumerConfig, StreamConsumer
-    from serving.stream.scoring import Scorer, ThresholdStore, build_model_client
+    from streaming.consumer import ConsumerConfig, StreamConsumer
+    from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
     config = ConsumerConfig(
         bootstrap_servers=bootstrap,
@@ -411,7 +411,7 @@ def _paced_through(
     due during it are published with it."""
     import pandas as pd
 
-    from serving.stream.replay import Pacing, replay_frame
+    from streaming.replay import Pacing, replay_frame
 
     warmup, measured = frame.iloc[:WARMUP_TRANSACTIONS], frame.iloc[WARMUP_TRANSACTIONS:]
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed below
@@ -445,7 +445,7 @@ def raw_latency_run(
     """(relayed at, end-to-end ms) of each transaction replayed at ``rate`` through ``relay`` in
     a subprocess, on topics of its own named by ``tag``, in time order; end to end is source
     record -> relayed record, both producer timestamps."""
-    from components import contract as c
+    from core import contract as c
 
     topics = fx.make_topics(bootstrap, f"bench-raw-latency-{tag}")
     sink = topics.decisions  # created with the set (a topic read before it exists reads nothing)
@@ -487,8 +487,8 @@ def latency_run(
     """(decided at, end-to-end ms) of each transaction replayed at ``rate`` to a consumer
     subprocess, on topics (and with a group and state) of its own named by ``tag``, in time
     order; and how many labels were published among the paced transactions."""
-    from components import contract as c
-    from serving.stream.messages import DecisionFields
+    from core import contract as c
+    from streaming.messages import DecisionFields
 
     topics = fx.make_topics(bootstrap, f"bench-latency-{tag}")
     cmd = fx.consumer_command(
@@ -579,8 +579,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     import numpy as np
 
     from serving.client import ModelClient
-    from serving.stream.broker import EmbeddedBroker
-    from serving.stream.replay import replay_frame
+    from streaming.broker import EmbeddedBroker
+    from streaming.replay import replay_frame
 
     fx = _tests_on_path()
     work = Path(tempfile.mkdtemp(prefix="bench-stream-"))

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import contract as c
-from components.dataio import read_transactions
-from components.features.batch import build_feature_table
-from components.scoring import SavedModelScorer, read_metadata, resolve_model_dir
-from components.steps.ingest import _day
+from core import contract as c
+from core.dataio import read_transactions
+from core.features.batch import build_feature_table
+from core.model import SavedModelScorer, read_metadata, resolve_model_dir
+from core.windows import parse_day
 
 
 def decisions(scores: np.ndarray, thresholds: dict) -> np.ndarray:
@@ -33,7 +33,7 @@ def batch_score(
     model_dir = resolve_model_dir(model)
     meta = read_metadata(model_dir)
     df = read_transactions(data)
-    lo, hi = _day(start, "start"), _day(end, "end")
+    lo, hi = parse_day(start, "start"), parse_day(end, "end")
     if hi is not None:
         df = df.loc[df[c.TIMESTAMP] < hi]  # later rows cannot change earlier features
     table = build_feature_table(df, int(meta.get("label_delay_days", c.DEFAULT_LABEL_DELAY_DAYS)))

@@ -7,8 +7,8 @@ kfp.local, compile it to IR YAML, submit it, or schedule it on a Kubeflow cluste
 from kfp import dsl
 from kfp.dsl import Artifact
 
-from components import contract as c
 from components.kfp_components import make_components
+from core import contract as c
 
 PIPELINE_NAME = "fraud-training"
 

@@ -69,14 +69,15 @@ def compile_pipeline(output: str | Path = COMPILED_PATH, image: str | None = Non
     return output
 
 
-def _client(host: str, namespace: str | None = None):
+def kfp_client(host: str, namespace: str | None = None):
+    """A ``kfp.Client`` for the KFP API at ``host``."""
     import kfp
 
     return kfp.Client(host=host, namespace=namespace)
 
 
-def submit(host: str, params: dict, experiment: str, package: str | Path = COMPILED_PATH) -> str:
-    client = _client(host)
+def submit(client, params: dict, experiment: str, package: str | Path = COMPILED_PATH) -> str:
+    """Start one run of the compiled pipeline through ``client`` (a ``kfp.Client``): its run id."""
     run = client.create_run_from_pipeline_package(
         str(package), arguments=params, experiment_name=experiment, run_name=f"{PIPELINE_NAME}"
     )
@@ -84,15 +85,14 @@ def submit(host: str, params: dict, experiment: str, package: str | Path = COMPI
 
 
 def schedule(
-    host: str,
+    client,
     cron: str,
     params: dict,
     experiment: str,
     job_name: str = f"{PIPELINE_NAME}-scheduled",
     package: str | Path = COMPILED_PATH,
 ) -> str:
-    """A KFP recurring run: scheduled retraining (use relative windows: as_of is the run time)."""
-    client = _client(host)
+    """A KFP recurring run through ``client`` (a ``kfp.Client``): scheduled retraining."""
     exp = client.create_experiment(experiment)
     job = client.create_recurring_run(
         experiment_id=exp.experiment_id,

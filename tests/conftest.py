@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from components.simulator import SimulationConfig, simulate
+from core.simulator import SimulationConfig, simulate
 
 # Default rates and a default-like population density (customers per terminal), at a size that
 # simulates in about a second.

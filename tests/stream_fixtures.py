@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import contract as c
-from components.settings import Topics
+from core import contract as c
+from core.settings import Topics
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "fraud"
@@ -107,7 +107,7 @@ def _cache_key() -> str:
     """Hash of what the built graphs depend on (the metadata is written at install time)."""
     import inspect
 
-    digest = hashlib.sha256((REPO / "components" / "contract.py").read_bytes())
+    digest = hashlib.sha256((REPO / "core" / "contract.py").read_bytes())
     for fn in (build_fraud_model, model_weights):
         digest.update(inspect.getsource(fn).encode())
     digest.update(repr((WEIGHT_SEED, {v: b for v, (b, _, _) in VERSIONS.items()})).encode())
@@ -150,7 +150,7 @@ def install_version(store: Path, base_path: Path, version: int) -> Path:
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Any]:
-    from serving.stream.broker import EmbeddedBroker
+    from streaming.broker import EmbeddedBroker
 
     with EmbeddedBroker() as running:
         yield running
@@ -194,7 +194,7 @@ def start_model_server(base: Path, log_dir: Path, port: int | None = None) -> An
 
 def make_topics(bootstrap: str, prefix: str | None = None, partitions: int = 3) -> Topics:
     """A fresh set of topics (unique names) so tests can share one broker."""
-    from serving.stream.broker import create_topics
+    from streaming.broker import create_topics
 
     prefix = prefix or uuid.uuid4().hex[:8]
     base = Topics()
@@ -207,7 +207,7 @@ def make_topics(bootstrap: str, prefix: str | None = None, partitions: int = 3) 
 
 def outputs_of(topics: Topics, suffix: str, bootstrap: str, partitions: int = 3) -> Topics:
     """Same inputs, separate output topics (decisions, alerts, dead letters)."""
-    from serving.stream.broker import create_topics
+    from streaming.broker import create_topics
 
     out = replace(
         topics,
@@ -281,7 +281,7 @@ def read_topic(
 
 def simulated(n_customers: int, n_days: int, seed: int = 5) -> pd.DataFrame:
     """A small simulated dataset in stream order (with label_available_at)."""
-    from components.simulator import SimulationConfig, simulate
+    from core.simulator import SimulationConfig, simulate
 
     return simulate(
         SimulationConfig(
@@ -295,7 +295,7 @@ def simulated(n_customers: int, n_days: int, seed: int = 5) -> pd.DataFrame:
 
 
 def write_dataset(df: pd.DataFrame, path: Path) -> Path:
-    from components.dataio import write_transactions
+    from core.dataio import write_transactions
 
     return write_transactions(df, path)
 
@@ -310,8 +310,8 @@ def reference_stream_features(df: pd.DataFrame, partitions: int = 3) -> pd.DataF
     """
     from kafka.partitioner.default import murmur2
 
-    from components.features.batch import epoch_seconds
-    from components.features.stream import StreamingFeatureEngine
+    from core.features.batch import epoch_seconds
+    from core.features.stream import StreamingFeatureEngine
 
     ts = epoch_seconds(df[c.TIMESTAMP]).tolist()
     avail = epoch_seconds(df[c.LABEL_AVAILABLE_AT])
@@ -337,7 +337,7 @@ def reference_stream_features(df: pd.DataFrame, partitions: int = 3) -> pd.DataF
 def decision_features(decisions: list[dict[str, Any]]) -> pd.DataFrame:
     """Features carried by decisions (``--include-features``), one row per transaction id (the
     first decision of a duplicated transaction)."""
-    from serving.stream.messages import DecisionFields
+    from streaming.messages import DecisionFields
 
     seen: dict[str, dict[str, float]] = {}
     for d in decisions:
@@ -357,8 +357,8 @@ def consume(
     **overrides: Any,
 ) -> Any:
     """Run the scoring consumer in this process until it is idle (or ``max_messages``)."""
-    from serving.stream.consumer import ConsumerConfig, StreamConsumer
-    from serving.stream.scoring import Scorer, ThresholdStore, build_model_client
+    from streaming.consumer import ConsumerConfig, StreamConsumer
+    from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
     config = ConsumerConfig(
         bootstrap_servers=bootstrap,
@@ -401,7 +401,7 @@ def consumer_command(
     return [
         sys.executable,
         "-m",
-        "serving.stream.cli",
+        "app.stream_cli",
         "stream",
         "consume",
         "--bootstrap-servers",

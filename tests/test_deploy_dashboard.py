@@ -6,7 +6,7 @@ EXPORTER_MODULES that exists, the test collects
 * the collectors the module registered in prometheus_client's default REGISTRY on import,
 * every CollectorRegistry, metric or collector bound at module level, and
 * the registry of every ``*Metrics`` class in the module (instantiated with no arguments; this is
-  the pattern of serving/stream/metrics.py and serving/metrics.py, one registry per instance).
+  the pattern of streaming/metrics.py and serving/metrics.py, one registry per instance).
 
 TF Serving itself (production serves with the tensorflow/serving image) exports the names in
 TF_SERVING_METRICS; the dashboard may use those, and any ``:tensorflow:`` name it uses must be
@@ -35,9 +35,9 @@ DASHBOARD = ROOT / "k8s/grafana/fraud-dashboard.json"
 
 # Module -> metric-name prefixes it owns. A prefix whose modules are all missing is "pending".
 EXPORTER_MODULES: dict[str, tuple[str, ...]] = {
-    "serving.stream.metrics": ("fraud_stream_",),
+    "streaming.metrics": ("fraud_stream_",),
     "serving.metrics": ("serving_", ":tensorflow:"),
-    "serving.stream.drift": ("fraud_drift_", "fraud_retrain_"),
+    "monitoring.drift": ("fraud_drift_", "fraud_retrain_"),
 }
 
 # TF Serving's Prometheus names (tensorflow_serving/model_servers + servables/tensorflow

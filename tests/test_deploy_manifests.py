@@ -33,6 +33,7 @@ import shutil
 import string
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ import yaml
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s_models
 
-from components.settings import Settings, Topics
+from core.settings import Settings, Topics
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -858,7 +859,7 @@ def consumer_env(objs: tuple[dict, ...]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
 def test_consumer_speaks_the_protocol_of_its_kafka_listener(name: str) -> None:
-    from serving.stream.kafka_config import KafkaSecurity
+    from streaming.kafka_config import KafkaSecurity
 
     objs = rendered(name)
     env = consumer_env(objs)
@@ -866,7 +867,7 @@ def test_consumer_speaks_the_protocol_of_its_kafka_listener(name: str) -> None:
     assert host == "fraud-kafka-kafka-bootstrap"
     listeners = by_kind(objs, "Kafka")["fraud-kafka"]["spec"]["kafka"]["listeners"]
     listener = next(lst for lst in listeners if lst["port"] == int(port))
-    # What serving/stream/kafka_config.py will build from these variables; it validates them.
+    # What streaming/kafka_config.py will build from these variables; it validates them.
     plain = {k: v for k, v in env.items() if isinstance(v, str)}
     password = env.get("FRAUD_KAFKA_SASL_PLAIN_PASSWORD")
     if password is not None:
@@ -962,13 +963,13 @@ def test_secrets_are_referenced_by_name_and_documented() -> None:
 
 # --- command lines against the real CLI parsers --------------------------------------------------
 
-# Modules that register `fraud` subcommands before components/cli.py wires them in.
-SUBCOMMAND_MODULES = ("serving.stream.cli", "serving.deploy_status", "pipelines.cli")
+# Modules that register `fraud` subcommands before app/cli.py wires them in.
+SUBCOMMAND_MODULES = ("app.stream_cli", "serving.deploy_status", "pipelines.cli")
 
 
 def fraud_parsers() -> list[argparse.ArgumentParser]:
     """The `fraud` CLI's own parser, then one with every module's add_subcommands()."""
-    from components.cli import build_parser
+    from app.cli import build_parser
 
     combined = argparse.ArgumentParser(prog="fraud")
     sub = combined.add_subparsers(dest="command", required=True)
@@ -1164,9 +1165,10 @@ def test_dockerfile_runtime_stage_is_minimal_and_non_root() -> None:
 
 
 def test_dockerfile_copies_every_package_and_dockerignore_keeps_them() -> None:
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    include = re.search(r"include = \[(.*?)\]", pyproject)[1]
-    packages = {p.strip().strip('"').rstrip("*") for p in include.split(",") if p.strip()}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
     copied = {
         ins.split()[1]
         for stage in dockerfile_stages()

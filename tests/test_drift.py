@@ -21,11 +21,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from scipy.spatial.distance import jensenshannon
 
-from components import contract as c
-from components.scoring import METADATA_FILE
-from components.statefile import StateFileError
 from components.steps.pusher import training_profile
-from serving.stream import drift as d
+from core import contract as c
+from core.model import METADATA_FILE
+from core.statefile import StateFileError
+from monitoring import drift as d
 
 MONITORED = tuple(n for n in c.MODEL_INPUTS if n != c.TIMESTAMP)
 W = 2_000  # window size of most tests: small keeps them fast, still far from the thresholds
@@ -515,7 +515,7 @@ def _install(metadata: dict, base, version: int) -> None:
 
 
 def _loop(base, tmp_path, warmup_s: float = 0.0):
-    from serving.stream.monitoring import DriftLoop, DriftLoopConfig
+    from monitoring.loop import DriftLoop, DriftLoopConfig
 
     config = DriftLoopConfig(
         model_base_path=base,

@@ -21,10 +21,10 @@ from stream_fixtures import (  # noqa: F401 - pytest fixtures
     write_dataset,
 )
 
-from components import contract as c
-from components.scoring import model_versions
-from components.simulator import SimulationConfig, simulate
-from components.steps.ingest import history_warmup
+from core import contract as c
+from core.model import model_versions
+from core.simulator import SimulationConfig, simulate
+from core.windows import history_warmup
 from pipelines.runners import run_steps
 
 pytestmark = pytest.mark.slow
@@ -34,13 +34,13 @@ GATE = {"min_auc": 0.0, "min_average_precision": 0.0, "regression_tolerance": 0.
 
 
 def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  # noqa: F811
-    from serving.stream.consumer import ConsumerConfig, StreamConsumer
-    from serving.stream.drift import DriftConfig, DriftMetrics, RetrainMetrics
-    from serving.stream.metrics import StreamMetrics
-    from serving.stream.monitoring import DriftLoop, DriftLoopConfig
-    from serving.stream.replay import Pacing, load_replay_frame, replay_frame
-    from serving.stream.retrain import RetrainConfig, RetrainTrigger
-    from serving.stream.scoring import Scorer, ThresholdStore, build_model_client
+    from monitoring.drift import DriftConfig, DriftMetrics, RetrainMetrics
+    from monitoring.loop import DriftLoop, DriftLoopConfig
+    from monitoring.retrain import RetrainConfig, RetrainTrigger
+    from streaming.consumer import ConsumerConfig, StreamConsumer
+    from streaming.metrics import StreamMetrics
+    from streaming.replay import Pacing, load_replay_frame, replay_frame
+    from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
     df = simulate(
         SimulationConfig(

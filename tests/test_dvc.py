@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,14 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: `dvc` and `fraud` live beside python
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+PACKAGES = tuple(
+    p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+)
 # Copied when the checkout is not a git repository (e.g. an exported tarball).
 FALLBACK_PATHS = (
-    "components",
+    *PACKAGES,
+    "pyproject.toml",
     "dvc.yaml",
     "params.yaml",
     ".dvc/config",
@@ -92,9 +98,9 @@ def _git_files(*args: str) -> list[str]:
 
 
 def _source_files() -> list[str]:
-    """The tracked files as they are in the working tree, plus new code under components/."""
+    """The tracked files as they are in the working tree, plus new code in the packages."""
     try:
-        return _git_files() + _git_files("--others", "--exclude-standard", "--", "components")
+        return _git_files() + _git_files("--others", "--exclude-standard", "--", *PACKAGES)
     except (OSError, subprocess.CalledProcessError):
         files = []
         for name in FALLBACK_PATHS:

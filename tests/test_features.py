@@ -9,12 +9,12 @@ import orjson
 import pandas as pd
 import pytest
 
-from components import contract as c
-from components.features import stream as stream_module
-from components.features.batch import build_feature_table, compute_features, epoch_seconds
-from components.features.stream import StreamingFeatureEngine
-from components.simulator import LEGIT, SimulationConfig, simulate
-from components.statefile import StateFileError
+from core import contract as c
+from core.features import stream as stream_module
+from core.features.batch import build_feature_table, compute_features, epoch_seconds
+from core.features.stream import StreamingFeatureEngine
+from core.simulator import LEGIT, SimulationConfig, simulate
+from core.statefile import StateFileError
 
 RTOL, ATOL = 1e-9, 1e-6
 DELAY = c.DEFAULT_LABEL_DELAY_DAYS

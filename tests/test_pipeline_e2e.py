@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import contract as c
-from components.dataio import read_transactions, write_transactions
-from components.features.batch import build_feature_table
-from components.scoring import (
+from core import contract as c
+from core.dataio import read_transactions, write_transactions
+from core.features.batch import build_feature_table
+from core.model import (
     METADATA_FILE,
     TRAIN_STATS_FILE,
     SavedModelScorer,
@@ -23,7 +23,7 @@ from components.scoring import (
     model_versions,
     read_metadata,
 )
-from components.simulator import SimulationConfig, simulate
+from core.simulator import SimulationConfig, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_pushed_model_scores_raw_fields_like_batch_scoring(pipeline_run, data_fi
 
 
 def test_fraud_score_cli(pipeline_run, data_file, tmp_path):
-    from components.cli import main
+    from app.cli import main
 
     _, params, _ = pipeline_run
     out = tmp_path / "scores.csv"

@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import contract as c
-from components.scoring import METADATA_FILE, model_versions
 from components.steps.evaluator import (
     GateConfig,
     bless,
@@ -21,8 +19,11 @@ from components.steps.evaluator import (
     recall_at_fpr,
     thresholds_from_budget,
 )
-from components.steps.ingest import resolve_windows, split
+from components.steps.ingest import split
 from components.steps.pusher import feature_profile, push
+from core import contract as c
+from core.model import METADATA_FILE, model_versions
+from core.windows import resolve_windows
 
 
 def _day(s: str) -> pd.Timestamp:

@@ -21,11 +21,12 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from components import contract as c
-from components.dataio import write_transactions
-from components.simulator import SimulationConfig, simulate
-from serving.stream import retrain as r
-from serving.stream.drift import DriftConfig, DriftMonitor, RetrainMetrics
+from app import retrain_cli
+from core import contract as c
+from core.dataio import write_transactions
+from core.simulator import SimulationConfig, simulate
+from monitoring import retrain as r
+from monitoring.drift import DriftConfig, DriftMonitor, RetrainMetrics
 
 MONITORED = [n for n in c.MODEL_INPUTS if n != c.TIMESTAMP]
 DAY = pd.Timedelta(days=1)
@@ -50,8 +51,9 @@ def tiny_pipeline(
     job: r.RetrainJob, gate: threading.Event | None = None, bless: bool = True
 ) -> Mapping[str, Any]:
     from components.steps.evaluator import GateConfig, thresholds_from_budget
-    from components.steps.ingest import ingest, resolve_windows
+    from components.steps.ingest import ingest
     from components.steps.pusher import push, training_profile
+    from core.windows import resolve_windows
 
     p = job.params
     window_keys = ("train_start", "train_end", "eval_start", "eval_end", "as_of")
@@ -190,9 +192,9 @@ def test_dataset_merges_deduplicates_and_keeps_only_what_was_known_at_as_of() ->
 def write_consumed(state_dir: Path, frame: pd.DataFrame, labelled_by: pd.Timestamp) -> None:
     """What the consumer persists, through its own writer: every transaction of ``frame``, and
     the labels that had arrived by ``labelled_by``."""
-    from components.dataio import format_timestamps
-    from serving.stream import messages as m
-    from serving.stream.dataset import ConsumedDataset
+    from core.dataio import format_timestamps
+    from streaming import messages as m
+    from streaming.dataset import ConsumedDataset
 
     rows = frame.assign(
         **{col: format_timestamps(frame[col]) for col in (c.TIMESTAMP, c.LABEL_AVAILABLE_AT)}
@@ -411,9 +413,7 @@ def test_explicit_windows_and_extra_parameters_reach_the_pipeline(
     assert job.dataset["windows"]["eval_start"] == "2025-01-25T00:00:00+00:00"
 
 
-def test_cluster_mode_submits_through_kfp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipelines.runners as runners
-
+def test_cluster_mode_submits_through_kfp(tmp_path: Path) -> None:
     submitted: list[dict] = []
 
     class Client:  # what kfp.Client would be given; no cluster is reachable here
@@ -421,7 +421,6 @@ def test_cluster_mode_submits_through_kfp(tmp_path: Path, monkeypatch: pytest.Mo
             submitted.append({"package": package, "arguments": arguments, "exp": experiment_name})
             return type("Run", (), {"run_id": "kfp-run-7"})()
 
-    monkeypatch.setattr(runners, "_client", lambda host, namespace=None: Client())
     cfg = r.RetrainConfig(
         run_dir=tmp_path,
         mode=r.CLUSTER,
@@ -429,7 +428,10 @@ def test_cluster_mode_submits_through_kfp(tmp_path: Path, monkeypatch: pytest.Mo
         cluster_data_path="/data/validated/transactions.parquet",
         as_of="2025-04-01",
     )
-    t = trigger(cfg, runner=None)
+    runner = retrain_cli.runner_for(cfg)
+    assert isinstance(runner, retrain_cli.ClusterRunner) and runner.host == cfg.host
+    runner.client = Client()
+    t = trigger(cfg, runner=runner)
     t.trigger("drift")
     record = t.wait(timeout=30)
     assert record.status == r.SUBMITTED and record.kfp_run_id == "kfp-run-7"
@@ -459,29 +461,29 @@ def test_parse_duration_rejects(text: str) -> None:
 def test_cli_registers_retrain(tmp_path: Path) -> None:
     import argparse
 
-    from components.settings import Settings
+    from core.settings import Settings
 
     parser = argparse.ArgumentParser()
-    r.add_subcommands(parser.add_subparsers(dest="command"))
+    retrain_cli.add_subcommands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["retrain", "--every", "6h", "--state-dir", str(tmp_path), "--base-data", "b.parquet"]
         + ["--train-days", "21", "--set", "epochs=4", "--cooldown", "30m"]
     )
-    assert args.func is r.retrain_command
-    cfg = r.config_from_args(args, Settings(run_dir=tmp_path / "runs"))
+    assert args.func is retrain_cli.retrain_command
+    cfg = retrain_cli.config_from_args(args, Settings(run_dir=tmp_path / "runs"))
     assert cfg.run_dir == tmp_path / "runs" / "retrain" and cfg.state_dir == tmp_path
     assert (cfg.train_days, cfg.eval_days, cfg.cooldown_s) == (21, 7, 1_800)
     assert cfg.pipeline_params == {"epochs": 4} and cfg.base_data == Path("b.parquet")
     bad = parser.parse_args(["retrain"])
     with pytest.raises(ValueError, match="--every"):
-        r.retrain_command(bad, Settings(run_dir=tmp_path))
+        retrain_cli.retrain_command(bad, Settings(run_dir=tmp_path))
 
 
 def test_consumer_cli_configures_drift_triggered_cluster_runs(tmp_path: Path) -> None:
-    from components.settings import Settings
-    from serving.stream import cli
-    from serving.stream.consumer import ConsumerConfig
-    from serving.stream.metrics import StreamMetrics
+    from app import stream_cli as cli
+    from core.settings import Settings
+    from streaming.consumer import ConsumerConfig
+    from streaming.metrics import StreamMetrics
 
     args = cli.build_parser().parse_args(
         ["stream", "consume", "--bootstrap-servers", "kafka:9092", "--drift-window-time", "24h"]
@@ -533,8 +535,8 @@ def test_the_real_pipeline_runs_through_the_trigger(tmp_path: Path) -> None:
         model_base_path=tmp_path / "models" / "fraud",
         pipeline_params={"epochs": 3, "min_auc": 0.6, "min_average_precision": 0.05},
     )
-    t = trigger(cfg, runner=None)
-    assert t.runner is r.local_runner
+    t = trigger(cfg, runner=retrain_cli.runner_for(cfg))
+    assert t.runner is retrain_cli.local_runner
     t.trigger("slow test")
     record = t.wait(timeout=900)
     assert record.status == r.PUSHED and record.version == 1, record.error or record.gate_reasons

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import contract as c
-from components.cli import main
-from components.dataio import (
+from app.cli import main
+from core import contract as c
+from core.dataio import (
     DataValidationError,
     format_timestamps,
     read_transactions,
     write_transactions,
 )
-from components.simulator import SimulationConfig, simulate
+from core.simulator import SimulationConfig, simulate
 
 FORMATS = ("csv", "csv.gz", "parquet")
 BAD = 3  # 0-based data row that a test corrupts

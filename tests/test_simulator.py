@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from components import contract as c
-from components.cli import main
-from components.simulator import LEGIT, PATTERNS, SimulationConfig, simulate
+from app.cli import main
+from core import contract as c
+from core.simulator import LEGIT, PATTERNS, SimulationConfig, simulate
 
 STOLEN, COMPROMISED, CNP, TESTING, NIGHT = (
     "stolen_card",

@@ -37,13 +37,13 @@ from stream_fixtures import (  # noqa: F401 - pytest fixtures
     simulated,
 )
 
-from components import contract as c
-from components.dataio import format_timestamps, validate_frame
-from components.features.batch import epoch_seconds as batch_epoch_seconds
-from components.features.stream import StreamingFeatureEngine
-from serving.stream import messages as m
-from serving.stream.consumer import ConsumerConfig
-from serving.stream.messages import DeadLetterFields as F
+from core import contract as c
+from core.dataio import format_timestamps, validate_frame
+from core.features.batch import epoch_seconds as batch_epoch_seconds
+from core.features.stream import StreamingFeatureEngine
+from streaming import messages as m
+from streaming.consumer import ConsumerConfig
+from streaming.messages import DeadLetterFields as F
 
 DAY = c.SECONDS_PER_DAY
 OK, RANGE, INVALID = "ok", "range", "invalid"
@@ -309,7 +309,7 @@ def poisoned(broker, model_server, model_base, tmp_path_factory) -> Poisoned:  #
     """A simulated stream with bad transactions in the middle, for customers of every partition:
     year 9999 and year 1 timestamps, one 60 days ahead (in range, but far past the skew), an
     amount of 1e39 and two of 1e308."""
-    from serving.stream.replay import replay_frame
+    from streaming.replay import replay_frame
 
     bootstrap = broker.bootstrap_servers
     df = simulated(60, 20, seed=5)

@@ -32,10 +32,10 @@ from stream_fixtures import (  # noqa: F401 - pytest fixtures
     wait_for,
 )
 
-from components import contract as c
-from serving.stream import messages as m
-from serving.stream.messages import DeadLetterFields
-from serving.stream.replay import Pacing, replay_frame
+from core import contract as c
+from streaming import messages as m
+from streaming.messages import DeadLetterFields
+from streaming.replay import Pacing, replay_frame
 
 pytestmark = pytest.mark.slow
 TOTAL = 10_000

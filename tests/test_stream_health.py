@@ -7,10 +7,10 @@ import time
 import urllib.error
 import urllib.request
 
-from serving.stream import cli
-from serving.stream.broker import free_port
-from serving.stream.health import ConsumerHealth
-from serving.stream.metrics import StreamMetrics
+from app import stream_cli as cli
+from streaming.broker import free_port
+from streaming.health import ConsumerHealth
+from streaming.metrics import StreamMetrics
 
 
 def _get(port: int, path: str) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""The labels barrier (serving.stream.labels) against the embedded broker."""
+"""The labels barrier (streaming.labels) against the embedded broker."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def _produce(bootstrap: str, topic: str, values: dict[int, list[bytes]], linger_
 
 @contextmanager
 def _feed(bootstrap: str, topic: str, **client: Any) -> Iterator[tuple[Any, Any]]:
-    from serving.stream.labels import LabelFeed
-    from serving.stream.metrics import StreamMetrics
-    from serving.stream.state import LabelRouter
+    from streaming.labels import LabelFeed
+    from streaming.metrics import StreamMetrics
+    from streaming.state import LabelRouter
 
     router = LabelRouter()
     feed = LabelFeed(
@@ -43,9 +43,9 @@ def _feed(bootstrap: str, topic: str, **client: Any) -> Iterator[tuple[Any, Any]
 
 
 def test_each_drain_hands_over_every_label_published_before_it(broker) -> None:  # noqa: F811
-    from components.features.stream import StreamingFeatureEngine
-    from serving.stream.replay import replay_frame
-    from serving.stream.state import PartitionState
+    from core.features.stream import StreamingFeatureEngine
+    from streaming.replay import replay_frame
+    from streaming.state import PartitionState
 
     df = simulated(40, 20, seed=9)
     split = len(df) // 2
@@ -76,7 +76,7 @@ def test_each_drain_hands_over_every_label_published_before_it(broker) -> None: 
 def test_a_partition_of_many_tiny_batches_is_read_to_its_end(broker) -> None:  # noqa: F811
     """One-record batches, and a last batch of several records: Tansu reports the end offset of
     a partition as the start of its last batch plus one, and the drain still reads all of it."""
-    from serving.stream.messages import encode
+    from streaming.messages import encode
 
     topic = make_topics(broker.bootstrap_servers, partitions=1).labels
     n = 1500
@@ -94,7 +94,7 @@ def test_a_partition_of_many_tiny_batches_is_read_to_its_end(broker) -> None:  #
 def test_a_drain_with_the_broker_gone_gives_up_after_its_timeout(caplog) -> None:
     """Scoring must not stall on the labels topic: with the broker gone the drain retries until
     its catch-up timeout, says so, and returns (the rest is read at a later drain)."""
-    from serving.stream.broker import EmbeddedBroker
+    from streaming.broker import EmbeddedBroker
 
     with EmbeddedBroker() as own:
         topic = make_topics(own.bootstrap_servers).labels
@@ -103,7 +103,7 @@ def test_a_drain_with_the_broker_gone_gives_up_after_its_timeout(caplog) -> None
             own.stop()
             feed.catch_up_timeout_s = 1.0
             started = time.monotonic()
-            with caplog.at_level("WARNING", logger="serving.stream.labels"):
+            with caplog.at_level("WARNING", logger="streaming.labels"):
                 assert feed.drain() == 0
             assert time.monotonic() - started < 10
             assert "not caught up" in caplog.text
@@ -119,8 +119,8 @@ def test_every_polled_transaction_finds_the_labels_appended_before_it(broker) ->
 
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from components import contract as c
-    from serving.stream.messages import label_message
+    from core import contract as c
+    from streaming.messages import label_message
 
     topics = make_topics(broker.bootstrap_servers)
     n = 600

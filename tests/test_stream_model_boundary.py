@@ -17,9 +17,9 @@ from stream_fixtures import (  # noqa: F401 - pytest fixtures
     read_topic,
 )
 
-from components import contract as c
-from serving.stream.messages import DeadLetterFields
-from serving.stream.scoring import ModelThresholds, Scorer, ThresholdStore, build_model_client
+from core import contract as c
+from streaming.messages import DeadLetterFields
+from streaming.scoring import ModelThresholds, Scorer, ThresholdStore, build_model_client
 
 pytestmark = pytest.mark.slow
 HUGE = 1e39  # finite in JSON and in Python, too large for the model's float32 input

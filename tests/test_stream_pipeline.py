@@ -35,15 +35,15 @@ from stream_fixtures import (  # noqa: F401 - pytest fixtures
     write_dataset,
 )
 
-from components import contract as c
-from components.features.batch import compute_features
-from components.settings import Topics
-from serving.stream import cli
-from serving.stream.broker import create_topics, free_port
-from serving.stream.consumer import ConsumerSummary
-from serving.stream.dataset import load_consumed
-from serving.stream.messages import DeadLetterFields, DecisionFields
-from serving.stream.metrics import PREFIX, StreamMetrics
+from app import stream_cli as cli
+from core import contract as c
+from core.features.batch import compute_features
+from core.settings import Topics
+from streaming.broker import create_topics, free_port
+from streaming.consumer import ConsumerSummary
+from streaming.dataset import load_consumed
+from streaming.messages import DeadLetterFields, DecisionFields
+from streaming.metrics import PREFIX, StreamMetrics
 
 pytestmark = pytest.mark.slow
 RTOL, ATOL = 1e-9, 1e-6  # batch vs streaming sums differ in the last bits only
@@ -230,7 +230,7 @@ def test_a_replay_in_two_parts_publishes_the_labels_of_one_replay(broker) -> Non
     """The second part carries the first part's labels that fall due during it (what the
     latency bench's mid-stream runs rely on): per labels partition, the same messages in the
     same order as one replay of the whole stream."""
-    from serving.stream.replay import replay_frame
+    from streaming.replay import replay_frame
 
     df = simulated(60, 20, seed=5)
     split = len(df) // 2
@@ -289,7 +289,7 @@ def test_a_new_model_version_decides_with_its_own_thresholds(
         time.sleep(0.5)
     topics = make_topics(broker.bootstrap_servers)
     df = simulated(40, 10, seed=9)
-    from serving.stream.replay import replay_frame
+    from streaming.replay import replay_frame
 
     replay_frame(df, broker.bootstrap_servers, topics, progress=False)
     assert gc.get_freeze_count() == 0  # the replay takes its heap out of the collector, then back

@@ -17,9 +17,9 @@ from stream_fixtures import (  # noqa: F401 - pytest fixtures
     read_topic,
 )
 
-from components import contract as c
-from serving.stream import messages as m
-from serving.stream.messages import DeadLetterFields
+from core import contract as c
+from streaming import messages as m
+from streaming.messages import DeadLetterFields
 
 pytestmark = pytest.mark.slow
 

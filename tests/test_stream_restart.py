@@ -41,11 +41,11 @@ from stream_fixtures import (  # noqa: F401 - pytest fixtures
     wait_for,
 )
 
-from components import contract as c
-from components.settings import Topics
-from serving.stream.broker import free_port
-from serving.stream.messages import DecisionFields
-from serving.stream.replay import Pacing, replay_frame
+from core import contract as c
+from core.settings import Topics
+from streaming.broker import free_port
+from streaming.messages import DecisionFields
+from streaming.replay import Pacing, replay_frame
 
 pytestmark = pytest.mark.slow
 KILL_TEST_TRANSACTIONS = int(os.environ.get("STREAM_KILL_TEST_TRANSACTIONS", "20000"))
@@ -85,7 +85,7 @@ class DecisionWatcher:
 
 
 class ConsumerProcess:
-    """``python -m serving.stream.cli stream consume`` as its own process."""
+    """``python -m app.stream_cli stream consume`` as its own process."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.cmd, self.env, self.log_dir = cmd, env, log_dir

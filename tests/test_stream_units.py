@@ -15,24 +15,24 @@ import pandas as pd
 import pytest
 from stream_fixtures import reference_stream_features, simulated
 
-from components import contract as c
-from components.dataio import validate_frame
-from components.features.batch import epoch_seconds as batch_epoch_seconds
-from components.features.stream import StreamingFeatureEngine
-from components.statefile import StateFileError
-from serving.stream import messages as m
-from serving.stream import state as st
-from serving.stream.dataset import ConsumedDataset, load_consumed
-from serving.stream.kafka_config import KafkaSecurity, client_config
-from serving.stream.metrics import PREFIX, StreamMetrics
-from serving.stream.scoring import (
+from core import contract as c
+from core.dataio import validate_frame
+from core.features.batch import epoch_seconds as batch_epoch_seconds
+from core.features.stream import StreamingFeatureEngine
+from core.statefile import StateFileError
+from streaming import messages as m
+from streaming import state as st
+from streaming.dataset import ConsumedDataset, load_consumed
+from streaming.kafka_config import KafkaSecurity, client_config
+from streaming.metrics import PREFIX, StreamMetrics
+from streaming.scoring import (
     METADATA_FILE,
     ModelThresholds,
     Scorer,
     ScoringUnavailable,
     ThresholdStore,
 )
-from serving.stream.state import LabelRouter, PartitionState, RecentIds, SnapshotStore
+from streaming.state import LabelRouter, PartitionState, RecentIds, SnapshotStore
 
 
 def _tx(**overrides: object) -> dict:
@@ -599,7 +599,7 @@ def test_label_positions_log_survives_a_cut_last_line_and_is_compacted(tmp_path:
 
 
 def test_dynamic_pacing_sends_in_bursts_of_a_tenth_of_a_second(monkeypatch) -> None:
-    from serving.stream import replay
+    from streaming import replay
 
     clock = {"now": 1_000.0}
     monkeypatch.setattr(replay.time, "monotonic", lambda: clock["now"])
@@ -626,7 +626,7 @@ def test_dynamic_pacing_sends_in_bursts_of_a_tenth_of_a_second(monkeypatch) -> N
 
 
 def test_snapshot_writer_writes_the_latest_blob_and_reports_failures(tmp_path: Path) -> None:
-    from serving.stream.state import SnapshotWriter
+    from streaming.state import SnapshotWriter
 
     store = SnapshotStore(tmp_path, fsync=False)
     engine = StreamingFeatureEngine(c.DEFAULT_LABEL_DELAY_DAYS)
@@ -651,7 +651,7 @@ def test_snapshot_writer_writes_the_latest_blob_and_reports_failures(tmp_path: P
 def test_batch_histogram_exposes_what_prometheus_histogram_would() -> None:
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from serving.stream.metrics import SCORE_BUCKETS, BatchHistogram
+    from streaming.metrics import SCORE_BUCKETS, BatchHistogram
 
     values = np.random.default_rng(3).beta(0.5, 5, 5_000)
     values[:5] = SCORE_BUCKETS[:5]  # values on a bound belong to its bucket (le)
@@ -675,7 +675,7 @@ def test_batch_histogram_exposes_what_prometheus_histogram_would() -> None:
 
 
 def test_stage_clock_splits_the_batch_time_by_stage(monkeypatch) -> None:
-    from serving.stream import consumer as sc
+    from streaming import consumer as sc
 
     now = iter([10.5, 13.0, 13.25])
     monkeypatch.setattr(sc.time, "monotonic", lambda: next(now))
@@ -690,7 +690,7 @@ def test_gc_pause_log_names_the_generation_of_a_long_collection(caplog) -> None:
     import gc
     import logging
 
-    from serving.stream import gcpolicy
+    from streaming import gcpolicy
 
     slow, quiet = gcpolicy.GcPauseLog(0.0), gcpolicy.GcPauseLog(3600.0)
     with caplog.at_level(logging.WARNING, logger=gcpolicy.__name__):
@@ -718,7 +718,7 @@ def test_gc_policy_freezes_survivors_and_frees_their_cycles_at_the_full_collecti
     import gc
     import weakref
 
-    from serving.stream.gcpolicy import GcPolicy
+    from streaming.gcpolicy import GcPolicy
 
     class Node:
         pass

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from components import contract as c
+from core import contract as c
 
 
 @dataclass(frozen=True)

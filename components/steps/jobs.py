@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components import contract as c
+from core import contract as c
 
 log = logging.getLogger("fraud.pipeline")
 
@@ -32,8 +32,9 @@ def ingest_step(
     label_delay_days: int,
     **window_args,
 ) -> dict:
-    from components.datajobs import data_version
-    from components.steps.ingest import ingest, resolve_windows
+    from components.steps.ingest import ingest
+    from core.datajobs import data_version
+    from core.windows import resolve_windows
 
     windows = resolve_windows(label_delay_days=label_delay_days, **window_args)
     result = ingest(data_path, windows, label_delay_days)
@@ -50,7 +51,6 @@ def validate_step(
 ) -> dict[str, float]:
     """Raises SchemaAnomalyError (after writing the anomaly list) when the schema is violated;
     returns drift measurements against the served model's training statistics (may be empty)."""
-    from components.scoring import TRAIN_STATS_FILE, model_versions
     from components.steps.validate import (
         DEFAULT_SCHEMA_PATH,
         SchemaAnomalyError,
@@ -61,6 +61,7 @@ def validate_step(
         read_stats,
         write_stats,
     )
+    from core.model import TRAIN_STATS_FILE, model_versions
 
     train = pd.read_parquet(train_path)
     schema = load_schema(schema_path or DEFAULT_SCHEMA_PATH)
@@ -120,7 +121,6 @@ def evaluate_step(
     model_dir: str, eval_path: str, model_base_path: str, blessing_dir: str, gate: dict
 ):
     """Returns the Verdict plus the eval labels/scores for the UI's curves."""
-    from components.scoring import SavedModelScorer, model_versions
     from components.steps.evaluator import (
         GateConfig,
         Verdict,
@@ -128,6 +128,7 @@ def evaluate_step(
         compute_metrics,
         thresholds_from_budget,
     )
+    from core.model import SavedModelScorer, model_versions
 
     cfg = GateConfig(**gate)
     evaluation = pd.read_parquet(eval_path)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import contract as c
-from components.features.batch import epoch_seconds
-from components.scoring import METADATA_FILE, TRAIN_STATS_FILE, model_versions
+from core import contract as c
+from core.features.batch import epoch_seconds
+from core.model import METADATA_FILE, TRAIN_STATS_FILE, model_versions
 
 PROFILE_BINS = 10
 

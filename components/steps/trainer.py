@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import contract as c
+from core import contract as c
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFT's layer is Keras 2: tf_keras, not Keras 3
 

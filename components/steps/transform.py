@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import contract as c
-from components.dataio import format_timestamps
+from core import contract as c
+from core.dataio import format_timestamps
 
 TRANSFORM_FN_DIR = "transform_fn"
 SPLITS = ("train", "valid", "eval")

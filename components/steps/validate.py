@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from components import contract as c
-from components.dataio import format_timestamps
+from core import contract as c
+from core.dataio import format_timestamps
 
 DEFAULT_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "pipelines" / "schema" / "schema.pbtxt"
 JS_THRESHOLD = 0.1  # Jensen-Shannon divergence between this and the served model's training data

@@ -4,7 +4,7 @@ One loop iteration handles one batch:
 
 1. poll the group consumer for up to a batch of the owned transactions partitions, then read
    the labels topic up to its end as of after that poll (every instance reads all labels,
-   outside the group): the labels barrier, see serving.stream.labels;
+   outside the group): the labels barrier, see streaming.labels;
 2. parse and validate each transaction; bad ones go to the dead-letter topic with the reason,
    the original bytes and where they came from;
 3. per partition, in offset order: apply the labels available by the transaction's time, then
@@ -34,17 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components import contract as c
-from components.settings import Topics
-from serving.stream import messages as m
-from serving.stream.dataset import ConsumedDataset
-from serving.stream.gcpolicy import GcPauseLog, GcPolicy
-from serving.stream.health import ConsumerHealth
-from serving.stream.kafka_config import KafkaSecurity, client_config, has_c_crc32c
-from serving.stream.labels import LabelFeed, partitions_of
-from serving.stream.metrics import StreamMetrics
-from serving.stream.scoring import Scored, Scorer, ScoringUnavailable
-from serving.stream.state import (
+from core import contract as c
+from core.settings import Topics
+from streaming import messages as m
+from streaming.dataset import ConsumedDataset
+from streaming.gcpolicy import GcPauseLog, GcPolicy
+from streaming.health import ConsumerHealth
+from streaming.kafka_config import KafkaSecurity, client_config, has_c_crc32c
+from streaming.labels import LabelFeed, partitions_of
+from streaming.metrics import StreamMetrics
+from streaming.scoring import Scored, Scorer, ScoringUnavailable
+from streaming.state import (
     CONFLICT,
     DEFAULT_MAX_PENDING_LABELS,
     DEFAULT_RECENT_IDS,
@@ -100,7 +100,7 @@ class ConsumerConfig:
     # Fallback-decided transactions kept for their re-score (about 1.5 KB each). Beyond it the
     # consumer stops taking new batches and holds, as without a deadline: nothing is dropped.
     max_fallback_backlog: int = 100_000
-    # Per partition: labels held until their availability (serving.stream.state), and the
+    # Per partition: labels held until their availability (streaming.state), and the
     # transaction ids remembered to skip identical re-sends and dead-letter conflicting ones.
     max_pending_labels: int = DEFAULT_MAX_PENDING_LABELS
     recent_ids: int = DEFAULT_RECENT_IDS
@@ -294,7 +294,7 @@ class StreamConsumer:
     ) -> None:
         self.config = config
         self.scorer = scorer
-        # serving.stream.monitoring.DriftLoop: drift checks and the retrain trigger, fed with
+        # monitoring.loop.DriftLoop: drift checks and the retrain trigger, fed with
         # every decided batch (None: no monitoring).
         self.drift = drift
         self.metrics = metrics or StreamMetrics()
@@ -589,7 +589,7 @@ class StreamConsumer:
             started = last_data = time.monotonic()
             assert self._labels is not None
             # The labels barrier: every label appended before these transactions is handed to
-            # the router before they are featurised (serving.stream.labels).
+            # the router before they are featurised (streaming.labels).
             self._labels.drain()
             self._process(records, poll_s, started)
             self._update_lag()

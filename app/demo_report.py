@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import contract as c
+from core import contract as c
 
 
 @dataclass
@@ -101,7 +101,7 @@ def plots(
     plt.close(fig)
 
     if windows:
-        from serving.stream.drift import DriftConfig
+        from monitoring.drift import DriftConfig
 
         w = pd.DataFrame(windows)
         night_cols = [k for k in w.columns if k.startswith("night_z_")]

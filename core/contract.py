@@ -5,7 +5,7 @@ import names from here; nothing else spells a field or feature name.
 
 Two kinds of features:
 * stateful window aggregates (``STATEFUL_FEATURES``): need history, so the feature engines
-  (``components.features.batch`` and ``components.features.stream``) compute them, and they are
+  (``core.features.batch`` and ``core.features.stream``) compute them, and they are
   inputs of the served model;
 * stateless derived features (``derived_features``): pure functions of one row of model inputs,
   computed *inside* the TF graph (TFT ``preprocessing_fn`` and so inside the exported SavedModel),

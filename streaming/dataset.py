@@ -12,7 +12,7 @@ JSON Lines because the consumer already holds each record as a small dict (encod
 and flushed before the batch's offsets are committed, so a crash can duplicate rows but never
 lose committed ones; ``load_consumed`` drops the duplicates (first occurrence of a transaction
 id wins), skips a line truncated by a crash, and joins labels to transactions, giving a frame in
-the raw schema that ``components.dataio`` validates like any raw file.
+the raw schema that ``core.dataio`` validates like any raw file.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import IO, Any
 
 import orjson
 
-from components import contract as c
-from serving.stream.messages import LABEL_FIELDS, Label
+from core import contract as c
+from streaming.messages import LABEL_FIELDS, Label
 
 TRANSACTIONS_DIR = "transactions"
 LABELS_DIR = "labels"
@@ -194,7 +194,7 @@ def load_consumed(state_dir: Path, labelled_only: bool = True) -> Any:
     """
     import pandas as pd
 
-    from components.dataio import sort_stream_order
+    from core.dataio import sort_stream_order
 
     root = Path(state_dir) / "dataset"
     tx = _read_parts(root / TRANSACTIONS_DIR, c.LIVE_FIELDS)

@@ -23,7 +23,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from components import contract as c
+from core import contract as c
 
 DRIFT_KINDS = ("new_pattern", "spend_shift")
 PATTERNS = ("stolen_card", "compromised_terminal", "cnp_leak", "card_testing", "night_skimming")

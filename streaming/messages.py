@@ -8,7 +8,7 @@
 * dead letters: ``DeadLetterFields`` below, with the original bytes in base64 up to a cap
   (``DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES``), their full size and sha256.
 
-Validation of transactions reuses ``components.dataio.validate_frame`` on each poll batch, so a
+Validation of transactions reuses ``core.dataio.validate_frame`` on each poll batch, so a
 streamed transaction is accepted exactly when a row of a raw file would be (within the same
 bounds: ``contract.MAX_AMOUNT``, ``contract.MIN_TIMESTAMP``..``contract.MAX_TIMESTAMP``).
 """
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from components import contract as c
+from core import contract as c
 
 if TYPE_CHECKING:
-    from components.dataio import RowError
+    from core.dataio import RowError
 
 
 class DecisionFields:
@@ -115,7 +115,7 @@ LABEL_FIELDS: tuple[str, ...] = (
     c.LABEL_AVAILABLE_AT,
 )
 
-# validate_frame numbers Parquet rows from 1 (see components.dataio): a pseudo Parquet path makes
+# validate_frame numbers Parquet rows from 1 (see core.dataio): a pseudo Parquet path makes
 # a batch's row numbers its 1-based positions.
 _BATCH_PATH = Path("kafka-batch.parquet")
 
@@ -171,7 +171,7 @@ class Transaction:
 def validate_batch(
     rows: Sequence[dict[str, Any]], dedupe: bool = True
 ) -> tuple[list[Transaction | None], dict[int, Rejected]]:
-    """Validate parsed transactions with the raw-data rules of ``components.dataio``.
+    """Validate parsed transactions with the raw-data rules of ``core.dataio``.
 
     Returns one ``Transaction`` (or None when rejected) per row, and {position: rejection}.
     Rows already in the canonical wire form (what the replay and any well-behaved producer
@@ -180,7 +180,7 @@ def validate_batch(
     reasons are those of a raw file. With ``dedupe``, the first valid occurrence of a
     transaction id within the batch wins and later ones are rejected as duplicates, as in a raw
     file (the scoring consumer judges repeats itself, across batches, see
-    serving.stream.state.RecentIds).
+    streaming.state.RecentIds).
     """
     out: list[Transaction | None] = [None] * len(rows)
     slow: list[int] = []
@@ -246,8 +246,8 @@ def _validate_with_dataio(
     own duplicate rule never fires: duplicates are judged over the whole batch by the caller)."""
     import pandas as pd
 
-    from components.dataio import format_timestamps, validate_frame
-    from components.features.batch import epoch_seconds
+    from core.dataio import format_timestamps, validate_frame
+    from core.features.batch import epoch_seconds
 
     rounds: list[list[int]] = []
     for pos in positions:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from components import contract as c
-from components.dataio import read_transactions, write_transactions
-from components.features.batch import build_feature_table
-from components.simulator import SimulationConfig, simulate, summarize
+from core import contract as c
+from core.dataio import read_transactions, write_transactions
+from core.features.batch import build_feature_table
+from core.simulator import SimulationConfig, simulate, summarize
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

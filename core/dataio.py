@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import contract as c
+from core import contract as c
 
 
 @dataclass(frozen=True)

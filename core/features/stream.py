@@ -7,7 +7,7 @@ Contract:
 * state older than the longest window (plus the label delay for terminals) is evicted, so memory
   is bounded by active customers/terminals x window;
 * ``snapshot()`` / ``restore()`` round-trip the whole state, so features after a restart equal
-  those of an uninterrupted run; the snapshot is data only (``components.statefile``), and
+  those of an uninterrupted run; the snapshot is data only (``core.statefile``), and
   ``state()`` / ``from_state()`` give the same document unencoded, to embed in a larger one.
 """
 
@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from components import contract as c
-from components import statefile
+from core import contract as c
+from core import statefile
 
 SNAPSHOT_FORMAT = "fraud-feature-engine-state"
-# 2: JSON (components.statefile) instead of pickle.
+# 2: JSON (core.statefile) instead of pickle.
 SNAPSHOT_VERSION = 2
 _REMEDY = "move the snapshot away: the consumer then rebuilds the features from the stream"
 _EVICT_EVERY = 10_000  # transactions between eviction sweeps: amortises the sweep cost

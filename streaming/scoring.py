@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from components import contract as c
+from core import contract as c
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Drift monitoring and the retraining trigger, as the consumer runs them after each batch.
 
 ``DriftLoop`` is the glue between the consumer and two self-contained parts:
-``serving.stream.drift.DriftMonitor`` (windowed drift statistics) and
-``serving.stream.retrain.RetrainTrigger`` (single-flight retraining). Its policy:
+``monitoring.drift.DriftMonitor`` (windowed drift statistics) and
+``monitoring.retrain.RetrainTrigger`` (single-flight retraining). Its policy:
 
 * features are only compared once the consumer's feature state covers the longest window
   (``warmup_s`` of event time after the first transaction it saw): before that, window counts are
@@ -17,7 +17,7 @@
   retrain) is saved to ``state_path`` every ``save_interval_s`` and by ``save()`` at shutdown,
   and taken back at start when the same model version still answers: a restart does not blind
   the monitor for a window (a day, with daily windows). A crash loses at most the interval.
-  The file is data only (``components.statefile``): reading it never runs code.
+  The file is data only (``core.statefile``): reading it never runs code.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from components import contract as c
-from components import statefile
-from components.scoring import read_metadata
+from core import contract as c
+from core import statefile
+from core.model import read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class DriftLoop:
         )
 
     def _ensure_monitor(self, version: int) -> bool:
-        from serving.stream.drift import DriftMonitor
+        from monitoring.drift import DriftMonitor
 
         if self.monitor is not None and self.monitor.model_version == version:
             return True

@@ -23,7 +23,7 @@ A window in which any check crosses its threshold is *drifting*; ``sustained`` i
 last ``sustained_windows`` closed windows all drifted, which is the retraining policy's signal.
 
 Every value is also a Prometheus metric (``DriftMetrics``). ``RetrainMetrics`` (used by
-``serving.stream.retrain``) lives here too: the Grafana dashboard test maps the ``fraud_drift_``
+``monitoring.retrain``) lives here too: the Grafana dashboard test maps the ``fraud_drift_``
 and ``fraud_retrain_`` prefixes to this module and discovers ``*Metrics`` classes defined in it.
 
 Not thread-safe: call ``update``/``add_labels`` from the consumer's loop thread (scraping the
@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from components import contract as c
+from core import contract as c
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class DriftMetrics:
 
 
 class RetrainMetrics:
-    """Instruments of ``serving.stream.retrain.RetrainTrigger`` (defined here, see module doc)."""
+    """Instruments of ``monitoring.retrain.RetrainTrigger`` (defined here, see module doc)."""
 
     def __init__(self, registry: Any | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -615,7 +615,7 @@ class DriftMonitor:
         metrics: DriftMetrics | None = None,
     ) -> DriftMonitor:
         """From a version directory, or the latest version under a base path."""
-        from components.scoring import read_metadata, resolve_model_dir
+        from core.model import read_metadata, resolve_model_dir
 
         return cls(read_metadata(resolve_model_dir(path)), config, metrics)
 

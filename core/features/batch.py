@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components import contract as c
-from components.dataio import sort_stream_order
+from core import contract as c
+from core.dataio import sort_stream_order
 
 _BIG = np.int64(1) << 40  # entity code * _BIG + relative seconds: one sortable int64 key
 

@@ -12,7 +12,7 @@ availability) and were applied on arrival. ``label_positions`` records how far t
 had been read at snapshot time, so after a restart (which re-reads the labels topic from the
 beginning) a label is skipped exactly when the restored engine already has it.
 
-Snapshots are data only (``components.statefile``): whoever can write the state directory can
+Snapshots are data only (``core.statefile``): whoever can write the state directory can
 corrupt the features, but cannot make the consumer run code.
 """
 
@@ -31,10 +31,10 @@ from typing import Any
 
 import orjson
 
-from components import contract as c
-from components import statefile
-from components.features.stream import StreamingFeatureEngine
-from serving.stream.messages import Label
+from core import contract as c
+from core import statefile
+from core.features.stream import StreamingFeatureEngine
+from streaming.messages import Label
 
 SNAPSHOT_FORMAT = "fraud-partition-snapshot"
 # Bumped whenever the document's fields change: a file of another version is refused.

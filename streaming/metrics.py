@@ -242,8 +242,8 @@ class StreamMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1", health: Any = None) -> Any:
         """Expose /metrics (and, with ``health``, /healthz and /ready: see
-        serving.stream.health) on ``addr:port`` in a daemon thread; returns the server
+        streaming.health) on ``addr:port`` in a daemon thread; returns the server
         (``shutdown()``). Loopback by default: exposing it is a deployment's decision."""
-        from serving.stream.health import ConsumerHealth, serve
+        from streaming.health import ConsumerHealth, serve
 
         return serve(self.registry, health or ConsumerHealth(), port, addr)

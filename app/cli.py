@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from components.settings import Settings
+from core.settings import Settings
 
 
 def _data_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from components.datajobs import load_params, run_simulate, simulation_config
+    from core.datajobs import load_params, run_simulate, simulation_config
 
     params = load_params(args.params) if args.params else {}
     cfg = simulation_config(
@@ -31,7 +31,7 @@ def _data_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _data_validate(args: argparse.Namespace, settings: Settings) -> int:
-    from components.datajobs import run_validate
+    from core.datajobs import run_validate
 
     summary = run_validate(args.input, args.output, args.skip_invalid, args.rejects, args.report)
     print(
@@ -43,8 +43,8 @@ def _data_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _data_summary(args: argparse.Namespace, settings: Settings) -> int:
-    from components.dataio import read_transactions
-    from components.datajobs import format_summary
+    from core.dataio import read_transactions
+    from core.datajobs import format_summary
 
     raw = read_transactions(args.raw)
     feats = read_transactions(args.features) if args.features else None
@@ -53,7 +53,7 @@ def _data_summary(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _features_build(args: argparse.Namespace, settings: Settings) -> int:
-    from components.datajobs import run_features
+    from core.datajobs import run_features
 
     table = run_features(
         args.input, args.output, args.label_delay_days or settings.label_delay_days
@@ -63,8 +63,9 @@ def _features_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schema_infer(args: argparse.Namespace, settings: Settings) -> int:
-    from components.steps.ingest import ingest, resolve_windows
+    from components.steps.ingest import ingest
     from components.steps.validate import compute_statistics, curate_schema, write_schema
+    from core.windows import resolve_windows
 
     windows = resolve_windows(
         train_start=args.train_start,
@@ -119,20 +120,23 @@ def _pipeline_compile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _pipeline_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.runners import COMPILED_PATH, submit
+    from pipelines.runners import COMPILED_PATH, kfp_client, submit
 
     run_id = submit(
-        args.host, _pipeline_params(args, settings), args.experiment, args.package or COMPILED_PATH
+        kfp_client(args.host),
+        _pipeline_params(args, settings),
+        args.experiment,
+        args.package or COMPILED_PATH,
     )
     print(f"submitted run {run_id} to {args.host}")
     return 0
 
 
 def _pipeline_schedule(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.runners import COMPILED_PATH, schedule
+    from pipelines.runners import COMPILED_PATH, kfp_client, schedule
 
     job = schedule(
-        args.host,
+        kfp_client(args.host),
         args.cron,
         _pipeline_params(args, settings),
         args.experiment,
@@ -158,7 +162,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.demo import main as demo_main
+    from app.demo import main as demo_main
 
     return demo_main(["--run-dir", str(args.run_dir)] if args.run_dir else [])
 
@@ -278,12 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Streaming (broker, topics, stream), deployment and retraining register their own commands;
     # their modules import nothing heavy at load time.
+    from app import retrain_cli, stream_cli
     from serving import deploy_status
-    from serving.stream import cli as stream_cli
-    from serving.stream import retrain
 
     stream_cli.add_subcommands(sub)
-    retrain.add_subcommands(sub)
+    retrain_cli.add_subcommands(sub)
     deploy_status.add_subcommands(sub)
 
     demo = sub.add_parser(

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from components import contract as c
+from core import contract as c
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components import contract as c
-from components.settings import Topics
+from core import contract as c
+from core.settings import Topics
 
 log = logging.getLogger("fraud.demo")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def _bin(name: str) -> str:
 
 def _retrain_state(run_dir: Path) -> str:
     """'idle', 'running' or 'done', from the retrain history the consumer's trigger writes."""
-    from pipelines.demo_report import load_jsonl
+    from app.demo_report import load_jsonl
 
     records = load_jsonl(run_dir / "retrain" / "history.jsonl")
     started = {r["run_id"] for r in records if r.get("status") == "started" and r.get("run_id")}
@@ -93,13 +93,13 @@ def read_topic(bootstrap: str, topic: str) -> list[dict]:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from components.dataio import read_transactions
-    from components.datajobs import load_params
-    from components.steps.ingest import history_warmup
+    from core.dataio import read_transactions
+    from core.datajobs import load_params
+    from core.windows import history_warmup
     from pipelines.runners import run_local
     from serving._launch import ServerProcess
-    from serving.stream.broker import EmbeddedBroker, create_topics
-    from serving.stream.replay import Pacing, load_replay_frame, replay_frame
+    from streaming.broker import EmbeddedBroker, create_topics
+    from streaming.replay import Pacing, load_replay_frame, replay_frame
 
     t_begin = time.time()
     run_dir = cfg.run_dir.resolve()
@@ -247,7 +247,7 @@ def _metric(metrics_port: int, name: str) -> float:
 
 
 def _decided(metrics_port: int) -> float:
-    from serving.stream.metrics import DECIDED
+    from streaming.metrics import DECIDED
 
     return _metric(metrics_port, DECIDED)
 
@@ -256,7 +256,7 @@ def _wait_assigned(metrics_port: int, consumer_proc, run_dir: Path, timeout_s: f
     """Traffic starts once the consumer owns its partitions, as in production: otherwise its
     start-up and group join (10-20 s on the embedded broker) count as the first transactions'
     latency (one run's p99 was 16 s for that alone)."""
-    from serving.stream.metrics import ASSIGNED_PARTITIONS
+    from streaming.metrics import ASSIGNED_PARTITIONS
 
     deadline = time.time() + timeout_s
     while _metric(metrics_port, ASSIGNED_PARTITIONS) < 1:
@@ -275,7 +275,7 @@ def _free_port() -> int:
 
 
 def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version, models, replayed):
-    from pipelines import demo_report as r
+    from app import demo_report as r
 
     decisions["model_version"] = decisions["model_version"].astype(str)
     decisions[c.TIMESTAMP] = pd.to_datetime(decisions[c.TIMESTAMP], utc=True)
@@ -369,8 +369,8 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
 
 def offline_scores(truth, tx_ids, models: Path, versions: list[str]) -> dict:
     """Both versions on the same transactions (batch features over the full history)."""
-    from components.features.batch import build_feature_table
-    from components.scoring import SavedModelScorer
+    from core.features.batch import build_feature_table
+    from core.model import SavedModelScorer
 
     meta = json.loads((models / versions[-1] / "assets.extra" / "fraud_metadata.json").read_text())
     table = build_feature_table(

@@ -2,7 +2,7 @@
 
 ``add_subcommands(subparsers)`` registers the commands on the platform CLI's subparsers; each
 handler takes ``(args, settings=None)`` like the other ``fraud`` commands (``settings`` defaults
-to ``Settings.from_env()``). ``python -m serving.stream.cli ...`` runs the same commands alone.
+to ``Settings.from_env()``). ``python -m app.stream_cli ...`` runs the same commands alone.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from components import contract as c
-from components.settings import Settings
+from core import contract as c
+from core.settings import Settings
 
-log = logging.getLogger("serving.stream")
+log = logging.getLogger("streaming")
 
 
 def _settings(settings: Settings | None) -> Settings:
@@ -40,7 +40,7 @@ def _bootstrap(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _security(args: argparse.Namespace) -> Any:
-    from serving.stream.kafka_config import security_from_args
+    from streaming.kafka_config import security_from_args
 
     return security_from_args(args)
 
@@ -53,7 +53,7 @@ def _broker_dir(args: argparse.Namespace, settings: Settings) -> Path:
 
 
 def broker_start(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from serving.stream.broker import start_daemon
+    from streaming.broker import start_daemon
 
     settings = _settings(settings)
     info = start_daemon(_broker_dir(args, settings), port=args.port, host=args.host)
@@ -66,7 +66,7 @@ def broker_start(args: argparse.Namespace, settings: Settings | None = None) -> 
 
 
 def broker_stop(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from serving.stream.broker import stop_daemon
+    from streaming.broker import stop_daemon
 
     info = stop_daemon(_broker_dir(args, _settings(settings)))
     print("broker stopped" if info else "no broker was running")
@@ -74,7 +74,7 @@ def broker_stop(args: argparse.Namespace, settings: Settings | None = None) -> i
 
 
 def broker_status(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from serving.stream.broker import daemon_status
+    from streaming.broker import daemon_status
 
     status = daemon_status(_broker_dir(args, _settings(settings)))
     print(status.describe())
@@ -85,7 +85,7 @@ def broker_status(args: argparse.Namespace, settings: Settings | None = None) ->
 
 
 def topics_create(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from serving.stream.broker import create_topics
+    from streaming.broker import create_topics
 
     settings = _settings(settings)
     result = create_topics(
@@ -104,7 +104,7 @@ def topics_create(args: argparse.Namespace, settings: Settings | None = None) ->
 
 
 def stream_replay(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from serving.stream.replay import Pacing, replay
+    from streaming.replay import Pacing, replay
 
     _setup_logging(args.verbose)
     settings = _settings(settings)
@@ -129,9 +129,9 @@ def stream_replay(args: argparse.Namespace, settings: Settings | None = None) ->
 
 
 def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -> int:
-    from serving.stream.consumer import ConsumerConfig, StreamConsumer
-    from serving.stream.metrics import StreamMetrics
-    from serving.stream.scoring import Scorer, ThresholdStore, build_model_client
+    from streaming.consumer import ConsumerConfig, StreamConsumer
+    from streaming.metrics import StreamMetrics
+    from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
     _setup_logging(args.verbose)
     settings = _settings(settings)
@@ -216,9 +216,9 @@ def _deadline(text: str) -> float | None:
 
 def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metrics: Any) -> Any:
     """The drift monitor (+ retrain trigger) on the consumer's own metrics registry."""
-    from serving.stream.drift import DriftConfig, DriftMetrics, RetrainMetrics
-    from serving.stream.monitoring import DriftLoop, DriftLoopConfig
-    from serving.stream.retrain import parse_duration
+    from monitoring.drift import DriftConfig, DriftMetrics, RetrainMetrics
+    from monitoring.loop import DriftLoop, DriftLoopConfig
+    from monitoring.retrain import parse_duration
 
     low, high = (float(x) for x in args.drift_alert_bounds.split(","))
     timed = {}
@@ -240,31 +240,32 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     model_base_path = Path(args.model_base_path or settings.model_base_path)
     trigger = None
     if args.retrain != "off":
+        from app.retrain_cli import runner_for
+        from monitoring.retrain import RetrainConfig, RetrainTrigger
         from pipelines.params import parse_params
-        from serving.stream.retrain import RetrainConfig, RetrainTrigger
 
         params = parse_params(args.retrain_set, "--retrain-set")
         run_dir = (
             Path(args.retrain_run_dir) if args.retrain_run_dir else settings.run_dir / "retrain"
         )
+        retrain_config = RetrainConfig(
+            run_dir=run_dir,
+            mode=args.retrain,
+            cooldown_s=args.retrain_cooldown,
+            state_dir=config.state_dir,
+            base_data=Path(args.retrain_base_data) if args.retrain_base_data else None,
+            train_days=args.retrain_train_days,
+            eval_days=args.retrain_eval_days,
+            label_delay_days=config.label_delay_days,
+            model_base_path=model_base_path,
+            model_name=config.model_name,
+            pipeline_params=params,
+            host=args.retrain_host,
+            cluster_data_path=args.retrain_cluster_data_path,
+            export_path=Path(args.retrain_export_path) if args.retrain_export_path else None,
+        )
         trigger = RetrainTrigger(
-            RetrainConfig(
-                run_dir=run_dir,
-                mode=args.retrain,
-                cooldown_s=args.retrain_cooldown,
-                state_dir=config.state_dir,
-                base_data=Path(args.retrain_base_data) if args.retrain_base_data else None,
-                train_days=args.retrain_train_days,
-                eval_days=args.retrain_eval_days,
-                label_delay_days=config.label_delay_days,
-                model_base_path=model_base_path,
-                model_name=config.model_name,
-                pipeline_params=params,
-                host=args.retrain_host,
-                cluster_data_path=args.retrain_cluster_data_path,
-                export_path=Path(args.retrain_export_path) if args.retrain_export_path else None,
-            ),
-            metrics=RetrainMetrics(metrics.registry),
+            retrain_config, runner_for(retrain_config), metrics=RetrainMetrics(metrics.registry)
         )
     wait_days = args.retrain_label_wait_days
     if wait_days is None:
@@ -280,15 +281,15 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
 
 
 def _kafka_args(parser: argparse.ArgumentParser) -> None:
-    from serving.stream.kafka_config import add_kafka_arguments
+    from streaming.kafka_config import add_kafka_arguments
 
     add_kafka_arguments(parser, default_bootstrap=None)
 
 
 def add_subcommands(subparsers: Any) -> None:
     """Register ``broker``, ``topics`` and ``stream`` on the ``fraud`` CLI."""
-    from serving.stream.consumer import ConsumerConfig
-    from serving.stream.drift import DriftConfig
+    from monitoring.drift import DriftConfig
+    from streaming.consumer import ConsumerConfig
 
     broker = subparsers.add_parser("broker", help="run the embedded Kafka-protocol broker (Tansu)")
     broker_sub = broker.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
@@ -524,7 +525,7 @@ def add_subcommands(subparsers: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.stream.cli", description="Streaming layer of the fraud platform."
+        prog="python -m app.stream_cli", description="Streaming layer of the fraud platform."
     )
     add_subcommands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     return parser

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from components import contract as c
-from components.settings import Topics
-from serving.stream.kafka_config import KafkaSecurity, client_config
-from serving.stream.messages import LABEL_FIELDS, encode
+from core import contract as c
+from core.settings import Topics
+from streaming.kafka_config import KafkaSecurity, client_config
+from streaming.messages import LABEL_FIELDS, encode
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def load_replay_frame(path: Path, label_delay_days: int) -> Any:
     """The dataset in stream order with a ``label_available_at`` column (UTC datetimes)."""
     import pandas as pd
 
-    from components.dataio import read_transactions
+    from core.dataio import read_transactions
 
     df = read_transactions(path)
     if c.LABEL_AVAILABLE_AT in df.columns:
@@ -162,8 +162,8 @@ def replay_frame(
     from kafka import KafkaProducer
     from tqdm import tqdm
 
-    from components.dataio import format_timestamps, sort_stream_order
-    from components.features.batch import epoch_seconds
+    from core.dataio import format_timestamps, sort_stream_order
+    from core.features.batch import epoch_seconds
 
     df = sort_stream_order(df)
     n = len(df)

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
-from components.settings import Topics
-from serving.stream.kafka_config import KafkaSecurity, client_config
+from core.settings import Topics
+from streaming.kafka_config import KafkaSecurity, client_config
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import logging
 import time
 from typing import Any
 
-from serving.stream import messages as m
+from streaming import messages as m
 
 log = logging.getLogger(__name__)
 
