@@ -22,7 +22,7 @@ from core import contract as c
 from core import statefile
 
 SNAPSHOT_FORMAT = "fraud-feature-engine-state"
-# 2: JSON (core.statefile) instead of pickle.
+# Bumped whenever the document's fields change: a file of another version is refused.
 SNAPSHOT_VERSION = 2
 _REMEDY = "move the snapshot away: the consumer then rebuilds the features from the stream"
 _EVICT_EVERY = 10_000  # transactions between eviction sweeps: amortises the sweep cost
