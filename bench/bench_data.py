@@ -4,7 +4,8 @@
 
 Targets (on 2 cores): simulating 5,000 customers x 180 days in < 60 s, batch features on its
 ~1.8 M transactions in <= 30 s. The streaming engine's throughput is reported (transactions per
-second, labels interleaved as in production); it has no fixed target.
+second, labels interleaved as in production); it has no fixed target. The figures are recorded in
+bench/results.json and README.md's table (``bench.results``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench import results
 from core import contract as c
 from core.features.batch import compute_features, epoch_seconds
 from core.features.stream import StreamingFeatureEngine
@@ -30,6 +32,7 @@ class Result:
     seconds: float
     target_seconds: float | None = None
     rate: str = ""
+    tx_per_s: float = 0.0
 
     @property
     def ratio(self) -> float | None:
@@ -42,7 +45,8 @@ def bench_simulate(cfg: SimulationConfig) -> tuple[pd.DataFrame, Result]:
     df = simulate(cfg)
     secs = time.perf_counter() - t
     work = f"{cfg.n_customers:,} customers x {cfg.n_days} days -> {len(df):,} tx"
-    return df, Result("simulate", work, secs, 60.0, f"{len(df) / secs:,.0f} tx/s")
+    tps = len(df) / secs
+    return df, Result("simulate", work, secs, 60.0, f"{tps:,.0f} tx/s", tps)
 
 
 def bench_batch(df: pd.DataFrame, delay: int) -> Result:
@@ -51,7 +55,8 @@ def bench_batch(df: pd.DataFrame, delay: int) -> Result:
     secs = time.perf_counter() - t
     assert len(feats) == len(df)
     work = f"{len(df):,} tx x {len(c.STATEFUL_FEATURES)} features"
-    return Result("batch features", work, secs, 30.0, f"{len(df) / secs:,.0f} tx/s")
+    tps = len(df) / secs
+    return Result("batch features", work, secs, 30.0, f"{tps:,.0f} tx/s", tps)
 
 
 def bench_stream(df: pd.DataFrame, delay: int, sample: int) -> Result:
@@ -80,7 +85,7 @@ def bench_stream(df: pd.DataFrame, delay: int, sample: int) -> Result:
     n_labels = len(events) - len(df)
     work = f"{len(df):,} tx + {n_labels:,} labels"
     rate = f"{len(df) / secs:,.0f} tx/s ({1e6 * secs / len(df):.1f} us/tx)"
-    return Result("stream features", work, secs, None, rate)
+    return Result("stream features", work, secs, None, rate, len(df) / secs)
 
 
 def format_table(results: list[Result]) -> str:
@@ -96,6 +101,43 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def figures(
+    measured: list[Result], cfg: SimulationConfig, n_tx: int, command: str
+) -> list[results.Figure]:
+    """The recorded figures of one run: ``measured`` as ``main`` measures it, in its order."""
+    sim, batch, stream = measured
+    return [
+        results.measured(
+            "data.simulate_seconds",
+            f"simulate {cfg.n_customers:,} customers × {cfg.n_days} days ({n_tx / 1e6:.2f} M tx)",
+            sim.seconds,
+            "s",
+            "wall seconds of core.simulator.simulate",
+            command,
+            results.Target("<=", sim.target_seconds),
+            sim.rate,
+        ),
+        results.measured(
+            "data.batch_features_seconds",
+            f"batch features, {n_tx / 1e6:.2f} M tx",
+            batch.seconds,
+            "s",
+            "wall seconds of core.features.batch.compute_features over the simulated frame",
+            command,
+            results.Target("<=", batch.target_seconds),
+            batch.rate,
+        ),
+        results.measured(
+            "data.stream_features_tps",
+            f"streaming feature engine, {stream.work}",
+            stream.tx_per_s,
+            "tx/s",
+            "transactions per second of StreamingFeatureEngine.update, labels interleaved",
+            command,
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_data", description=__doc__)
     parser.add_argument("--customers", type=int, default=5_000)
@@ -103,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=180)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--stream-sample", type=int, default=200_000)
+    results.add_arguments(parser)
     args = parser.parse_args(argv)
 
     cfg = SimulationConfig(
@@ -110,12 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     delay = cfg.label_delay_days
     df, sim = bench_simulate(cfg)
-    results = [sim, bench_batch(df, delay), bench_stream(df, delay, args.stream_sample)]
+    measured = [sim, bench_batch(df, delay), bench_stream(df, delay, args.stream_sample)]
     print(
         f"data benchmarks on {os.cpu_count()} CPU(s), fraud rate {100 * df[c.LABEL].mean():.2f} %"
     )
-    print(format_table(results))
-    return 0 if all(r.ratio is None or r.ratio <= 1 for r in results) else 1
+    print(format_table(measured))
+    command = results.command_line("bench.bench_data", argv)
+    results.publish(args, figures(measured, cfg, len(df), command))
+    return 0 if all(r.ratio is None or r.ratio <= 1 for r in measured) else 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ cores with this process):
   columns (REST: numpy columns; in-process: numpy), which is the like-for-like comparison and the
   one gated; the ratio against pre-converted tensors (the bare model call, no input handling at
   all) is printed too.
+
+The gated ratio and that of the consumer's call (list of dicts) are recorded in bench/results.json
+and README.md's table (``bench.results``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench import results
 
 BATCH_SIZES = (1, 32, 256, 1024)
 CONCURRENCY = (1, 8, 32)
@@ -338,6 +343,46 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rows_per_s(report: dict[str, Any], path: str, batch: int) -> float:
+    return next(
+        r["rows_per_s"] for r in report["throughput"] if r["path"] == path and r["batch"] == batch
+    )
+
+
+def figures(report: dict[str, Any], command: str) -> list[results.Figure]:
+    """The recorded figures of one ``run`` report: the REST / in-process ratios at batch 256."""
+    ratios = report["ratios_at_batch_256"]
+    inprocess = _rows_per_s(report, "in-process, numpy", RATIO_BATCH)
+    meaning = (
+        "rows/s of ModelClient.predict given {} ÷ rows/s of the in-process signature call given "
+        f"the same numpy columns, batch {RATIO_BATCH}, median call times, server in a subprocess"
+    )
+    return [
+        results.measured(
+            "serving.rest_vs_inprocess",
+            f"REST / in-process rows/s at batch {RATIO_BATCH}",
+            ratios["rest_columns_vs_inprocess_numpy"],
+            "",
+            meaning.format("numpy columns"),
+            command,
+            results.Target(">=", RATIO_TARGET),
+            f"{_rows_per_s(report, 'REST, numpy columns', RATIO_BATCH):,.0f} / "
+            f"{inprocess:,.0f} rows/s",
+        ),
+        results.measured(
+            "serving.rest_rows_vs_inprocess",
+            f"REST with a list of row dicts (the consumer's call) / in-process at batch "
+            f"{RATIO_BATCH}",
+            ratios["rest_rows_vs_inprocess_numpy"],
+            "",
+            meaning.format("a list of row dicts"),
+            command,
+            detail=f"{_rows_per_s(report, 'REST, list of dicts', RATIO_BATCH):,.0f} / "
+            f"{inprocess:,.0f} rows/s",
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_serving", description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=None)
@@ -349,12 +394,14 @@ def main(argv: list[str] | None = None) -> int:
         help="requests per concurrency cell (split across the clients)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    results.add_arguments(parser)
     args = parser.parse_args(argv)
     random.seed(0)
     report = run(args.model_dir, args.seconds, args.concurrency_requests)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    results.publish(args, figures(report, results.command_line("bench.bench_serving", argv)))
     gated = report["ratios_at_batch_256"]["rest_columns_vs_inprocess_numpy"]
     return 0 if gated >= RATIO_TARGET else 1
 

@@ -24,7 +24,8 @@ beside them, and ``broker_fill_cost`` measures that growth in the same run.
 
     python -m bench.bench_stream [--transactions 20000] [--per-message 1500] [--json out.json]
 
-Message counts are bounded and every socket is on 127.0.0.1.
+Message counts are bounded and every socket is on 127.0.0.1. The ratios and latencies are
+recorded in bench/results.json and README.md's table (``bench.results``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from bench import results
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_VS_CEILING = 0.5
@@ -762,6 +765,67 @@ def run(args: argparse.Namespace) -> BenchResult:
             print(f"work dir kept: {work}")
 
 
+def figures(r: BenchResult, command: str) -> list[results.Figure]:
+    """The recorded figures of one run."""
+    rate = f"{r.latency_rate:.0f} tx/s"
+    runs = ", ".join(f"{x:.1f}" for x in r.latency_run_p99_ms)
+    return [
+        results.measured(
+            "stream.vs_ceiling",
+            "stream consumer / raw kafka-python pipe",
+            r.vs_ceiling,
+            "",
+            "tx/s of the scoring consumer ÷ tx/s of a kafka-python pipe that consumes and "
+            "produces the same JSON without features or scoring (means of two runs each)",
+            command,
+            results.Target(">=", TARGET_VS_CEILING),
+            f"{r.consumer_tps:,.0f} / {r.raw_pipe_tps:,.0f} tx/s",
+        ),
+        results.measured(
+            "stream.vs_per_message",
+            "stream consumer / one REST call per transaction",
+            r.vs_per_message,
+            "x",
+            "tx/s of the scoring consumer ÷ tx/s of the same loop making one :predict call per "
+            "transaction (means of two runs each)",
+            command,
+            results.Target(">=", TARGET_VS_PER_MESSAGE),
+            f"{r.consumer_tps:,.0f} / {r.per_message_tps:,.0f} tx/s",
+        ),
+        results.measured(
+            "stream.p99_ms",
+            f"p99 end-to-end latency at {rate}, labels of the week before falling due",
+            r.latency_p99_ms,
+            "ms",
+            "transaction's Kafka timestamp to its decision produced, over short runs each on "
+            "fresh topics of the embedded broker, the consumer as its own process",
+            command,
+            results.Target("<=", TARGET_P99_MS),
+            f"p50 {r.latency_p50_ms:.1f} ms; {r.latency_runs} runs of "
+            f"{r.latency_run_seconds:g} s: {runs}",
+        ),
+        results.measured(
+            "stream.relay_p99_ms",
+            f"p99 of the raw pipe relaying the same stream at {rate} (the broker's floor)",
+            r.raw_latency_p99_ms,
+            "ms",
+            "the same latency for a relay that does no work: what the broker and client cost",
+            command,
+            detail=f"p50 {r.raw_latency_p50_ms:.1f} ms",
+        ),
+        results.measured(
+            "stream.long_run_p99_ms",
+            f"p99 end-to-end over one {r.long_run_seconds:g} s run at {rate}",
+            r.long_latency_p99_ms,
+            "ms",
+            "the p99 latency over one long run on the same topics: the embedded broker's cost "
+            "per request grows as its partitions fill (docs/streaming.md, Benchmark)",
+            command,
+            detail=f"p50 {r.long_latency_p50_ms:.1f} ms",
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transactions", type=int, default=20_000, help="for (1) and (3)")
@@ -782,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-runs", dest="latency_segments", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    results.add_arguments(parser)
     parser.add_argument(
         "--relay",
         nargs=3,
@@ -804,6 +869,7 @@ def main(argv: list[str] | None = None) -> int:
             "vs_per_message": result.vs_per_message,
         }
         args.json.write_text(json.dumps(payload, indent=2))
+    results.publish(args, figures(result, results.command_line("bench.bench_stream", argv)))
     return 0
 
 
