@@ -243,14 +243,18 @@ def dumps(figures: Iterable[Figure]) -> str:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Serialises read-merge-write cycles of ``path`` between processes."""
+    """Serialises read-merge-write cycles of ``path`` between processes.
+
+    The lock is on the directory: the file itself is replaced by each write, so a lock on it
+    would be on an inode the next writer no longer opens.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _write_atomically(path: Path, text: str) -> None:
