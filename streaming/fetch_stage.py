@@ -41,7 +41,7 @@ class Intake:
     """Parses polled records into ``Entry`` objects and advances the partitions' feature state.
 
     Keeps only how many refused labels it has reported; the per-partition state lives in
-    ``router`` (owned by the partitions, see streaming.partitions). Guarantees: entries come
+    ``router`` (restored by streaming.partitions.OwnedPartitions). Guarantees: entries come
     out in per-partition offset order; every message not re-read for state only is either to
     score, a dead letter, or a counted repeat; messages re-read for state obey the same rules,
     so a restart rebuilds the same state.
