@@ -26,273 +26,90 @@ outcome (``pushed``, ``not_blessed``, ``failed``, ``submitted``), or a single ``
 Metrics: ``monitoring.drift.RetrainMetrics``.
 
 ``run_schedule`` runs the trigger on a schedule (``fraud retrain --every 6h``).
+
+Parts: the dataset in ``monitoring.retrain_data``, the history file and the lock in
+``monitoring.retrain_history``, the configuration and the job in ``monitoring.retrain_config``,
+durations in ``core.durations``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
-import os
-import re
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from core import contract as c
+from core.durations import format_duration, parse_duration
 from monitoring.drift import RetrainMetrics
+from monitoring.retrain_config import (
+    CLUSTER,
+    LOCAL,
+    RetrainConfig,
+    RetrainJob,
+    Runner,
+    TriggerResult,
+)
+from monitoring.retrain_data import (
+    build_training_dataset,
+    check_windows,
+    checked_windows,
+    load_consumed_dataset,
+    write_training_dataset,
+)
+from monitoring.retrain_history import (
+    COOLDOWN,
+    FAILED,
+    HISTORY_FILE,
+    IN_PROGRESS,
+    LOCK_FILE,
+    NOT_BLESSED,
+    PUSHED,
+    REFUSED,
+    STARTED,
+    SUBMITTED,
+    RunHistory,
+    RunLock,
+    RunRecord,
+    iso,
+)
 
 log = logging.getLogger(__name__)
 
+# What callers import from here, the parts' names included.
 __all__ = [
+    "CLUSTER",
+    "COOLDOWN",
+    "DATASET_FILE",
+    "FAILED",
+    "HISTORY_FILE",
+    "IN_PROGRESS",
+    "LOCAL",
+    "LOCK_FILE",
+    "NOT_BLESSED",
+    "PUSHED",
+    "REFUSED",
+    "STARTED",
+    "SUBMITTED",
     "RetrainConfig",
     "RetrainJob",
     "RetrainMetrics",
     "RetrainTrigger",
-    "TriggerResult",
+    "RunRecord",
     "Runner",
+    "TriggerResult",
     "build_training_dataset",
+    "check_windows",
+    "format_duration",
+    "load_consumed_dataset",
     "parse_duration",
     "run_schedule",
 ]
 
-HISTORY_FILE = "history.jsonl"
-LOCK_FILE = ".retrain.lock"
 DATASET_FILE = "dataset.parquet"
-
-# Record statuses; the last four are run outcomes (``fraud_retrain_runs_total{outcome}``).
-STARTED, REFUSED = "started", "refused"
-PUSHED, NOT_BLESSED, FAILED, SUBMITTED = "pushed", "not_blessed", "failed", "submitted"
-# Refusal causes (``fraud_retrain_refused_total{cause}``).
-IN_PROGRESS, COOLDOWN = "in_progress", "cooldown"
-
-LOCAL, CLUSTER = "local", "cluster"
-
-
-# --- durations ------------------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds from '6h', '30m', '1h30m', '2d', '45s' or a plain number of seconds."""
-    if isinstance(text, int | float):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower()
-        try:
-            seconds = float(s)
-        except ValueError:
-            parts = _DURATION_PART.findall(s)
-            if not parts or "".join(n + u for n, u in parts) != s:
-                raise ValueError(
-                    f"duration {text!r}: expected e.g. '6h', '30m', '1h30m', '2d' or seconds"
-                ) from None
-            seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"duration {text!r}: must be >= 0")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    for unit in ("d", "h", "m"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-# --- the training dataset -------------------------------------------------------------------------
-
-
-def load_consumed_dataset(state_dir: str | Path) -> Any:
-    """What the consumer persisted under ``<state_dir>/dataset``, in the raw schema plus
-    ``label_available_at``; transactions without a label yet keep a missing label."""
-    from streaming.dataset import load_consumed
-
-    return load_consumed(Path(state_dir), labelled_only=False)
-
-
-def build_training_dataset(
-    consumed: Any | None,
-    base: Any | None = None,
-    as_of: str | None = None,
-    label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS,
-) -> tuple[Any, dict[str, Any]]:
-    """The labelled data a retrain may use at ``as_of``: (frame in the raw schema, summary).
-
-    ``consumed``: what ``load_consumed_dataset`` returns (labels may be missing); ``base``: a
-    historical labelled file (path, validated on reading) or frame in the raw schema.
-
-    * both are merged and deduplicated by transaction id; a copy with a label known at ``as_of``
-      wins over one without, then the base copy over the consumed one;
-    * transactions after ``as_of`` (default: the latest event time) are dropped, and so are
-      labels that became available after it (a base without ``label_available_at`` gets
-      ``timestamp + label_delay_days``, the platform's label delay): no peeking at the future;
-    * transactions left without a known label are dropped, because the pipeline trains on
-      labelled rows only. With relative windows these all come after the windows' end.
-    """
-    import pandas as pd
-
-    from core.dataio import read_transactions, sort_stream_order
-
-    columns = [*c.RAW_FIELDS, c.LABEL_AVAILABLE_AT]
-    frames = []
-    info: dict[str, Any] = {"consumed_rows": 0, "base_rows": 0}
-    if base is not None:
-        base = base.copy() if isinstance(base, pd.DataFrame) else read_transactions(base)
-        if c.LABEL_AVAILABLE_AT not in base.columns:
-            base[c.LABEL_AVAILABLE_AT] = base[c.TIMESTAMP] + pd.Timedelta(days=label_delay_days)
-        missing = [col for col in columns if col not in base.columns]
-        if missing:
-            raise ValueError(f"base data lacks column(s) {missing} of the raw schema")
-        info["base_rows"] = len(base)
-        frames.append(base[columns].assign(_src=0))
-    if consumed is not None:
-        missing = [col for col in columns if col not in consumed.columns]
-        if missing:
-            raise ValueError(f"consumed data lacks column(s) {missing} of the raw schema")
-        info["consumed_rows"] = len(consumed)
-        frames.append(consumed[columns].assign(_src=1))
-    if not sum(len(f) for f in frames):
-        raise ValueError("no training data: nothing consumed and no base data")
-    df = pd.concat(frames, ignore_index=True)
-    df[c.LABEL] = df[c.LABEL].astype("float64")
-    if as_of is None:
-        cutoff = df[c.TIMESTAMP].max()
-    else:
-        cutoff = pd.Timestamp(as_of)
-        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
-    future = df[c.TIMESTAMP] > cutoff
-    df = df.loc[~future]
-    known = df[c.LABEL].notna() & (df[c.LABEL_AVAILABLE_AT] <= cutoff)
-    df = df.assign(_known=known)
-    df.loc[~known, c.LABEL] = float("nan")
-    # One row per transaction: known label first, then the base file's copy.
-    df = df.sort_values([c.TRANSACTION_ID, "_known", "_src"], ascending=[True, False, True])
-    deduped = df.drop_duplicates(subset=[c.TRANSACTION_ID], keep="first")
-    labelled = deduped.loc[deduped["_known"], columns].copy()
-    labelled[c.LABEL] = labelled[c.LABEL].astype("int8")
-    labelled = sort_stream_order(labelled)
-    info.update(
-        as_of=cutoff.isoformat(),
-        after_as_of=int(future.sum()),
-        duplicates=len(df) - len(deduped),
-        unlabelled_dropped=int((~deduped["_known"]).sum()),
-        rows=len(labelled),
-        frauds=int(labelled[c.LABEL].sum()),
-        first=labelled[c.TIMESTAMP].min().isoformat() if len(labelled) else None,
-        last=labelled[c.TIMESTAMP].max().isoformat() if len(labelled) else None,
-    )
-    return labelled, info
-
-
-def check_windows(frame: Any, windows: Any, source: str) -> dict[str, int]:
-    """Fail before spending minutes in the pipeline when a window has no rows or no fraud."""
-    ts = frame[c.TIMESTAMP]
-    counts: dict[str, int] = {}
-    for name, lo, hi in (
-        ("train", windows.train_start, windows.train_end),
-        ("eval", windows.eval_start, windows.eval_end),
-    ):
-        part = frame.loc[(ts >= lo) & (ts < hi)]
-        counts[f"{name}_rows"], counts[f"{name}_frauds"] = len(part), int(part[c.LABEL].sum())
-        if part.empty or not part[c.LABEL].any():
-            raise ValueError(
-                f"{source}: the {name} window [{lo}, {hi}) has {len(part)} labelled "
-                f"transactions and {counts[f'{name}_frauds']} frauds: not enough to retrain "
-                "(more history needed, or other windows)"
-            )
-    return counts
-
-
-# --- configuration, jobs, runners -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    run_dir: Path = Path("runs/retrain")
-    mode: str = LOCAL
-    # No new run within this many seconds of the last start (failed runs included: a broken
-    # setup must not retrain in a loop).
-    cooldown_s: float = 6 * 3_600
-    # Data: the consumer's --state-dir and a historical labelled file (raw schema).
-    state_dir: Path | None = None
-    base_data: Path | None = None
-    # Windows: relative to as_of (None = the latest event time in the data) ...
-    as_of: str | None = None
-    train_days: int = 28
-    eval_days: int = 7
-    # ... or explicit dates (train_start and train_end set: relative windows are not used).
-    train_start: str | None = None
-    train_end: str | None = None
-    eval_start: str | None = None
-    eval_end: str | None = None
-    label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS
-    model_base_path: Path = Path("models/fraud")
-    model_name: str = "fraud"
-    # Any other pipeline parameter (epochs, min_auc, review_budget, ...).
-    pipeline_params: Mapping[str, Any] = field(default_factory=dict)
-    # Cluster mode: KFP endpoint, and the dataset path as the pipeline's pods see it. With
-    # export_path, the merged dataset is written there first (a volume the cluster mounts).
-    host: str | None = None
-    experiment: str = "fraud"
-    package: Path | None = None
-    cluster_data_path: str | None = None
-    export_path: Path | None = None
-    wait_timeout_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in (LOCAL, CLUSTER):
-            raise ValueError(f"retrain: mode must be {LOCAL!r} or {CLUSTER!r}, got {self.mode!r}")
-        if self.cooldown_s < 0:
-            raise ValueError(f"retrain: cooldown must be >= 0, got {self.cooldown_s}")
-        if bool(self.train_start) != bool(self.train_end):
-            raise ValueError("retrain: give both train_start and train_end, or neither")
-        if not self.train_start and (self.train_days <= 0 or self.eval_days <= 0):
-            raise ValueError("retrain: relative windows need train_days > 0 and eval_days > 0")
-        if self.mode == LOCAL and self.state_dir is None and self.base_data is None:
-            raise ValueError("retrain: local mode needs a state_dir (consumed data) or base_data")
-        if self.mode == CLUSTER:
-            if not self.host:
-                raise ValueError("retrain: cluster mode needs the KFP host")
-            if not (self.cluster_data_path or self.export_path):
-                raise ValueError(
-                    "retrain: cluster mode needs cluster_data_path (the dataset as the "
-                    "pipeline pods see it) or export_path (where to write it for them)"
-                )
-
-    @property
-    def explicit_windows(self) -> bool:
-        return bool(self.train_start)
-
-
-@dataclass(frozen=True)
-class RetrainJob:
-    """What a runner gets: pipeline parameters and a private directory for its artifacts."""
-
-    run_id: str
-    reason: str
-    run_dir: Path
-    params: dict[str, Any]
-    dataset: dict[str, Any] | None = None
-
-
-Runner = Callable[[RetrainJob], Mapping[str, Any]]
 
 
 def _outcome(result: Mapping[str, Any]) -> str:
@@ -306,46 +123,6 @@ def _outcome(result: Mapping[str, Any]) -> str:
     if result.get("kfp_run_id"):
         return SUBMITTED
     raise ValueError(f"runner result says neither pushed nor submitted: {dict(result)}")
-
-
-@dataclass(frozen=True)
-class TriggerResult:
-    accepted: bool
-    reason: str
-    run_id: str | None = None
-    refused: str | None = None  # IN_PROGRESS | COOLDOWN
-    message: str = ""
-
-
-@dataclass
-class RunRecord:
-    """One line of the history file."""
-
-    status: str
-    reason: str
-    run_id: str | None = None
-    mode: str = LOCAL
-    requested_at: str | None = None
-    requested_at_unix: float | None = None
-    started_at: str | None = None
-    started_at_unix: float | None = None
-    ended_at: str | None = None
-    duration_s: float | None = None
-    version: int | None = None
-    gate_reasons: list[str] | None = None
-    error: str | None = None
-    cause: str | None = None
-    message: str | None = None
-    params: dict[str, Any] | None = None
-    dataset: dict[str, Any] | None = None
-    kfp_run_id: str | None = None
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {k: v for k, v in asdict(self).items() if v is not None}, default=str, sort_keys=True
-        )
 
 
 # --- the trigger ----------------------------------------------------------------------------------
@@ -367,7 +144,9 @@ class RetrainTrigger:
         self.clock = clock
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.history_path = self.run_dir / HISTORY_FILE
+        self._history = RunHistory(self.run_dir)
+        self.history_path = self._history.path
+        self._run_lock = RunLock(self.run_dir)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._current: RunRecord | None = None
@@ -383,12 +162,7 @@ class RetrainTrigger:
 
     def last_start(self) -> float | None:
         """Unix time of the latest start recorded by any process sharing the run directory."""
-        starts = [
-            r["started_at_unix"]
-            for r in self.history()
-            if r.get("status") == STARTED and r.get("started_at_unix") is not None
-        ]
-        return max(starts) if starts else None
+        return self._history.last_start()
 
     def cooldown_until(self) -> float | None:
         last = self.last_start()
@@ -396,28 +170,12 @@ class RetrainTrigger:
 
     def history(self) -> list[dict[str, Any]]:
         """Every record, oldest first (unreadable lines, e.g. a torn last line, are skipped)."""
-        try:
-            lines = self.history_path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                log.warning("%s:%d: unreadable history line skipped", self.history_path, i)
-        return out
+        return self._history.records()
 
     def runs(self) -> list[dict[str, Any]]:
         """The latest record of each run, in start order (a run that only has ``started`` was
         in progress, or its process died)."""
-        latest: dict[str, dict[str, Any]] = {}
-        for record in self.history():
-            if record.get("run_id"):
-                latest[record["run_id"]] = record
-        return list(latest.values())
+        return self._history.runs()
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -428,7 +186,7 @@ class RetrainTrigger:
             "in_progress": current is not None,
             "current": current,
             "last": last,
-            "cooldown_until": _iso(until),
+            "cooldown_until": iso(until),
             "cooling_down": until is not None and self.clock() < until,
         }
 
@@ -439,59 +197,23 @@ class RetrainTrigger:
         with self._lock:
             if self.in_progress:
                 assert self._current is not None
-                return self._refuse(
-                    reason,
-                    IN_PROGRESS,
-                    f"run {self._current.run_id} in progress since {self._current.started_at}",
-                    now,
-                )
-            lock_file = self._try_file_lock()
+                busy = f"run {self._current.run_id} in progress since {self._current.started_at}"
+                return self._refuse(reason, IN_PROGRESS, busy, now)
+            lock_file = self._run_lock.try_acquire()
             if lock_file is None:
-                return self._refuse(
-                    reason,
-                    IN_PROGRESS,
-                    f"another process holds {self.run_dir / LOCK_FILE} (a run is in progress)",
-                    now,
-                )
+                busy = f"another process holds {self._run_lock.path} (a run is in progress)"
+                return self._refuse(reason, IN_PROGRESS, busy, now)
             try:
-                last = self.last_start()
-                if last is not None and now < last + self.config.cooldown_s:
-                    _release(lock_file)
-                    return self._refuse(
-                        reason,
-                        COOLDOWN,
-                        f"last run started at {_iso(last)}; cooldown of "
-                        f"{format_duration(self.config.cooldown_s)} lasts until "
-                        f"{_iso(last + self.config.cooldown_s)}",
-                        now,
-                    )
-                run_id = (
-                    f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
-                )
-                record = RunRecord(
-                    status=STARTED,
-                    reason=reason,
-                    run_id=run_id,
-                    mode=self.config.mode,
-                    requested_at=_iso(now),
-                    requested_at_unix=now,
-                    started_at=_iso(now),
-                    started_at_unix=now,
-                )
-                self._append(record)
+                cooling = self._cooldown_message(now)
+                record = None if cooling else self._record_start(reason, now)
             except BaseException:
-                _release(lock_file)
+                RunLock.release(lock_file)
                 raise
-            self._lock_file = lock_file
-            self._current = record
-            self._done.clear()
-            self.metrics.runs.labels(STARTED).inc()
-            self.metrics.in_progress.set(1)
-            log.info("retrain %s started (%s mode): %s", run_id, self.config.mode, reason)
-            self._thread = threading.Thread(
-                target=self._execute, args=(record,), name=f"retrain-{run_id}", daemon=True
-            )
-            self._thread.start()
+            if record is None:
+                RunLock.release(lock_file)
+                return self._refuse(reason, COOLDOWN, cooling, now)
+            self._start(record, lock_file)
+        run_id = record.run_id
         return TriggerResult(True, reason, run_id=run_id, message=f"started run {run_id}")
 
     def wait(self, timeout: float | None = None) -> RunRecord | None:
@@ -501,37 +223,60 @@ class RetrainTrigger:
         with self._lock:
             return self._last
 
+    def _cooldown_message(self, now: float) -> str:
+        """Why ``now`` is within the cooldown of the last start; empty when it is not."""
+        last = self.last_start()
+        if last is None or now >= last + self.config.cooldown_s:
+            return ""
+        return (
+            f"last run started at {iso(last)}; cooldown of "
+            f"{format_duration(self.config.cooldown_s)} lasts until "
+            f"{iso(last + self.config.cooldown_s)}"
+        )
+
+    def _record_start(self, reason: str, now: float) -> RunRecord:
+        run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
+        record = RunRecord(
+            status=STARTED,
+            reason=reason,
+            run_id=run_id,
+            mode=self.config.mode,
+            requested_at=iso(now),
+            requested_at_unix=now,
+            started_at=iso(now),
+            started_at_unix=now,
+        )
+        self._history.append(record)
+        return record
+
+    def _start(self, record: RunRecord, lock_file: IO[str]) -> None:
+        """Hand the run to its thread; called with ``self._lock`` held."""
+        self._lock_file = lock_file
+        self._current = record
+        self._done.clear()
+        self.metrics.runs.labels(STARTED).inc()
+        self.metrics.in_progress.set(1)
+        log.info("retrain %s started (%s mode): %s", record.run_id, self.config.mode, record.reason)
+        self._thread = threading.Thread(
+            target=self._execute, args=(record,), name=f"retrain-{record.run_id}", daemon=True
+        )
+        self._thread.start()
+
     def _refuse(self, reason: str, cause: str, message: str, now: float) -> TriggerResult:
         log.info("retrain refused (%s): %s; trigger reason: %s", cause, message, reason)
         self.metrics.refused.labels(cause).inc()
-        self._append(
+        self._history.append(
             RunRecord(
                 status=REFUSED,
                 reason=reason,
                 mode=self.config.mode,
-                requested_at=_iso(now),
+                requested_at=iso(now),
                 requested_at_unix=now,
                 cause=cause,
                 message=message,
             )
         )
         return TriggerResult(False, reason, refused=cause, message=message)
-
-    def _try_file_lock(self) -> IO[str] | None:
-        # flock is per open file: it excludes other processes and other trigger objects alike,
-        # and the kernel drops it when a process dies, so a crash never leaves a stale lock.
-        f = open(self.run_dir / LOCK_FILE, "a")  # noqa: SIM115 - held for the run, see _release
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            return None
-        return f
-
-    def _append(self, record: RunRecord) -> None:
-        # One write of one line in append mode: concurrent writers never interleave inside it.
-        with open(self.history_path, "a") as f:
-            f.write(record.to_json() + "\n")
 
     # -- the run -----------------------------------------------------------------------------------
     def _execute(self, record: RunRecord) -> None:
@@ -542,96 +287,69 @@ class RetrainTrigger:
             record.params, record.dataset = job.params, job.dataset
             result = self.runner(job)
             outcome = _outcome(result)
-            version = result.get("version")
-            record.version = None if version is None else int(version)
-            reasons = result.get("reasons")
-            record.gate_reasons = list(reasons) if reasons else None
-            record.kfp_run_id = result.get("kfp_run_id")
+            _record_result(record, result)
         except Exception as err:  # every failure is an outcome to record, not a crash
             record.error = f"{type(err).__name__}: {err}"
             log.exception("retrain %s failed", record.run_id)
         finally:
-            duration = time.monotonic() - started
-            record.status = outcome
-            record.ended_at = _iso(self.clock())
-            record.duration_s = round(duration, 3)
-            m = self.metrics
-            m.runs.labels(outcome).inc()
-            m.last_duration.set(duration)
-            if outcome == PUSHED and record.version is not None:
-                m.last_pushed_version.set(record.version)
+            # Whatever recording the outcome meets, the trigger must not stay busy for good.
             try:
-                self._append(record)
-            except OSError as err:
-                log.error("retrain %s: could not record the outcome: %s", record.run_id, err)
-            log.info(
-                "retrain %s finished: %s%s in %.1f s",
-                record.run_id,
-                outcome,
-                f" (version {record.version})" if record.version is not None else "",
-                duration,
-            )
-            with self._lock:
-                self._last = record
-                lock_file, self._lock_file = self._lock_file, None
-                m.in_progress.set(0)
-                if lock_file is not None:
-                    _release(lock_file)
-                self._done.set()
+                self._record_outcome(record, outcome, time.monotonic() - started)
+            finally:
+                self._finish(record)
+
+    def _record_outcome(self, record: RunRecord, outcome: str, duration: float) -> None:
+        record.status = outcome
+        record.ended_at = iso(self.clock())
+        record.duration_s = round(duration, 3)
+        m = self.metrics
+        m.runs.labels(outcome).inc()
+        m.last_duration.set(duration)
+        if outcome == PUSHED and record.version is not None:
+            m.last_pushed_version.set(record.version)
+        try:
+            self._history.append(record)
+        except OSError as err:
+            log.error("retrain %s: could not record the outcome: %s", record.run_id, err)
+        log.info(
+            "retrain %s finished: %s%s in %.1f s",
+            record.run_id,
+            outcome,
+            f" (version {record.version})" if record.version is not None else "",
+            duration,
+        )
+
+    def _finish(self, record: RunRecord) -> None:
+        """Make the finished run the last one and let the next one start."""
+        with self._lock:
+            self._last = record
+            lock_file, self._lock_file = self._lock_file, None
+            self.metrics.in_progress.set(0)
+            if lock_file is not None:
+                RunLock.release(lock_file)
+            self._done.set()
 
     def prepare_job(self, run_id: str, reason: str) -> RetrainJob:
         """Build the dataset (when this side has to) and the pipeline parameters."""
         import pandas as pd
 
-        from core.dataio import write_transactions
-        from core.windows import resolve_windows
-
         cfg = self.config
         job_dir = self.run_dir / run_id
         job_dir.mkdir(parents=True, exist_ok=True)
-        dataset_info: dict[str, Any] | None = None
-        as_of = cfg.as_of
-        if cfg.mode == LOCAL or cfg.export_path is not None:
-            consumed = None
-            if cfg.state_dir is not None and (Path(cfg.state_dir) / "dataset").exists():
-                consumed = load_consumed_dataset(cfg.state_dir)
-            elif cfg.base_data is None:
-                raise ValueError(
-                    f"no training data: {cfg.state_dir}/dataset does not exist (has the consumer "
-                    "run with this --state-dir?) and no base data is configured"
-                )
-            frame, dataset_info = build_training_dataset(
-                consumed, cfg.base_data, cfg.as_of, cfg.label_delay_days
-            )
+        dataset: dict[str, Any] | None = None
+        if cfg.builds_dataset:
             target = Path(cfg.export_path) if cfg.mode == CLUSTER else job_dir / DATASET_FILE
-            write_transactions(frame, target)
-            dataset_info["path"] = str(target)
-            as_of = as_of or dataset_info["as_of"]
+            frame, dataset = write_training_dataset(
+                cfg.state_dir, cfg.base_data, cfg.as_of, cfg.label_delay_days, target
+            )
+            windows = _window_params(cfg, cfg.as_of or dataset["as_of"])
+            source = f"retrain {run_id}"
+            dataset.update(checked_windows(frame, windows, cfg.label_delay_days, source))
             data_path = cfg.cluster_data_path if cfg.mode == CLUSTER else str(target)
         else:
-            frame = None
             data_path = cfg.cluster_data_path
             # Nothing read here: relative windows end at the submission time.
-            as_of = as_of or pd.Timestamp.now(tz="UTC").isoformat()
-        if cfg.explicit_windows:
-            windows = {
-                "train_start": cfg.train_start,
-                "train_end": cfg.train_end,
-                "eval_start": cfg.eval_start or "",
-                "eval_end": cfg.eval_end or "",
-            }
-            if not cfg.eval_start:
-                windows["eval_days"] = cfg.eval_days
-        else:
-            windows = {"as_of": as_of, "train_days": cfg.train_days, "eval_days": cfg.eval_days}
-        if frame is not None:
-            resolved = resolve_windows(
-                label_delay_days=cfg.label_delay_days,
-                **{k: v for k, v in windows.items() if v != ""},
-            )
-            assert dataset_info is not None
-            dataset_info["windows"] = resolved.as_strings()
-            dataset_info.update(check_windows(frame, resolved, f"retrain {run_id}"))
+            windows = _window_params(cfg, cfg.as_of or pd.Timestamp.now(tz="UTC").isoformat())
         params = {
             "data_path": data_path,
             **windows,
@@ -640,13 +358,31 @@ class RetrainTrigger:
             "model_name": cfg.model_name,
             **dict(cfg.pipeline_params),
         }
-        return RetrainJob(run_id, reason, job_dir, params, dataset_info)
+        return RetrainJob(run_id, reason, job_dir, params, dataset)
 
 
-def _release(f: IO[str]) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-    f.close()
+def _record_result(record: RunRecord, result: Mapping[str, Any]) -> None:
+    """What the runner reported (pushed version, gate reasons, KFP run), on the record."""
+    version = result.get("version")
+    record.version = None if version is None else int(version)
+    reasons = result.get("reasons")
+    record.gate_reasons = list(reasons) if reasons else None
+    record.kfp_run_id = result.get("kfp_run_id")
+
+
+def _window_params(cfg: RetrainConfig, as_of: str) -> dict[str, Any]:
+    """The pipeline's window parameters: the explicit dates, or the days before ``as_of``."""
+    if not cfg.explicit_windows:
+        return {"as_of": as_of, "train_days": cfg.train_days, "eval_days": cfg.eval_days}
+    windows: dict[str, Any] = {
+        "train_start": cfg.train_start,
+        "train_end": cfg.train_end,
+        "eval_start": cfg.eval_start or "",
+        "eval_end": cfg.eval_end or "",
+    }
+    if not cfg.eval_start:
+        windows["eval_days"] = cfg.eval_days
+    return windows
 
 
 # --- scheduled retraining -------------------------------------------------------------------------
