@@ -25,6 +25,7 @@ from core import contract as c
 SCHEMA_VERSION = 1
 METADATA_FILE = "assets.extra/fraud_metadata.json"
 SCHEMA_KEY = "schema_version"
+_REQUIRED = ("model_name", "thresholds", "label_delay_days")
 
 
 class MetadataError(ValueError):
@@ -125,34 +126,34 @@ class ModelMetadata:
             data = json.loads(path.read_text())
         except ValueError as err:
             raise MetadataError(f"{path}: not valid JSON ({err})") from err
+        return cls._pushed(data, path)
+
+    @classmethod
+    def _pushed(cls, data: Any, path: Path) -> ModelMetadata:
+        """``from_dict`` plus what a file beside a version needs: its version."""
         meta = cls.from_dict(data, source=path)
         if meta.version is None:
-            raise MetadataError(f"{path}: required field 'version' is missing")
+            raise MetadataError(f"{path}: required field 'version' is missing (set at push)")
         return meta
 
     def write(self, model_dir: str | Path) -> Path:
         """Write into a version dir atomically (temp file, then rename): a reader sees the old
         file or the whole new one. ``version`` must be set; returns the file's path."""
         path = Path(model_dir) / METADATA_FILE
-        data = self.to_dict()
-        # What is written must read back: the same checks as the readers', before the file.
-        if self.version is None:
-            raise MetadataError(f"{path}: required field 'version' is missing (set at push)")
-        ModelMetadata.from_dict(json.loads(json.dumps(data, default=_plain)), source=path)
+        text = json.dumps(self.to_dict(), indent=2, default=_plain)
+        # What is written must read back: the readers' checks, before the file exists.
+        self._pushed(json.loads(text), path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "w") as out:
-                json.dump(data, out, indent=2, default=_plain)
+                out.write(text)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         return path
-
-
-_REQUIRED = ("model_name", "thresholds", "label_delay_days")
 
 
 def _plain(value: Any) -> Any:
