@@ -370,12 +370,11 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
 def offline_scores(truth, tx_ids, models: Path, versions: list[str]) -> dict:
     """Both versions on the same transactions (batch features over the full history)."""
     from core.features.batch import build_feature_table
+    from core.metadata import ModelMetadata
     from core.model import SavedModelScorer
 
-    meta = json.loads((models / versions[-1] / "assets.extra" / "fraud_metadata.json").read_text())
-    table = build_feature_table(
-        truth, int(meta.get("label_delay_days", c.DEFAULT_LABEL_DELAY_DAYS))
-    )
+    meta = ModelMetadata.read(models / versions[-1])
+    table = build_feature_table(truth, meta.label_delay_days)
     table = table.loc[table[c.TRANSACTION_ID].isin(set(tx_ids))]
     y = table[c.LABEL].to_numpy()
     return {f"version {v}": (y, SavedModelScorer(models / v).score(table)) for v in versions}

@@ -10,16 +10,17 @@ import pandas as pd
 from core import contract as c
 from core.dataio import read_transactions
 from core.features.batch import build_feature_table
-from core.model import SavedModelScorer, read_metadata, resolve_model_dir
+from core.metadata import ModelMetadata, Thresholds
+from core.model import SavedModelScorer, resolve_model_dir
 from core.windows import parse_day
 
 
-def decisions(scores: np.ndarray, thresholds: dict) -> np.ndarray:
+def decisions(scores: np.ndarray, thresholds: Thresholds) -> np.ndarray:
     """Vectorised ``contract.decide``."""
     return np.where(
-        scores >= thresholds["block"],
+        scores >= thresholds.block,
         c.BLOCK,
-        np.where(scores >= thresholds["review"], c.REVIEW, c.APPROVE),
+        np.where(scores >= thresholds.review, c.REVIEW, c.APPROVE),
     )
 
 
@@ -31,12 +32,12 @@ def batch_score(
     end: str | None = None,
 ) -> pd.DataFrame:
     model_dir = resolve_model_dir(model)
-    meta = read_metadata(model_dir)
+    meta = ModelMetadata.read(model_dir)
     df = read_transactions(data)
     lo, hi = parse_day(start, "start"), parse_day(end, "end")
     if hi is not None:
         df = df.loc[df[c.TIMESTAMP] < hi]  # later rows cannot change earlier features
-    table = build_feature_table(df, int(meta.get("label_delay_days", c.DEFAULT_LABEL_DELAY_DAYS)))
+    table = build_feature_table(df, meta.label_delay_days)
     if lo is not None:
         table = table.loc[table[c.TIMESTAMP] >= lo]
     if table.empty:
@@ -46,7 +47,7 @@ def batch_score(
         {
             c.TRANSACTION_ID: table[c.TRANSACTION_ID].to_numpy(),
             "score": scores,
-            "decision": decisions(scores, meta["thresholds"]),
+            "decision": decisions(scores, meta.thresholds),
         }
     )
     output = Path(output)

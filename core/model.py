@@ -6,7 +6,6 @@ The stream consumer scores through the TF Serving REST API instead; both feed th
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pandas as pd
 from core import contract as c
 from core.dataio import format_timestamps
 
-METADATA_FILE = "assets.extra/fraud_metadata.json"
 TRAIN_STATS_FILE = "assets.extra/train_stats.pb"
 
 
@@ -41,13 +39,6 @@ def resolve_model_dir(path: str | Path) -> Path:
     if not versions:
         raise FileNotFoundError(f"{path}: neither a SavedModel nor a base path with versions")
     return path / str(versions[-1])
-
-
-def read_metadata(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / METADATA_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: model metadata missing (was the model pushed?)")
-    return json.loads(path.read_text())
 
 
 def input_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from core import contract as c
+from core.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -588,7 +589,7 @@ class DriftMonitor:
 
     def __init__(
         self,
-        metadata: Mapping[str, Any],
+        metadata: ModelMetadata,
         config: DriftConfig | None = None,
         metrics: DriftMetrics | None = None,
     ) -> None:
@@ -615,31 +616,30 @@ class DriftMonitor:
         metrics: DriftMetrics | None = None,
     ) -> DriftMonitor:
         """From a version directory, or the latest version under a base path."""
-        from core.model import read_metadata, resolve_model_dir
+        from core.model import resolve_model_dir
 
-        return cls(read_metadata(resolve_model_dir(path)), config, metrics)
+        return cls(ModelMetadata.read(resolve_model_dir(path)), config, metrics)
 
     # -- reference -------------------------------------------------------------------------------
-    def _set_reference(self, metadata: Mapping[str, Any]) -> None:
-        version = metadata.get("version")
-        where = f"model {metadata.get('model_name', '?')} version {version}"
-        stats = metadata.get("training_stats")
-        if not isinstance(stats, Mapping):
+    def _set_reference(self, metadata: ModelMetadata) -> None:
+        version = metadata.version
+        where = f"model {metadata.model_name} version {version}"
+        stats = metadata.training_stats
+        if not stats:
             raise ValueError(
                 f"{where}: metadata has no training_stats, so there is no reference to compare "
                 "the stream with (was it pushed by the training pipeline?)"
             )
+        review, block = metadata.thresholds.review, metadata.thresholds.block
         try:
-            review = float(metadata["thresholds"][c.REVIEW])
-            block = float(metadata["thresholds"][c.BLOCK])
             expected_alert = float(stats["expected_alert_rate"])
             expected_block = float(stats.get("expected_block_rate", math.nan))
             feature_stats = stats["features"]
             score_stats = stats[SCORE_FEATURE]
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(
-                f"{where}: metadata needs thresholds.{c.REVIEW}/{c.BLOCK} and training_stats "
-                f"with features, {SCORE_FEATURE} and expected_alert_rate ({err!r})"
+                f"{where}: metadata needs training_stats with features, {SCORE_FEATURE} and "
+                f"expected_alert_rate ({err!r})"
             ) from err
         names = self.config.features or tuple(n for n in c.MODEL_INPUTS if n != c.TIMESTAMP)
         missing = [n for n in names if n not in feature_stats]
@@ -663,8 +663,8 @@ class DriftMonitor:
                 n: _night_profile(n, night_stats[n], len(profiles[n].proportions), where)
                 for n in names
             }
-        self.model_name: str | None = metadata.get("model_name")
-        self.model_version: int | None = None if version is None else int(version)
+        self.model_name: str | None = metadata.model_name
+        self.model_version: int | None = version
         self.review_threshold, self.block_threshold = review, block
         self.expected_alert_rate = expected_alert
         self.expected_block_rate = expected_block
@@ -675,7 +675,7 @@ class DriftMonitor:
         if self.model_version is not None:
             self.metrics.model_version.set(self.model_version)
 
-    def switch_model(self, metadata: Mapping[str, Any]) -> None:
+    def switch_model(self, metadata: ModelMetadata) -> None:
         """A new version answers now: compare with its training statistics from here on.
 
         The partial window is dropped (its rows were scored by the old model and binned against

@@ -35,7 +35,7 @@ import numpy as np
 
 from core import contract as c
 from core import statefile
-from core.model import read_metadata
+from core.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class DriftLoop:
         if self.monitor is not None and self.monitor.model_version == version:
             return True
         try:
-            metadata = read_metadata(Path(self.config.model_base_path) / str(version))
+            metadata = ModelMetadata.read(Path(self.config.model_base_path) / str(version))
         except FileNotFoundError as err:
             # Without the served version's training statistics there is nothing to compare
             # against; scoring goes on, and the next batch tries again.

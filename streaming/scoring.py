@@ -8,7 +8,6 @@ caches it per version, so the model server's REST API stays TF Serving's.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -19,10 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core import contract as c
+from core.metadata import METADATA_FILE, MetadataError, ModelMetadata
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = Path("assets.extra") / "fraud_metadata.json"
 METADATA_RETRY_S = 60.0  # between reads of a model metadata answer that could not be used
 
 
@@ -81,28 +80,18 @@ class ThresholdStore:
     def _load(self, version: int) -> ModelThresholds:
         path = self.path(version)
         try:
-            meta = json.loads(path.read_text())
+            meta = ModelMetadata.read(self.base / str(version))
         except FileNotFoundError as err:
             raise ScoringUnavailable(
                 f"model version {version} answered but {path} does not exist: cannot decide "
                 "without its thresholds (is --model-base-path the served model's directory?)"
             ) from err
-        except (OSError, ValueError) as err:
+        except MetadataError as err:
+            raise ScoringUnavailable(f"model version {version}: {err}") from err
+        except OSError as err:
             raise ScoringUnavailable(f"{path}: unreadable model metadata: {err}") from err
-        try:
-            review = float(meta["thresholds"]["review"])
-            block = float(meta["thresholds"]["block"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ScoringUnavailable(
-                f"{path}: needs thresholds.review and thresholds.block numbers ({err!r})"
-            ) from err
-        if not (0.0 <= review <= block <= 1.0) or math.isnan(review) or math.isnan(block):
-            raise ScoringUnavailable(
-                f"{path}: thresholds must satisfy 0 <= review <= block <= 1, got "
-                f"review={review}, block={block}"
-            )
-        delay = meta.get("label_delay_days")
-        return ModelThresholds(version, review, block, None if delay is None else int(delay))
+        thresholds = meta.thresholds
+        return ModelThresholds(version, thresholds.review, thresholds.block, meta.label_delay_days)
 
 
 class PredictAnswer(Protocol):

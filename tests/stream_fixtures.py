@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ import pandas as pd
 import pytest
 
 from core import contract as c
+from core.metadata import ModelMetadata, Thresholds, input_specs
 from core.settings import Topics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,19 +52,17 @@ def model_weights(n_inputs: int) -> np.ndarray:
     return rng.normal(0.0, 0.35, size=(n_inputs, 1)).astype("float32")
 
 
-def metadata(version: int) -> dict[str, Any]:
+def metadata(version: int) -> ModelMetadata:
     _, review, block = VERSIONS[version]
-    return {
-        "model_name": MODEL_NAME,
-        "version": version,
-        "created_at": "2025-01-01T00:00:00Z",
-        "data_version": "stream-tests",
-        "label_delay_days": LABEL_DELAY_DAYS,
-        "thresholds": {"review": review, "block": block},
-        "metrics": {},
-        "feature_inputs": list(c.MODEL_INPUTS),
-        "training_stats": {},
-    }
+    return ModelMetadata(
+        model_name=MODEL_NAME,
+        version=version,
+        created_at="2025-01-01T00:00:00Z",
+        data_version="stream-tests",
+        label_delay_days=LABEL_DELAY_DAYS,
+        thresholds=Thresholds(review, block),
+        feature_inputs=input_specs(),
+    )
 
 
 def build_fraud_model(version_dir: Path, version: int) -> Path:
@@ -133,14 +131,12 @@ def model_store() -> Path:
 
 
 def install_version(store: Path, base_path: Path, version: int) -> Path:
-    """Copy a built version with its ``fraud_metadata.json`` under ``base_path`` atomically (the
+    """Copy a built version with its metadata file under ``base_path`` atomically (the
     server polls the directory)."""
     target = base_path / str(version)
     staging = base_path / f".tmp-{version}-{uuid.uuid4().hex[:6]}"
     shutil.copytree(store / str(version), staging)
-    extra = staging / "assets.extra"
-    extra.mkdir(parents=True, exist_ok=True)
-    (extra / "fraud_metadata.json").write_text(json.dumps(metadata(version), indent=2))
+    metadata(version).write(staging)
     staging.rename(target)
     return target
 

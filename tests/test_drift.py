@@ -13,6 +13,7 @@ import math
 import pathlib
 import re
 from collections import OrderedDict, deque
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -23,7 +24,7 @@ from scipy.spatial.distance import jensenshannon
 
 from components.steps.pusher import training_profile
 from core import contract as c
-from core.model import METADATA_FILE
+from core.metadata import ModelMetadata, Thresholds
 from core.statefile import StateFileError
 from monitoring import drift as d
 
@@ -55,7 +56,7 @@ def draw_scores(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def metadata() -> dict:
+def metadata() -> ModelMetadata:
     rng = np.random.default_rng(2025)
     train = pd.DataFrame(draw(rng, 60_000))
     train[c.LABEL] = (rng.random(len(train)) < 0.01).astype("int8")
@@ -64,12 +65,13 @@ def metadata() -> dict:
         c.REVIEW: float(np.quantile(scores, 0.99)),
         c.BLOCK: float(np.quantile(scores, 0.998)),
     }
-    return {
-        "model_name": "fraud",
-        "version": 3,
-        "thresholds": thresholds,
-        "training_stats": training_profile(train, scores, thresholds),
-    }
+    return ModelMetadata(
+        model_name="fraud",
+        version=3,
+        thresholds=Thresholds(thresholds[c.REVIEW], thresholds[c.BLOCK]),
+        label_delay_days=c.DEFAULT_LABEL_DELAY_DAYS,
+        training_stats=training_profile(train, scores, thresholds),
+    )
 
 
 def stream(
@@ -90,7 +92,7 @@ def feed(mon: d.DriftMonitor, cols, scores, times, batch: int = 777, **kw) -> li
     return events
 
 
-def monitor(metadata: dict, **overrides) -> d.DriftMonitor:
+def monitor(metadata: ModelMetadata, **overrides) -> d.DriftMonitor:
     cfg = d.DriftConfig(**{"window_size": W, "min_samples": 500, **overrides})
     return d.DriftMonitor(metadata, cfg, d.DriftMetrics(CollectorRegistry()))
 
@@ -116,7 +118,7 @@ def test_psi_and_js_distance_by_hand() -> None:
 # --- stationary stream ------------------------------------------------------------------------------
 
 
-def test_stationary_stream_has_no_event_in_50_windows(metadata: dict) -> None:
+def test_stationary_stream_has_no_event_in_50_windows(metadata: ModelMetadata) -> None:
     mon = monitor(metadata, window_size=5_000)
     cols, scores, times = stream(seed=1, windows=50, size=5_000)
     events = feed(mon, cols, scores, times, batch=1_237)
@@ -134,13 +136,13 @@ def test_stationary_stream_has_no_event_in_50_windows(metadata: dict) -> None:
     assert registry.get_sample_value("fraud_drift_sustained") == 0
 
 
-def test_window_values_equal_a_direct_histogram(metadata: dict) -> None:
+def test_window_values_equal_a_direct_histogram(metadata: ModelMetadata) -> None:
     mon = monitor(metadata)
     cols, scores, times = stream(seed=2, windows=1)
     feed(mon, cols, scores, times)
     report = mon.last_report
     assert report is not None and report.transactions == W
-    stats = metadata["training_stats"]
+    stats = metadata.training_stats
     for name in (*MONITORED, d.SCORE_FEATURE):
         profile = stats[d.SCORE_FEATURE] if name == d.SCORE_FEATURE else stats["features"][name]
         values = scores if name == d.SCORE_FEATURE else cols[name]
@@ -152,7 +154,7 @@ def test_window_values_equal_a_direct_histogram(metadata: dict) -> None:
         assert report.js_distance[name] == pytest.approx(
             jensenshannon(counts.astype(float), expected, base=2), rel=1e-9
         ), name
-    alerts = int((scores >= metadata["thresholds"][c.REVIEW]).sum())
+    alerts = int((scores >= metadata.thresholds.review).sum())
     assert report.alert_rate == alerts / W
     assert report.alert_ratio == pytest.approx(alerts / W / mon.expected_alert_rate)
     assert (report.window_start, report.window_end) == (times[0], times[-1])
@@ -161,7 +163,7 @@ def test_window_values_equal_a_direct_histogram(metadata: dict) -> None:
 # --- injected drift ---------------------------------------------------------------------------------
 
 
-def test_feature_shift_is_detected_at_its_window_with_its_features(metadata: dict) -> None:
+def test_feature_shift_is_detected_at_its_window_with_its_features(metadata: ModelMetadata) -> None:
     k = 20
     mon = monitor(metadata)
     cols, scores, times = stream(seed=3, windows=30)
@@ -194,7 +196,9 @@ def test_feature_shift_is_detected_at_its_window_with_its_features(metadata: dic
     assert registry.get_sample_value("fraud_drift_psi", {"feature": c.AMOUNT}) > 0.2
 
 
-def test_sustained_after_exactly_n_windows_and_reset_by_a_clean_one(metadata: dict) -> None:
+def test_sustained_after_exactly_n_windows_and_reset_by_a_clean_one(
+    metadata: ModelMetadata,
+) -> None:
     n, k, end = 3, 10, 20
     mon = monitor(metadata, sustained_windows=n)
     cols, scores, times = stream(seed=4, windows=24)
@@ -220,7 +224,7 @@ def test_sustained_after_exactly_n_windows_and_reset_by_a_clean_one(metadata: di
 
 
 def test_log_says_when_drift_starts_changes_and_ends_not_every_window(
-    metadata: dict, caplog
+    metadata: ModelMetadata, caplog
 ) -> None:
     k, end = 5, 12
     mon = monitor(metadata)
@@ -245,7 +249,7 @@ def test_log_says_when_drift_starts_changes_and_ends_not_every_window(
 
     again = monitor(metadata)
     again.update(*part(0, 10), event_times=times[: 10 * W])  # ends drifting in both features
-    again.switch_model({**metadata, "version": 4})
+    again.switch_model(replace(metadata, version=4))
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger=d.__name__):
         again.update(*part(8, 10), event_times=times[8 * W : 10 * W])
@@ -253,11 +257,11 @@ def test_log_says_when_drift_starts_changes_and_ends_not_every_window(
     assert said == [(logging.WARNING, "drift in window 10"), (logging.DEBUG, "drift in window 11")]
 
 
-def test_alert_rate_drift_both_ways(metadata: dict) -> None:
+def test_alert_rate_drift_both_ways(metadata: ModelMetadata) -> None:
     high_from, low_from = 8, 14
     mon = monitor(metadata)
     cols, scores, times = stream(seed=5, windows=20)
-    review, block = metadata["thresholds"][c.REVIEW], metadata["thresholds"][c.BLOCK]
+    review, block = metadata.thresholds.review, metadata.thresholds.block
     rng = np.random.default_rng(55)
     hot = np.zeros(len(scores), bool)
     hot[high_from * W : low_from * W] = rng.random((low_from - high_from) * W) < 0.02
@@ -275,7 +279,7 @@ def test_alert_rate_drift_both_ways(metadata: dict) -> None:
     assert all(r.psi[d.SCORE_FEATURE] < 0.2 for r in mon.reports)
 
 
-def test_decisions_given_are_what_the_alert_rate_counts(metadata: dict) -> None:
+def test_decisions_given_are_what_the_alert_rate_counts(metadata: ModelMetadata) -> None:
     mon = monitor(metadata)
     cols, scores, times = stream(seed=6, windows=1)
     decisions = np.full(W, c.APPROVE, dtype=object)
@@ -287,11 +291,11 @@ def test_decisions_given_are_what_the_alert_rate_counts(metadata: dict) -> None:
     assert (rates["alert_rate"], rates["block_rate"]) == (0.1, 0.01)
 
 
-def test_alert_check_needs_enough_expected_alerts(metadata: dict) -> None:
+def test_alert_check_needs_enough_expected_alerts(metadata: ModelMetadata) -> None:
     # 2,000 x ~1 % = ~20 expected alerts: under a minimum of 50 the check is not made.
     mon = monitor(metadata, min_expected_alerts=50)
     cols, scores, times = stream(seed=7, windows=1)
-    below = np.minimum(scores, metadata["thresholds"][c.REVIEW] * 0.999)
+    below = np.minimum(scores, metadata.thresholds.review * 0.999)
     assert mon.update(cols, below, event_times=times) == []
     assert mon.last_report is not None and mon.last_report.alert_rate == 0.0
 
@@ -299,7 +303,9 @@ def test_alert_check_needs_enough_expected_alerts(metadata: dict) -> None:
 # --- input forms, flush, model switch ----------------------------------------------------------------
 
 
-def test_rows_and_columns_and_timestamp_strings_give_the_same_windows(metadata: dict) -> None:
+def test_rows_and_columns_and_timestamp_strings_give_the_same_windows(
+    metadata: ModelMetadata,
+) -> None:
     cols, scores, times = stream(seed=8, windows=2)
     cols[c.AMOUNT][W:] *= 3
     by_columns = monitor(metadata)
@@ -318,7 +324,7 @@ def test_rows_and_columns_and_timestamp_strings_give_the_same_windows(metadata: 
     assert by_rows.last_report.psi == by_columns.last_report.psi
 
 
-def test_flush_evaluates_a_partial_window_only_from_min_samples(metadata: dict) -> None:
+def test_flush_evaluates_a_partial_window_only_from_min_samples(metadata: ModelMetadata) -> None:
     mon = monitor(metadata, min_samples=500)
     cols, scores, times = stream(seed=9, windows=1)
     mon.update({k: v[:499] for k, v in cols.items()}, scores[:499], event_times=times[:499])
@@ -329,7 +335,7 @@ def test_flush_evaluates_a_partial_window_only_from_min_samples(metadata: dict) 
     assert event.window == 0 and event.transactions == 600 and event.features == (c.AMOUNT,)
 
 
-def test_non_finite_values_are_skipped_and_counted(metadata: dict) -> None:
+def test_non_finite_values_are_skipped_and_counted(metadata: ModelMetadata) -> None:
     mon = monitor(metadata)
     cols, scores, times = stream(seed=10, windows=1)
     cols[c.AMOUNT][:5] = np.nan
@@ -337,7 +343,7 @@ def test_non_finite_values_are_skipped_and_counted(metadata: dict) -> None:
     assert mon.last_report.missing == {c.AMOUNT: 5}
 
 
-def test_switch_model_restarts_window_and_streak(metadata: dict) -> None:
+def test_switch_model_restarts_window_and_streak(metadata: ModelMetadata) -> None:
     mon = monitor(metadata, sustained_windows=2)
     cols, scores, times = stream(seed=11, windows=3)
     cols[c.AMOUNT] *= 2
@@ -348,7 +354,7 @@ def test_switch_model_restarts_window_and_streak(metadata: dict) -> None:
         times[: 2 * W + 10],
     )
     assert mon.sustained and mon.window_fill == 10
-    newer = {**metadata, "version": 4}
+    newer = replace(metadata, version=4)
     mon.switch_model(newer)
     assert (mon.model_version, mon.consecutive, mon.window_fill) == (4, 0, 0)
     assert not mon.sustained and mon.window_index == 2
@@ -357,23 +363,23 @@ def test_switch_model_restarts_window_and_streak(metadata: dict) -> None:
     assert registry.get_sample_value("fraud_drift_sustained") == 0
 
 
-def test_from_model_dir_reads_the_latest_version(metadata: dict, tmp_path) -> None:
+def test_from_model_dir_reads_the_latest_version(metadata: ModelMetadata, tmp_path) -> None:
     for version in (1, 2):
         vdir = tmp_path / str(version)
-        (vdir / METADATA_FILE).parent.mkdir(parents=True)
+        vdir.mkdir()
         (vdir / "saved_model.pb").write_bytes(b"")
-        (vdir / METADATA_FILE).write_text(json.dumps({**metadata, "version": version}))
+        replace(metadata, version=version).write(vdir)
     mon = d.DriftMonitor.from_model_dir(tmp_path, d.DriftConfig(window_size=W, min_samples=10))
     assert mon.model_version == 2 and mon.feature_names == MONITORED
 
 
-def test_bad_metadata_and_inputs_are_named(metadata: dict) -> None:
+def test_bad_metadata_and_inputs_are_named(metadata: ModelMetadata) -> None:
     with pytest.raises(ValueError, match="training_stats"):
-        d.DriftMonitor({"version": 1, "thresholds": metadata["thresholds"]})
-    stats = metadata["training_stats"]
+        d.DriftMonitor(replace(metadata, version=1, training_stats={}))
+    stats = metadata.training_stats
     partial = {**stats, "features": {k: v for k, v in stats["features"].items() if k != c.AMOUNT}}
     with pytest.raises(ValueError, match=c.AMOUNT):
-        d.DriftMonitor({**metadata, "training_stats": partial})
+        d.DriftMonitor(replace(metadata, training_stats=partial))
     with pytest.raises(ValueError, match="window_size"):
         d.DriftConfig(window_size=100, min_samples=1_000)
     mon = monitor(metadata)
@@ -389,7 +395,7 @@ def test_bad_metadata_and_inputs_are_named(metadata: dict) -> None:
 # --- live precision / recall ----------------------------------------------------------------------
 
 
-def test_live_precision_and_recall_on_a_hand_made_label_sequence(metadata: dict) -> None:
+def test_live_precision_and_recall_on_a_hand_made_label_sequence(metadata: ModelMetadata) -> None:
     mon = monitor(metadata)
     decisions = [c.BLOCK, c.REVIEW, c.APPROVE, c.APPROVE, c.REVIEW, c.APPROVE, c.BLOCK, c.APPROVE]
     ids = [f"tx-{i}" for i in range(len(decisions))]
@@ -417,7 +423,7 @@ def test_live_precision_and_recall_on_a_hand_made_label_sequence(metadata: dict)
     assert registry.get_sample_value("fraud_drift_labels_matched_total") == 6
 
 
-def test_label_window_slides_and_pending_decisions_are_bounded(metadata: dict) -> None:
+def test_label_window_slides_and_pending_decisions_are_bounded(metadata: ModelMetadata) -> None:
     mon = monitor(metadata, label_window=2, max_pending_labels=3)
     ids = [f"tx-{i}" for i in range(5)]
     cols, scores, _ = stream(seed=14, windows=1)
@@ -435,7 +441,7 @@ def test_label_window_slides_and_pending_decisions_are_bounded(metadata: dict) -
 HOUR = 3_600
 
 
-def timed_monitor(metadata: dict, window_h: int = 6, **overrides) -> d.DriftMonitor:
+def timed_monitor(metadata: ModelMetadata, window_h: int = 6, **overrides) -> d.DriftMonitor:
     cfg = d.DriftConfig(
         **{
             "window_seconds": window_h * HOUR,
@@ -447,7 +453,9 @@ def timed_monitor(metadata: dict, window_h: int = 6, **overrides) -> d.DriftMoni
     return d.DriftMonitor(metadata, cfg, d.DriftMetrics(CollectorRegistry()))
 
 
-def test_timed_windows_cover_the_last_span_every_hop_whatever_the_batches(metadata: dict) -> None:
+def test_timed_windows_cover_the_last_span_every_hop_whatever_the_batches(
+    metadata: ModelMetadata,
+) -> None:
     cols, scores, times = stream(seed=11, windows=1, size=30 * HOUR // SECONDS_PER_TX)
     hop0 = T0 // HOUR
     runs = []
@@ -471,11 +479,11 @@ def test_timed_windows_cover_the_last_span_every_hop_whatever_the_batches(metada
 
 
 def test_timed_alert_drift_is_detected_in_the_window_that_ends_with_its_first_hour(
-    metadata: dict,
+    metadata: ModelMetadata,
 ) -> None:
     onset_hour = 20
     cols, scores, times = stream(seed=12, windows=1, size=40 * HOUR // SECONDS_PER_TX)
-    review, block = metadata["thresholds"][c.REVIEW], metadata["thresholds"][c.BLOCK]
+    review, block = metadata.thresholds.review, metadata.thresholds.block
     rng = np.random.default_rng(120)
     after = times >= T0 + onset_hour * HOUR
     hot = after & (rng.random(len(scores)) < 0.2)
@@ -497,7 +505,7 @@ def test_timed_alert_drift_is_detected_in_the_window_that_ends_with_its_first_ho
     assert [sustained[w] for w in windows[:3]] == [False, False, True]
 
 
-def test_timed_windows_need_event_times_and_whole_hops(metadata: dict) -> None:
+def test_timed_windows_need_event_times_and_whole_hops(metadata: ModelMetadata) -> None:
     mon = timed_monitor(metadata)
     cols, scores, _ = stream(seed=13, windows=1)
     with pytest.raises(ValueError, match="event_times"):
@@ -508,10 +516,8 @@ def test_timed_windows_need_event_times_and_whole_hops(metadata: dict) -> None:
         d.DriftConfig(window_seconds=5 * HOUR)
 
 
-def _install(metadata: dict, base, version: int) -> None:
-    vdir = base / str(version)
-    (vdir / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (vdir / METADATA_FILE).write_text(json.dumps({**metadata, "version": version}))
+def _install(metadata: ModelMetadata, base, version: int) -> None:
+    replace(metadata, version=version).write(base / str(version))
 
 
 def _loop(base, tmp_path, warmup_s: float = 0.0):
@@ -544,7 +550,7 @@ def _observe(loop, version: int, cols, scores, times, lo: int, hi: int, batch: i
 
 
 def test_drift_loop_resumes_windows_streak_and_warmup_after_a_restart(
-    metadata: dict, tmp_path
+    metadata: ModelMetadata, tmp_path
 ) -> None:
     base = tmp_path / "models"
     _install(metadata, base, 3)
@@ -579,7 +585,7 @@ def test_drift_loop_resumes_windows_streak_and_warmup_after_a_restart(
     assert third._first_event == float(times[0])
 
 
-def test_drift_state_round_trips_exactly(metadata: dict, tmp_path) -> None:
+def test_drift_state_round_trips_exactly(metadata: ModelMetadata, tmp_path) -> None:
     base = tmp_path / "models"
     _install(metadata, base, 3)
     cols, scores, times = stream(seed=15, windows=1, size=12 * HOUR // SECONDS_PER_TX)
@@ -626,7 +632,7 @@ class _Touch:
 
 
 def test_drift_state_of_another_format_version_or_release_is_refused_unread(
-    metadata: dict, tmp_path
+    metadata: ModelMetadata, tmp_path
 ) -> None:
     import pickle
 
@@ -678,7 +684,7 @@ NIGHT_DAYS = 8
 
 
 @pytest.fixture(scope="module")
-def night_metadata(metadata: dict) -> dict:
+def night_metadata(metadata: ModelMetadata) -> ModelMetadata:
     """The same reference, built from a training frame with event times (whole days), so it
     has the night profile."""
     rng = np.random.default_rng(2026)
@@ -687,18 +693,18 @@ def night_metadata(metadata: dict) -> dict:
     train[c.LABEL] = 0
     train[c.TIMESTAMP] = pd.to_datetime(T0 + SECONDS_PER_TX * np.arange(n), unit="s", utc=True)
     scores = draw_scores(rng, 40_000)
-    stats = training_profile(train, scores, metadata["thresholds"])
+    stats = training_profile(train, scores, metadata.thresholds.to_dict())
     assert set(stats["night"]) == set(MONITORED)
-    return {**metadata, "training_stats": stats}
+    return replace(metadata, training_stats=stats)
 
 
-def day_monitor(metadata: dict, **overrides) -> d.DriftMonitor:
+def day_monitor(metadata: ModelMetadata, **overrides) -> d.DriftMonitor:
     return timed_monitor(metadata, window_h=24, **overrides)
 
 
-def night_z_by_hand(metadata: dict, name: str, values, times) -> float:
+def night_z_by_hand(metadata: ModelMetadata, name: str, values, times) -> float:
     """The check, recomputed from the raw rows of one window."""
-    ref = metadata["training_stats"]
+    ref = metadata.training_stats
     inner = np.asarray(ref["features"][name]["edges"][1:-1])
     k = len(inner) + 1
     cells = np.where(c.is_night(times), k, 0) + np.searchsorted(inner, values, side="right")
@@ -728,7 +734,7 @@ def test_night_profile_dispersion_is_poisson_for_iid_days_and_more_when_nights_v
     assert varied["dispersion"] > 1.5
 
 
-def test_stationary_days_have_no_night_excess(night_metadata: dict) -> None:
+def test_stationary_days_have_no_night_excess(night_metadata: ModelMetadata) -> None:
     cols, scores, times = stream(seed=21, windows=1, size=4 * DAY // SECONDS_PER_TX)
     mon = day_monitor(night_metadata)
     assert feed(mon, cols, scores, times, batch=1_111) == []
@@ -748,11 +754,13 @@ def test_stationary_days_have_no_night_excess(night_metadata: dict) -> None:
         assert other.reports and all(r.night_excess_z == {} for r in other.reports)
 
 
-def test_a_few_night_rows_in_one_bin_drift_where_psi_does_not(night_metadata: dict) -> None:
+def test_a_few_night_rows_in_one_bin_drift_where_psi_does_not(
+    night_metadata: ModelMetadata,
+) -> None:
     per_hour, onset_day = 60, 2
     cols, scores, times = stream(seed=22, windows=1, size=3 * DAY // SECONDS_PER_TX)
     rng = np.random.default_rng(220)
-    top_amount = night_metadata["training_stats"]["features"][c.AMOUNT]["edges"][-2] * 2
+    top_amount = night_metadata.training_stats["features"][c.AMOUNT]["edges"][-2] * 2
     extra_cols = draw(rng, 5 * per_hour)
     extra_cols[c.AMOUNT] = top_amount * (1 + rng.random(5 * per_hour))
     start = T0 + onset_day * DAY
@@ -770,7 +778,7 @@ def test_a_few_night_rows_in_one_bin_drift_where_psi_does_not(night_metadata: di
     # ending with the third hour (+180) crosses 8 sd, the one ending with the second (+120) not.
     assert first.window_end == times[times < start + 3 * HOUR][-1]
     value = first.values[c.AMOUNT]
-    bins = len(night_metadata["training_stats"]["features"][c.AMOUNT]["proportions"])
+    bins = len(night_metadata.training_stats["features"][c.AMOUNT]["proportions"])
     assert (value["night"], value["bin"]) == (True, bins - 1)
     assert value["observed"] - value["expected"] > 170
     message = json.loads(json.dumps(first.to_message()))

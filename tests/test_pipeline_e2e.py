@@ -15,14 +15,8 @@ import pytest
 from core import contract as c
 from core.dataio import read_transactions, write_transactions
 from core.features.batch import build_feature_table
-from core.model import (
-    METADATA_FILE,
-    TRAIN_STATS_FILE,
-    SavedModelScorer,
-    input_arrays,
-    model_versions,
-    read_metadata,
-)
+from core.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
+from core.model import TRAIN_STATS_FILE, SavedModelScorer, input_arrays, model_versions
 from core.simulator import SimulationConfig, simulate
 
 pytestmark = pytest.mark.slow
@@ -66,15 +60,19 @@ def test_pipeline_pushes_a_first_model(pipeline_run):
     result, params, root = pipeline_run
     assert result["pushed"] is True and result["version"] == 1
     assert model_versions(params["model_base_path"]) == [1]
-    meta = read_metadata(Path(params["model_base_path"]) / "1")
-    assert meta["version"] == 1 and meta["model_name"] == "fraud"
-    assert meta["data_version"].startswith(("md5:", "dvc:"))
-    assert [f["name"] for f in meta["feature_inputs"]] == list(c.MODEL_INPUTS)
-    assert 0 < meta["thresholds"]["review"] <= meta["thresholds"]["block"] <= 1
-    assert meta["metrics"]["auc_roc"] >= 0.75
-    assert set(meta["training_stats"]["features"]) == set(c.MODEL_INPUTS) - {c.TIMESTAMP}
-    assert (Path(params["model_base_path"]) / "1" / TRAIN_STATS_FILE).exists()
-    assert meta["baseline"]["version"] is None  # the first model has no baseline
+    version_dir = Path(params["model_base_path"]) / "1"
+    meta = ModelMetadata.read(version_dir)
+    assert meta.version == 1 and meta.model_name == "fraud"
+    assert meta.label_delay_days == c.DEFAULT_LABEL_DELAY_DAYS
+    assert meta.data_version.startswith(("md5:", "dvc:"))
+    assert [f["name"] for f in meta.feature_inputs] == list(c.MODEL_INPUTS)
+    assert 0 < meta.thresholds.review <= meta.thresholds.block <= 1
+    assert meta.metrics["auc_roc"] >= 0.75
+    assert set(meta.training_stats["features"]) == set(c.MODEL_INPUTS) - {c.TIMESTAMP}
+    assert (version_dir / TRAIN_STATS_FILE).exists()
+    assert meta.baseline["version"] is None  # the first model has no baseline
+    raw = json.loads((version_dir / METADATA_FILE).read_text())
+    assert raw["schema_version"] == SCHEMA_VERSION and raw == meta.to_dict()
 
 
 def test_pipeline_artifacts(pipeline_run):

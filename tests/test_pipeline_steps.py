@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,11 @@ from components.steps.evaluator import (
 from components.steps.ingest import split
 from components.steps.pusher import feature_profile, push
 from core import contract as c
-from core.model import METADATA_FILE, model_versions
+from core.metadata import METADATA_FILE, ModelMetadata, Thresholds
+from core.model import model_versions
 from core.windows import resolve_windows
+
+_METADATA = ModelMetadata(model_name="m", thresholds=Thresholds(0.5, 0.9), label_delay_days=7)
 
 
 def _day(s: str) -> pd.Timestamp:
@@ -198,7 +201,7 @@ def test_push_is_atomic_and_versions_increase(tmp_path):
     t = threading.Thread(target=reader)
     t.start()
     try:
-        versions = [push(candidate, base, {"model_name": "m"})[0] for _ in range(5)]
+        versions = [push(candidate, base, _METADATA)[0] for _ in range(5)]
     finally:
         stop.set()
         t.join()
@@ -206,15 +209,14 @@ def test_push_is_atomic_and_versions_increase(tmp_path):
     assert model_versions(base) == versions
     assert not seen_partial
     assert not [p for p in base.iterdir() if p.name.startswith(".")]
-    meta = json.loads((base / "3" / METADATA_FILE).read_text())
-    assert meta == {"model_name": "m", "version": 3}
+    assert ModelMetadata.read(base / "3") == replace(_METADATA, version=3)
 
 
 def test_push_refuses_missing_base_path_and_model(tmp_path):
     with pytest.raises(ValueError, match="model_base_path is empty"):
-        push(tmp_path, "", {})
+        push(tmp_path, "", _METADATA)
     with pytest.raises(FileNotFoundError, match="no SavedModel"):
-        push(tmp_path / "nothing", tmp_path / "models", {})
+        push(tmp_path / "nothing", tmp_path / "models", _METADATA)
 
 
 def test_is_night_outside_the_graph_equals_the_graphs_night_flag():

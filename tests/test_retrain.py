@@ -53,6 +53,7 @@ def tiny_pipeline(
     from components.steps.evaluator import GateConfig, thresholds_from_budget
     from components.steps.ingest import ingest
     from components.steps.pusher import push, training_profile
+    from core.metadata import ModelMetadata, Thresholds
     from core.windows import resolve_windows
 
     p = job.params
@@ -79,12 +80,13 @@ def tiny_pipeline(
     candidate = job.run_dir / "candidate"
     candidate.mkdir(parents=True)
     (candidate / "saved_model.pb").write_bytes(b"")  # a stub: nothing here loads the model
-    metadata = {
-        "model_name": p["model_name"],
-        "thresholds": thresholds,
-        "training_stats": training_profile(data.train, scores, thresholds),
-        "windows": windows.as_strings(),
-    }
+    metadata = ModelMetadata(
+        model_name=p["model_name"],
+        thresholds=Thresholds(thresholds[c.REVIEW], thresholds[c.BLOCK]),
+        label_delay_days=p["label_delay_days"],
+        training_stats=training_profile(data.train, scores, thresholds),
+        windows=windows.as_strings(),
+    )
     version, path = push(candidate, p["model_base_path"], metadata)
     return {"pushed": True, "version": version, "path": str(path)}
 

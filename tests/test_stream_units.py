@@ -19,19 +19,14 @@ from core import contract as c
 from core.dataio import validate_frame
 from core.features.batch import epoch_seconds as batch_epoch_seconds
 from core.features.stream import StreamingFeatureEngine
+from core.metadata import METADATA_FILE
 from core.statefile import StateFileError
 from streaming import messages as m
 from streaming import state as st
 from streaming.dataset import ConsumedDataset, load_consumed
 from streaming.kafka_config import KafkaSecurity, client_config
 from streaming.metrics import PREFIX, StreamMetrics
-from streaming.scoring import (
-    METADATA_FILE,
-    ModelThresholds,
-    Scorer,
-    ScoringUnavailable,
-    ThresholdStore,
-)
+from streaming.scoring import ModelThresholds, Scorer, ScoringUnavailable, ThresholdStore
 from streaming.state import LabelRouter, PartitionState, RecentIds, SnapshotStore
 
 
@@ -468,9 +463,11 @@ def test_pending_labels_are_bounded_and_refusals_counted() -> None:
 
 
 def _write_meta(base: Path, version: int, thresholds: dict) -> None:
+    """Written by hand: a file on disk may hold what ``ModelMetadata`` refuses to write."""
     path = base / str(version) / METADATA_FILE
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"thresholds": thresholds, "label_delay_days": 7}))
+    meta = {"model_name": "m", "version": version, "thresholds": thresholds, "label_delay_days": 7}
+    path.write_text(json.dumps(meta))
 
 
 class _Answer:

@@ -170,6 +170,7 @@ def push_step(
     the data version and the window bounds go into the model's metadata.
     """
     from components.steps.pusher import push, training_profile
+    from core.metadata import ModelMetadata, Thresholds, input_specs
 
     if not str(model_base_path).strip():
         raise ValueError("model_base_path is empty: nowhere to push the model")
@@ -179,21 +180,21 @@ def push_step(
         return {"pushed": False, "reasons": verdict["reasons"]}
     train = pd.read_parquet(train_path)
     scores = np.load(Path(blessing_dir) / SCORES_FILE)
-    metadata = {
-        "model_name": model_name,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "metrics": verdict["candidate"],
-        "baseline": {"version": verdict["baseline_version"], "metrics": verdict["baseline"]},
-        "thresholds": verdict["thresholds"],
-        "feature_inputs": [asdict(s) for s in c.INPUT_SPECS],
-        "stateful_features": list(c.STATEFUL_FEATURES),
-        "signature": c.SERVING_SIGNATURE,
-        "output": c.SCORE_OUTPUT,
-        "training_stats": training_profile(train, scores, verdict["thresholds"]),
-        "label_delay_days": label_delay_days,
-        "data_version": split_info.get("data_version", "unknown"),
-        "windows": {k: v for k, v in split_info.items() if k.endswith(("_start", "_end"))},
-    }
+    metadata = ModelMetadata(
+        model_name=model_name,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        metrics=verdict["candidate"],
+        baseline={"version": verdict["baseline_version"], "metrics": verdict["baseline"]},
+        thresholds=Thresholds(**verdict["thresholds"]),
+        feature_inputs=input_specs(),
+        stateful_features=c.STATEFUL_FEATURES,
+        signature=c.SERVING_SIGNATURE,
+        output=c.SCORE_OUTPUT,
+        training_stats=training_profile(train, scores, verdict["thresholds"]),
+        label_delay_days=label_delay_days,
+        data_version=split_info.get("data_version", "unknown"),
+        windows={k: v for k, v in split_info.items() if k.endswith(("_start", "_end"))},
+    )
     version, target = push(model_dir, model_base_path, metadata, stats_path)
     log.info("push: model %s version %d -> %s", model_name, version, target)
     return {"pushed": True, "version": version, "path": str(target)}

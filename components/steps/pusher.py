@@ -7,10 +7,10 @@ which TF Serving (and our embedded server) ignore since they are not integers.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,8 @@ import pandas as pd
 
 from core import contract as c
 from core.features.batch import epoch_seconds
-from core.model import METADATA_FILE, TRAIN_STATS_FILE, model_versions
+from core.metadata import ModelMetadata
+from core.model import TRAIN_STATS_FILE, model_versions
 
 PROFILE_BINS = 10
 
@@ -92,10 +93,13 @@ def training_profile(train: pd.DataFrame, eval_scores: np.ndarray, thresholds: d
 def push(
     candidate_dir: str | Path,
     model_base_path: str | Path,
-    metadata: dict,
+    metadata: ModelMetadata,
     train_stats_path: str | Path | None = None,
 ) -> tuple[int, Path]:
-    """Stage, then rename into the next free version; returns (version, version_dir)."""
+    """Stage, then rename into the next free version; returns (version, version_dir).
+
+    ``metadata`` is written with the version it gets here.
+    """
     if not str(model_base_path).strip():
         raise ValueError("model_base_path is empty: nowhere to push the model")
     candidate_dir = Path(candidate_dir)
@@ -108,10 +112,7 @@ def push(
     try:
         for attempt in range(100):
             version = (model_versions(base) or [0])[-1] + 1 + attempt
-            meta = {**metadata, "version": version}
-            extra = staging / METADATA_FILE
-            extra.parent.mkdir(parents=True, exist_ok=True)
-            extra.write_text(json.dumps(meta, indent=2, default=float))
+            replace(metadata, version=version).write(staging)
             if train_stats_path:
                 shutil.copyfile(train_stats_path, staging / TRAIN_STATS_FILE)
             target = base / str(version)
