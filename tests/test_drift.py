@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from scipy.spatial.distance import jensenshannon
 
-from components.steps.pusher import training_profile
+from components.push.pusher import training_profile
 from core import contract as c
 from core.model import METADATA_FILE
 from core.statefile import StateFileError
@@ -709,7 +709,7 @@ def night_z_by_hand(metadata: dict, name: str, values, times) -> float:
 
 
 def test_night_profile_dispersion_is_poisson_for_iid_days_and_more_when_nights_vary() -> None:
-    from components.steps.pusher import feature_profile, night_profile
+    from components.push.pusher import feature_profile, night_profile
 
     rng = np.random.default_rng(7)
     n = 30 * 2_000
