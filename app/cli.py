@@ -63,8 +63,8 @@ def _features_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schema_infer(args: argparse.Namespace, settings: Settings) -> int:
-    from components.steps.ingest import ingest
-    from components.steps.validate import compute_statistics, curate_schema, write_schema
+    from components.ingest.ingest import ingest
+    from components.validate.validate import compute_statistics, curate_schema, write_schema
     from core.windows import resolve_windows
 
     windows = resolve_windows(

@@ -42,8 +42,8 @@ def logistic_baseline(run_dir: Path) -> dict[str, float]:
     import tensorflow_transform as tft
     from sklearn.linear_model import LogisticRegression
 
-    from components.steps.evaluator import compute_metrics
-    from components.steps.transform import TRANSFORM_FN_DIR, load_transformed
+    from components.evaluate.evaluator import compute_metrics
+    from components.transform.transform import TRANSFORM_FN_DIR, load_transformed
     from core import contract as c
     from core.model import input_arrays
 

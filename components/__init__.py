@@ -1,2 +1,4 @@
-"""The KFP components: one plain, importable module per step under ``steps/`` and the thin KFP
-wrappers in ``kfp_components.py``; batch scoring (``fraud score``) shares their model loading."""
+"""The KFP components, one folder per pipeline step (``ingest/``, ``validate/``, ``transform/``,
+``train/``, ``evaluate/``, ``push/``): the step's logic, its plain job function over file paths
+(``job.py``) and its thin KFP wrapper (``component.py``); ``kfp_components.py`` gathers the
+wrappers. Batch scoring (``fraud score``) shares their model loading."""

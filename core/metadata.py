@@ -59,7 +59,7 @@ class ModelMetadata:
     ``model_name``, ``thresholds`` and ``label_delay_days`` are required; ``version`` is set at
     push time (``dataclasses.replace``) and required in a file. The rest describe how the model
     was made and default to empty, so a small test model can record only what readers need.
-    ``training_stats`` is ``components.steps.pusher.training_profile``'s output (the drift
+    ``training_stats`` is ``components.push.pusher.training_profile``'s output (the drift
     monitor's reference); ``baseline`` the served model it was compared with at evaluation.
     """
 

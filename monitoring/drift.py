@@ -3,7 +3,7 @@
 ``DriftMonitor`` consumes what the scoring consumer already has after each batch (model inputs,
 scores, decisions, event times) and compares fixed-size windows of transactions with the
 reference the training pipeline stored beside the model (``training_stats`` in
-``assets.extra/fraud_metadata.json``, see ``components.steps.pusher.training_profile``):
+``assets.extra/fraud_metadata.json``, see ``components.push.pusher.training_profile``):
 
 * per numeric model input (``contract.MODEL_INPUTS`` minus the timestamp) and for the score:
   the window's histogram over the *training* bin edges, then the population stability index

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core import contract as c
+from core.settings import Settings
 
 __all__ = ["CLUSTER", "LOCAL", "RetrainConfig", "RetrainJob", "Runner", "TriggerResult"]
 
@@ -35,8 +36,8 @@ class RetrainConfig:
     eval_start: str | None = None
     eval_end: str | None = None
     label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS
-    model_base_path: Path = Path("models/fraud")
-    model_name: str = "fraud"
+    model_base_path: Path = Settings().model_base_path
+    model_name: str = Settings().model_name
     # Any other pipeline parameter (epochs, min_auc, review_budget, ...).
     pipeline_params: Mapping[str, Any] = field(default_factory=dict)
     # Cluster mode: KFP endpoint, and the dataset path as the pipeline's pods see it. With

@@ -7,15 +7,22 @@ kfp.local, compile it to IR YAML, submit it, or schedule it on a Kubeflow cluste
 from kfp import dsl
 from kfp.dsl import Artifact
 
+from components.evaluate.evaluator import GateConfig
 from components.kfp_components import make_components
-from core import contract as c
+from components.train.trainer import HParams
+from core.settings import Settings
 
 PIPELINE_NAME = "fraud-training"
 
 
 def create_pipeline(image: str | None = None):
-    """The pipeline function, with its components bound to ``image``."""
+    """The pipeline function, with its components bound to ``image``.
+
+    Its defaults are those of ``HParams`` (training), ``GateConfig`` (the blessing gate) and
+    ``Settings`` (paths and names): restated nowhere else.
+    """
     ops = make_components(image)
+    hp, gate, settings = HParams(), GateConfig(), Settings()
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -23,7 +30,7 @@ def create_pipeline(image: str | None = None):
         "evaluation with a blessing gate, push to the TF Serving layout.",
     )
     def fraud_training(
-        data_path: str = "data/validated/transactions.parquet",
+        data_path: str = str(settings.validated_data),
         train_start: str = "",
         train_end: str = "",
         eval_start: str = "",
@@ -31,23 +38,23 @@ def create_pipeline(image: str | None = None):
         as_of: str = "",
         train_days: int = 0,
         eval_days: int = 0,
-        label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS,
+        label_delay_days: int = settings.label_delay_days,
         schema_path: str = "",
         beam_args: str = "[]",
-        hidden_units: str = "64,32",
-        dropout: float = 0.1,
-        learning_rate: float = 0.001,
-        batch_size: int = 512,
-        epochs: int = 20,
-        patience: int = 3,
-        seed: int = 42,
-        min_auc: float = 0.8,
-        min_average_precision: float = 0.2,
-        regression_tolerance: float = 0.05,
-        review_budget: float = 0.01,
-        block_budget: float = 0.002,
-        model_base_path: str = "models/fraud",
-        model_name: str = "fraud",
+        hidden_units: str = hp.hidden_units,
+        dropout: float = hp.dropout,
+        learning_rate: float = hp.learning_rate,
+        batch_size: int = hp.batch_size,
+        epochs: int = hp.epochs,
+        patience: int = hp.patience,
+        seed: int = hp.seed,
+        min_auc: float = gate.min_auc,
+        min_average_precision: float = gate.min_average_precision,
+        regression_tolerance: float = gate.regression_tolerance,
+        review_budget: float = gate.review_budget,
+        block_budget: float = gate.block_budget,
+        model_base_path: str = str(settings.model_base_path),
+        model_name: str = settings.model_name,
     ) -> Artifact:
         ingest = ops["ingest"](
             data_path=data_path,

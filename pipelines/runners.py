@@ -54,9 +54,13 @@ def run_local(params: dict, pipeline_root: str | Path) -> dict:
         # very environment on purpose (the image is built from the same lock file).
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
         task = create_pipeline()(**params)
-    path = getattr(task.output, "path", None)
+    return _push_result(getattr(task.output, "path", None), pipeline_root)
+
+
+def _push_result(path: str | Path | None, where: str | Path) -> dict:
+    """The pipeline's output: what the push task wrote."""
     if path is None or not Path(path).exists():
-        raise RuntimeError(f"pipeline finished without a push result under {pipeline_root}")
+        raise RuntimeError(f"pipeline finished without a push result under {where}")
     return json.loads(Path(path).read_text())
 
 
@@ -107,69 +111,12 @@ def schedule(
 
 
 def run_steps(params: dict, work_dir: str | Path) -> dict:
-    """The pipeline's steps in order, in this process, without KFP.
+    """The pipeline's tasks in this process, in the order and with the bindings of its IR.
 
-    Same plain step functions the components call, same artifacts on disk; what it skips is
-    KFP's per-step subprocess (and TensorFlow import). For tests and quick local iterations;
-    ``run_local`` is the pipeline as Kubeflow runs it.
+    Same component functions, same artifacts on disk (``<work_dir>/<task>/<output>``); what it
+    skips is KFP's per-step subprocess (and TensorFlow import). For tests and quick local
+    iterations; ``run_local`` is the pipeline as Kubeflow runs it. Returns the push result.
     """
-    import inspect
+    from pipelines.in_process import run
 
-    from components.steps import jobs
-
-    fn = create_pipeline().pipeline_func
-    defaults = {
-        k: v.default
-        for k, v in inspect.signature(fn).parameters.items()
-        if v.default is not inspect.Parameter.empty
-    }
-    p = {**defaults, **_absolute_paths(params)}
-    work = Path(work_dir)
-    paths = {
-        name: str(work / name)
-        for name in ("train.parquet", "eval.parquet", "stats.pb", "anomalies.json", "transform")
-    }
-    paths.update(model=str(work / "model"), blessing=str(work / "blessing"))
-    windows = {k: p[k] for k in ("train_start", "train_end", "eval_start", "eval_end", "as_of")}
-    info = jobs.ingest_step(
-        p["data_path"],
-        paths["train.parquet"],
-        paths["eval.parquet"],
-        label_delay_days=p["label_delay_days"],
-        train_days=p["train_days"],
-        eval_days=p["eval_days"],
-        **windows,
-    )
-    jobs.validate_step(
-        paths["train.parquet"],
-        p["schema_path"],
-        p["model_base_path"],
-        paths["stats.pb"],
-        paths["anomalies.json"],
-    )
-    jobs.transform_step(
-        paths["train.parquet"],
-        paths["eval.parquet"],
-        paths["transform"],
-        json.loads(p["beam_args"]),
-    )
-    hp = ("hidden_units", "dropout", "learning_rate", "batch_size", "epochs", "patience", "seed")
-    jobs.train_step(paths["transform"], paths["model"], {k: p[k] for k in hp})
-    gate = ("min_auc", "min_average_precision", "regression_tolerance", "review_budget")
-    jobs.evaluate_step(
-        paths["model"],
-        paths["eval.parquet"],
-        p["model_base_path"],
-        paths["blessing"],
-        {**{k: p[k] for k in gate}, "block_budget": p["block_budget"]},
-    )
-    return jobs.push_step(
-        paths["model"],
-        paths["blessing"],
-        paths["train.parquet"],
-        paths["stats.pb"],
-        p["model_base_path"],
-        p["model_name"],
-        p["label_delay_days"],
-        info,
-    )
+    return _push_result(run(create_pipeline(), _absolute_paths(params), work_dir), work_dir)

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from scipy.spatial.distance import jensenshannon
 
-from components.steps.pusher import training_profile
+from components.push.pusher import training_profile
 from core import contract as c
 from core.metadata import ModelMetadata, Thresholds
 from core.statefile import StateFileError
@@ -715,7 +715,7 @@ def night_z_by_hand(metadata: ModelMetadata, name: str, values, times) -> float:
 
 
 def test_night_profile_dispersion_is_poisson_for_iid_days_and_more_when_nights_vary() -> None:
-    from components.steps.pusher import feature_profile, night_profile
+    from components.push.pusher import feature_profile, night_profile
 
     rng = np.random.default_rng(7)
     n = 30 * 2_000

@@ -140,7 +140,9 @@ def test_fraud_score_cli(pipeline_run, data_file, tmp_path):
 
 def test_worse_model_is_not_pushed(pipeline_run):
     """A deliberately crippled candidate, through the same evaluate + push steps."""
-    from components.steps.jobs import evaluate_step, push_step, train_step
+    from components.evaluate.job import evaluate_step
+    from components.push.job import push_step
+    from components.train.job import train_step
 
     _, params, root = pipeline_run
     transform_dir = _artifact(root, "transform", "transform_output")
@@ -175,8 +177,8 @@ def test_worse_model_is_not_pushed(pipeline_run):
 
 
 def test_schema_anomaly_fails_validation_and_lists_it(pipeline_run, tmp_path):
-    from components.steps.jobs import validate_step
-    from components.steps.validate import SchemaAnomalyError
+    from components.validate.job import validate_step
+    from components.validate.validate import SchemaAnomalyError
 
     _, _, root = pipeline_run
     train = pd.read_parquet(_artifact(root, "ingest", "train_data"))

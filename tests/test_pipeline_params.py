@@ -3,6 +3,8 @@ fraud stream consume --retrain-set)."""
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from pipelines.params import parse_assignments, parse_params, typed_params
@@ -34,3 +36,28 @@ def test_bad_assignments_name_the_flag_and_the_value(pairs: list[str], match: st
 
 def test_assignments_keep_text_until_typed() -> None:
     assert parse_assignments(["a-b=1=2"]) == {"a_b": "1=2"}
+
+
+def test_pipeline_defaults_come_from_the_dataclasses_and_settings() -> None:
+    """The signature restates no default: a retyped one would drift from the dataclasses."""
+    from components.evaluate.evaluator import GateConfig
+    from components.train.trainer import HParams
+    from core.settings import Settings
+    from monitoring.retrain import RetrainConfig
+    from pipelines.pipeline import create_pipeline
+
+    inputs = create_pipeline().component_spec.inputs
+    defaults = {name: spec.default for name, spec in inputs.items()}
+    # max_class_weight is a modelling constant, not tuned per run.
+    for config, left_out in ((HParams(), {"max_class_weight"}), (GateConfig(), set())):
+        names = {f.name for f in fields(config)} - left_out
+        assert names <= set(defaults), f"{type(config).__name__} fields not in the pipeline"
+        assert {n: defaults[n] for n in names} == {n: getattr(config, n) for n in names}
+    settings = Settings()
+    assert defaults["data_path"] == str(settings.validated_data)
+    assert defaults["model_base_path"] == str(settings.model_base_path)
+    assert defaults["model_name"] == settings.model_name
+    assert defaults["label_delay_days"] == settings.label_delay_days
+    retrain = {f.name: f.default for f in fields(RetrainConfig)}
+    assert retrain["model_base_path"] == settings.model_base_path
+    assert retrain["model_name"] == settings.model_name

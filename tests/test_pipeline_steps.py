@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.steps.evaluator import (
+from components.evaluate.evaluator import (
     GateConfig,
     bless,
     card_precision_at_k,
@@ -19,8 +19,8 @@ from components.steps.evaluator import (
     recall_at_fpr,
     thresholds_from_budget,
 )
-from components.steps.ingest import split
-from components.steps.pusher import feature_profile, push
+from components.ingest.ingest import split
+from components.push.pusher import feature_profile, push
 from core import contract as c
 from core.metadata import METADATA_FILE, ModelMetadata, Thresholds
 from core.model import model_versions

@@ -50,9 +50,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 300, rate: float = 0
 def tiny_pipeline(
     job: r.RetrainJob, gate: threading.Event | None = None, bless: bool = True
 ) -> Mapping[str, Any]:
-    from components.steps.evaluator import GateConfig, thresholds_from_budget
-    from components.steps.ingest import ingest
-    from components.steps.pusher import push, training_profile
+    from components.evaluate.evaluator import GateConfig, thresholds_from_budget
+    from components.ingest.ingest import ingest
+    from components.push.pusher import push, training_profile
     from core.metadata import ModelMetadata, Thresholds
     from core.windows import resolve_windows
 

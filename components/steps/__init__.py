@@ -1,1 +1,0 @@
-"""Plain, importable, unit-tested code behind each KFP component (components/kfp_components.py)."""

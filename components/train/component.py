@@ -1,0 +1,37 @@
+"""The train step's KFP component: typed artifacts in, ``job.train_step``, metrics out.
+
+KFP ships this function's source to its container on its own: every import it needs is inside
+its body, by package path.
+"""
+
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+
+def train(
+    transform_output: Input[Artifact],
+    hidden_units: str,
+    dropout: float,
+    learning_rate: float,
+    batch_size: int,
+    epochs: int,
+    patience: int,
+    seed: int,
+    model: Output[Model],
+    metrics: Output[Metrics],
+):
+    import logging
+
+    from components.train.job import train_step
+
+    logging.basicConfig(level=logging.INFO)
+    hparams = {
+        "hidden_units": hidden_units,
+        "dropout": dropout,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "patience": patience,
+        "seed": seed,
+    }
+    for key, value in train_step(transform_output.path, model.path, hparams).items():
+        metrics.log_metric(key, value)
