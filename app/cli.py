@@ -8,6 +8,9 @@ from pathlib import Path
 
 from core.settings import Settings
 
+# The path defaults of the commands, from the one place that defines them.
+DEFAULTS = Settings()
+
 
 def _data_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from core.datajobs import load_params, run_simulate, simulation_config
@@ -220,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=_data_validate)
 
     summ = data_sub.add_parser("summary", help="rows, fraud rate per pattern, feature table head")
-    summ.add_argument("--raw", type=Path, default=Path("data/validated/transactions.parquet"))
-    summ.add_argument("--features", type=Path, default=Path("data/features/features.parquet"))
+    summ.add_argument("--raw", type=Path, default=DEFAULTS.validated_data)
+    summ.add_argument("--features", type=Path, default=DEFAULTS.feature_table)
     summ.set_defaults(func=_data_summary)
 
     feat = sub.add_parser("features", help="build the feature table with the batch engine")
@@ -235,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="the curated TFDV schema the pipeline validates against")
     schema_sub = schema.add_subparsers(dest="schema_command", metavar="ACTION", required=True)
     infer = schema_sub.add_parser("infer", help="infer a schema from data (then edit by hand)")
-    infer.add_argument("--data", type=Path, default=Path("data/validated/transactions.parquet"))
+    infer.add_argument("--data", type=Path, default=DEFAULTS.validated_data)
     infer.add_argument("--train-start", required=True)
     infer.add_argument("--train-end", required=True)
     infer.add_argument("--output", type=Path, default=Path("pipelines/schema/schema.pbtxt"))

@@ -28,6 +28,8 @@ class Settings:
     raw_data: Path = Path("data/raw/transactions.parquet")
     # What the DVC pipeline's validate stage writes; the training pipeline's default input.
     validated_data: Path = Path("data/validated/transactions.parquet")
+    # What the DVC pipeline's features stage writes.
+    feature_table: Path = Path("data/features/features.parquet")
     model_base_path: Path = Path("models/fraud")
     model_name: str = "fraud"
     label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS
