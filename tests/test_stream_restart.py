@@ -26,14 +26,11 @@ from typing import Any
 import orjson
 import pandas as pd
 import pytest
-from stream_fixtures import (  # noqa: F401 - pytest fixtures
-    broker,
+from stream_fixtures import (
     child_env,
     consume,
     consumer_command,
     make_topics,
-    model_base,
-    model_server,
     read_topic,
     reference_stream_features,
     simulated,
@@ -152,7 +149,7 @@ def _start_replay(
     return thread
 
 
-def test_restart_from_snapshots_and_from_nothing(broker, model_server, model_base, tmp_path):  # noqa: F811
+def test_restart_from_snapshots_and_from_nothing(broker, model_server, model_base, tmp_path):
     """Graceful stops: the snapshot carries the state; without snapshots the consumer rebuilds
     the state from the topic (silently) up to the committed offsets."""
     df = simulated(150, 30, seed=21)
@@ -180,7 +177,7 @@ def test_restart_from_snapshots_and_from_nothing(broker, model_server, model_bas
     _check_features(decisions, df)
 
 
-def test_kill_9_three_times_during_a_replay(broker, model_server, model_base, tmp_path):  # noqa: F811
+def test_kill_9_three_times_during_a_replay(broker, model_server, model_base, tmp_path):
     n = KILL_TEST_TRANSACTIONS
     days = max(20, n // 700)
     df = simulated(max(100, n // (2 * days)), days, seed=33)
@@ -245,9 +242,9 @@ def test_kill_9_three_times_during_a_replay(broker, model_server, model_base, tm
 
 
 def test_a_second_consumer_joins_mid_stream_then_leaves(
-    broker,  # noqa: F811
-    model_server,  # noqa: F811
-    model_base,  # noqa: F811
+    broker,
+    model_server,
+    model_base,
     tmp_path,
 ):
     """Scale out and back in during a replay: the partitions' state moves with them through
@@ -306,7 +303,7 @@ def test_a_second_consumer_joins_mid_stream_then_leaves(
     print(f"two members: {duplicates} duplicate decisions of {len(df)}")
 
 
-def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path_factory):  # noqa: F811
+def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path_factory):
     """The server dies mid-stream and comes back on the same port 10 s later: the consumer
     holds its batch (no crash, nothing committed or dropped) and resumes by itself."""
     server = start_model_server(model_base, tmp_path_factory.mktemp("down-server"))
@@ -369,8 +366,8 @@ def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path
 
 
 def test_decision_deadline_falls_back_then_corrects(
-    broker,  # noqa: F811
-    model_base,  # noqa: F811
+    broker,
+    model_base,
     tmp_path,
     tmp_path_factory,
 ):
