@@ -245,9 +245,9 @@ def model_server(model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     server.stop()
 
 
-def start_model_server(base: Path, log_dir: Path, port: int | None = None) -> Any:
+def start_model_server(base: Path, log_dir: Path) -> Any:
+    """A model server subprocess serving ``base`` as ``MODEL_NAME``, once the model answers."""
     from serving._launch import ServerProcess
-    from serving.client import ModelClient
 
     server = ServerProcess(
         [
@@ -255,9 +255,15 @@ def start_model_server(base: Path, log_dir: Path, port: int | None = None) -> An
             f"--model_base_path={base}",
             "--file_system_poll_wait_seconds=1",
         ],
-        port=port,
         log_path=log_dir / "server.log",
     )
+    return start_serving(server)
+
+
+def start_serving(server: Any) -> Any:
+    """Start ``server`` (a stopped one comes back on its port) and wait until the model answers."""
+    from serving.client import ModelClient
+
     server.start(ready_timeout_s=300)
     ModelClient(server.url, MODEL_NAME).wait_until_available(timeout_s=120)
     return server
