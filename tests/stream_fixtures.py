@@ -56,7 +56,7 @@ EXAMPLE_VERSIONS = (1, 2, 3)
 WARMUP_VERSION = 3  # ships assets.extra/tf_serving_warmup_requests (2 predict records)
 
 
-# --- the models ----------------------------------------------------------------------------------
+# --- the models ------------------------------------------------------------------------------
 
 
 def model_weights(n_inputs: int) -> np.ndarray:
