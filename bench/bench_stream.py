@@ -590,7 +590,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     try:
         model_base = work / "models" / fx.MODEL_NAME
         model_base.mkdir(parents=True)
-        fx.install_version(fx.model_store(), model_base, 1)
+        fx.install_version(fx.build_model_store().fraud, model_base, 1, with_metadata=True)
         server = fx.start_model_server(model_base, work)
         try:
             frame = fx.simulated(args.customers, args.days, seed=args.seed)

@@ -1,4 +1,6 @@
-"""Shared fixtures of the foundation tests (schema, simulator, features, DVC)."""
+"""Shared fixtures: the foundation tests' simulations (schema, simulator, features, DVC) here,
+and, registered as a plugin, those of the tests on real parts (tests/stream_fixtures.py: tiny
+models, broker, model server)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import pandas as pd
 import pytest
 
 from core.simulator import SimulationConfig, simulate
+
+pytest_plugins = ["stream_fixtures"]
 
 # Default rates and a default-like population density (customers per terminal), at a size that
 # simulates in about a second.

@@ -1,19 +1,29 @@
-"""Fixtures and helpers of the streaming tests: a real broker, a real model server, a real model.
+"""Shared fixtures and helpers of the tests on real parts: tiny models, a broker, a model server.
 
-* ``build_fraud_model``: a small tf_keras functional model over ``contract.MODEL_INPUTS`` that
-  applies ``contract.derived_features`` and one Dense sigmoid layer with seeded weights, exported
-  with ``tf.saved_model.save`` and a ``serving_default`` tf.function, plus
-  ``assets.extra/fraud_metadata.json``, i.e. the shape of what the training pipeline pushes.
-  Building imports TensorFlow, so it runs once in a subprocess and is cached on disk by a hash of
-  its inputs (``python tests/stream_fixtures.py build-models DIR``).
-* pytest fixtures (module scoped, import them into a test module): ``broker`` (Tansu on a free
-  loopback port), ``model_base`` + ``model_server`` (``python -m serving.model_server``).
-* helpers to make per-test topics, read a topic completely, and compute reference features.
+Registered for every test module by ``pytest_plugins`` in tests/conftest.py: test modules name
+the fixtures as arguments and import only helpers from here.
+
+* The tiny models, built by one subprocess (``python tests/stream_fixtures.py build-models DIR``,
+  so no test process imports TensorFlow) and cached on disk by a hash of their inputs, exported
+  with ``tf.saved_model.save`` and a ``serving_default`` signature:
+  - ``fraud`` (``build_fraud_model``): a tf_keras functional model over ``contract.MODEL_INPUTS``
+    that applies ``contract.derived_features`` and one Dense sigmoid layer with seeded weights,
+    installed with ``assets.extra/fraud_metadata.json``, i.e. the shape of what the training
+    pipeline pushes;
+  - ``example``: ``serving._example_models``' tiny model (predict, classify and regress
+    signatures; ``WARMUP_VERSION`` ships TF Serving warm-up requests), for the TF Serving API
+    tests.
+  Delete ``fraud-test-models-*`` under the temp dir to force a rebuild.
+* pytest fixtures: ``model_store`` (session scoped), ``broker`` (Tansu on a free loopback port),
+  ``model_base`` + ``model_server`` (``python -m serving.model_server``), module scoped.
+* helpers to install model versions, make per-test topics, read a topic completely, compute
+  reference features, run the consumer, and wait for a condition.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -21,14 +31,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 
 from core import contract as c
 from core.metadata import ModelMetadata, Thresholds, input_specs
@@ -41,9 +52,11 @@ LABEL_DELAY_DAYS = c.DEFAULT_LABEL_DELAY_DAYS
 # higher and decides with other thresholds, so a test can tell which version answered.
 VERSIONS: dict[int, tuple[float, float, float]] = {1: (-1.0, 0.05, 0.12), 2: (-0.5, 0.08, 0.2)}
 WEIGHT_SEED = 20_251_128
+EXAMPLE_VERSIONS = (1, 2, 3)
+WARMUP_VERSION = 3  # ships assets.extra/tf_serving_warmup_requests (2 predict records)
 
 
-# --- the model ---------------------------------------------------------------------------------
+# --- the models ------------------------------------------------------------------------------
 
 
 def model_weights(n_inputs: int) -> np.ndarray:
@@ -92,51 +105,108 @@ def build_fraud_model(version_dir: Path, version: int) -> Path:
     module = tf.Module()
     module.model = model
     module.serve = serve
-    staging = version_dir.parent / f".tmp-{version_dir.name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     tf.saved_model.save(
-        module, str(staging), signatures={c.SERVING_SIGNATURE: serve.get_concrete_function()}
+        module, str(version_dir), signatures={c.SERVING_SIGNATURE: serve.get_concrete_function()}
     )
-    staging.rename(version_dir)
     return version_dir
+
+
+def build_models(store: Path) -> None:
+    """Export every fraud version and every example version under ``store`` (imports
+    TensorFlow)."""
+    from serving._example_models import build_tiny_model
+
+    models = ModelStore(store)
+    for version in VERSIONS:
+        build_fraud_model(models.fraud / str(version), version)
+    for version in EXAMPLE_VERSIONS:
+        warmup_records = 2 if version == WARMUP_VERSION else 0
+        build_tiny_model(models.example / str(version), version, warmup_records)
 
 
 def _cache_key() -> str:
     """Hash of what the built graphs depend on (the metadata is written at install time)."""
     import inspect
 
+    from serving import _example_models
+
     digest = hashlib.sha256((REPO / "core" / "contract.py").read_bytes())
-    for fn in (build_fraud_model, model_weights):
+    digest.update(Path(_example_models.__file__).read_bytes())
+    digest.update(importlib.metadata.version("tensorflow").encode())
+    for fn in (build_models, build_fraud_model, model_weights):
         digest.update(inspect.getsource(fn).encode())
-    digest.update(repr((WEIGHT_SEED, {v: b for v, (b, _, _) in VERSIONS.items()})).encode())
+    biases = {v: b for v, (b, _, _) in VERSIONS.items()}
+    digest.update(repr((WEIGHT_SEED, biases, EXAMPLE_VERSIONS, WARMUP_VERSION)).encode())
     return digest.hexdigest()[:16]
 
 
-def model_store() -> Path:
-    """Directory with every version of ``VERSIONS`` built (cached across test sessions)."""
-    store = Path(tempfile.gettempdir()) / f"fraud-stream-test-models-{_cache_key()}"
-    if all((store / str(v) / "saved_model.pb").exists() for v in VERSIONS):
-        return store
-    from serving._launch import child_env
+@dataclass(frozen=True)
+class ModelStore:
+    """The built tiny models: ``<kind>/<version>/`` directories, to copy with
+    ``install_version``."""
 
-    store.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "build-models", str(store)],
+    root: Path
+
+    @property
+    def fraud(self) -> Path:
+        return self.root / "fraud"
+
+    @property
+    def example(self) -> Path:
+        return self.root / "example"
+
+    def complete(self) -> bool:
+        fraud = [self.fraud / str(v) for v in VERSIONS]
+        example = [self.example / str(v) for v in EXAMPLE_VERSIONS]
+        return all((d / "saved_model.pb").exists() for d in fraud + example)
+
+
+def build_model_store() -> ModelStore:
+    """Every tiny model, built once and then cached across test sessions. The store is built
+    in a staging directory and renamed into place, so concurrent sessions never see a partial
+    one."""
+    from serving._launch import child_env as serving_child_env
+
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    store = ModelStore(Path(tempfile.gettempdir()) / f"fraud-test-models-{uid}-{_cache_key()}")
+    if store.complete():
+        return store
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=store.root.parent))
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "build-models", str(staging)],
         cwd=REPO,
-        env=child_env(),
-        check=True,
+        env=serving_child_env(),
+        capture_output=True,
+        text=True,
         timeout=600,
     )
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeError(f"building the test models failed:\n{done.stdout}\n{done.stderr}")
+    try:
+        staging.rename(store.root)
+    except OSError:  # a concurrent session finished first; its store is equivalent
+        shutil.rmtree(staging, ignore_errors=True)
     return store
 
 
-def install_version(store: Path, base_path: Path, version: int) -> Path:
-    """Copy a built version with its metadata file under ``base_path`` atomically (the
-    server polls the directory)."""
+@pytest.fixture(scope="session")
+def model_store() -> ModelStore:
+    return build_model_store()
+
+
+def install_version(
+    source: Path, base_path: Path, version: int, *, with_metadata: bool = False
+) -> Path:
+    """Copy ``source/<version>`` to ``base_path/<version>`` the safe way (hidden directory, then
+    rename: the server polls ``base_path``); ``with_metadata`` adds the fraud model's
+    ``fraud_metadata.json``."""
     target = base_path / str(version)
     staging = base_path / f".tmp-{version}-{uuid.uuid4().hex[:6]}"
-    shutil.copytree(store / str(version), staging)
-    metadata(version).write(staging)
+    base_path.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / str(version), staging)
+    if with_metadata:
+        metadata(version).write(staging)
     staging.rename(target)
     return target
 
@@ -153,10 +223,9 @@ def broker() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def model_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_base(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Path:
     base = tmp_path_factory.mktemp("models") / MODEL_NAME
-    base.mkdir()
-    install_version(model_store(), base, 1)
+    install_version(model_store.fraud, base, 1, with_metadata=True)
     return base
 
 
@@ -167,9 +236,9 @@ def model_server(model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     server.stop()
 
 
-def start_model_server(base: Path, log_dir: Path, port: int | None = None) -> Any:
+def start_model_server(base: Path, log_dir: Path) -> Any:
+    """A model server subprocess serving ``base`` as ``MODEL_NAME``, once the model answers."""
     from serving._launch import ServerProcess
-    from serving.client import ModelClient
 
     server = ServerProcess(
         [
@@ -177,9 +246,15 @@ def start_model_server(base: Path, log_dir: Path, port: int | None = None) -> An
             f"--model_base_path={base}",
             "--file_system_poll_wait_seconds=1",
         ],
-        port=port,
         log_path=log_dir / "server.log",
     )
+    return start_serving(server)
+
+
+def start_serving(server: Any) -> Any:
+    """Start ``server`` (a stopped one comes back on its port) and wait until the model answers."""
+    from serving.client import ModelClient
+
     server.start(ready_timeout_s=300)
     ModelClient(server.url, MODEL_NAME).wait_until_available(timeout_s=120)
     return server
@@ -370,20 +445,36 @@ def consume(
     return StreamConsumer(config, scorer, metrics).run()
 
 
+# What a predicate may raise while a server (re)starts or reloads: polled again, not a failure.
+TRANSIENT_ERRORS = (requests.RequestException, KeyError, ValueError)
+
+
 def wait_for(
-    predicate: Any, timeout_s: float, what: str, poll_s: float = 0.2, quiet: bool = False
+    predicate: Callable[[], Any],
+    timeout_s: float = 30.0,
+    what: str = "condition",
+    poll_s: float = 0.1,
+    quiet: bool = False,
 ) -> Any:
-    """Poll until ``predicate()`` is truthy; fail after ``timeout_s`` (or return False when
-    ``quiet``, so the caller can report what is missing)."""
+    """Poll until ``predicate()`` is truthy and return its value; fail after ``timeout_s`` naming
+    ``what`` and the last transient error (or return False when ``quiet``, so the caller can
+    report what is missing)."""
     deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
     while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
+        try:
+            value = predicate()
+        except TRANSIENT_ERRORS as err:
+            last_error = err
+        else:
+            if value:
+                return value
         time.sleep(poll_s)
     if quiet:
         return False
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    raise AssertionError(
+        f"timed out after {timeout_s} s waiting for {what} (last error: {last_error})"
+    )
 
 
 def consumer_command(
@@ -427,12 +518,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "build-models":
         print("usage: stream_fixtures.py build-models DIR", file=sys.stderr)
         return 2
-    store = Path(argv[1])
-    store.mkdir(parents=True, exist_ok=True)
-    for version in VERSIONS:
-        if not (store / str(version) / "saved_model.pb").exists():
-            shutil.rmtree(store / str(version), ignore_errors=True)
-            build_fraud_model(store / str(version), version)
+    build_models(Path(argv[1]))
     return 0
 
 

@@ -1,44 +1,43 @@
 """The Grafana dashboard (k8s/grafana/fraud-dashboard.json) queries only metrics the code exports.
 
 Metric names are pulled out of every panel's PromQL and looked up among the names the
-exporters register. The exporters are found, not listed by hand: for every module in
-EXPORTER_MODULES that exists, the test collects
-* the collectors the module registered in prometheus_client's default REGISTRY on import,
+exporters register. The exporters are found, not listed by hand: every module of the layered
+packages (pyproject.toml ``[tool.importlinter] root_packages``) that imports prometheus_client is
+imported, and the test collects
 * every CollectorRegistry, metric or collector bound at module level, and
 * the registry of every ``*Metrics`` class in the module (instantiated with no arguments; this is
   the pattern of streaming/metrics.py and serving/metrics.py, one registry per instance).
+prometheus_client's default REGISTRY is left out: no server of ours exposes it.
 
 TF Serving itself (production serves with the tensorflow/serving image) exports the names in
 TF_SERVING_METRICS; the dashboard may use those, and any ``:tensorflow:`` name it uses must be
 one of them, so the panels work against the real server and not only the embedded one.
 
-Panels whose metrics belong to an exporter module that does not exist yet (drift, retraining)
-are skipped with the module they wait for; once the module lands, they are enforced.
+A panel that queries a name no exporter registers fails, naming the panel and the names.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
-import importlib.util
 import inspect
 import json
 import re
+import tomllib
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "k8s/grafana/fraud-dashboard.json"
 
-# Module -> metric-name prefixes it owns. A prefix whose modules are all missing is "pending".
-EXPORTER_MODULES: dict[str, tuple[str, ...]] = {
-    "streaming.metrics": ("fraud_stream_",),
-    "serving.metrics": ("serving_", ":tensorflow:"),
-    "monitoring.drift": ("fraud_drift_", "fraud_retrain_"),
-}
+PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
+    "root_packages"
+]
 
 # TF Serving's Prometheus names (tensorflow_serving/model_servers + servables/tensorflow
 # metrics, exported as ":" + the monitoring path with "/" -> ":"). Latencies are microseconds.
@@ -135,26 +134,39 @@ def _collectors_of(module) -> list[object]:
     return found
 
 
-@cache
-def exported() -> tuple[frozenset[str], tuple[str, ...]]:
-    """(names the existing exporter modules register, modules that do not exist yet)."""
-    before = set(REGISTRY._collector_to_names)  # noqa: SLF001 - only to diff, never mutated
-    names: set[str] = set()
-    missing = []
-    for module_name in EXPORTER_MODULES:
-        if importlib.util.find_spec(module_name) is None:
-            missing.append(module_name)
+def _imports_prometheus(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        else:
             continue
-        module = importlib.import_module(module_name)
-        for collector in _collectors_of(module):
+        if any(n == "prometheus_client" or n.startswith("prometheus_client.") for n in names):
+            return True
+    return False
+
+
+def exporter_modules() -> Iterator[str]:
+    """Every module of the layered packages that imports prometheus_client (at the top or in a function)."""
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if _imports_prometheus(path):
+                yield ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+@cache
+def exported() -> frozenset[str]:
+    """Every series name the exporter modules register."""
+    names: set[str] = set()
+    for module_name in exporter_modules():
+        for collector in _collectors_of(importlib.import_module(module_name)):
             names |= sample_names(collector)
-    for collector in set(REGISTRY._collector_to_names) - before:  # noqa: SLF001
-        names |= sample_names(collector)
-    return frozenset(names), tuple(missing)
+    return frozenset(names)
 
 
 def test_exporters_register_the_core_families() -> None:
-    names, _ = exported()
+    names = exported()
     for name in (
         "fraud_stream_consumed_total",
         "fraud_stream_end_to_end_latency_seconds_bucket",
@@ -221,30 +233,21 @@ def test_tf_serving_names_exist_in_real_tf_serving() -> None:
                     assert name in TF_SERVING_METRICS, f"{p['title']}: {name}"
 
 
-def _owner(name: str) -> list[str]:
-    return [m for m, prefixes in EXPORTER_MODULES.items() if name.startswith(prefixes)]
-
-
-def check_panel(panel: dict) -> tuple[set[str], set[str], list[str]]:
-    """(names no exporter registers, names awaiting a missing module, those modules)."""
-    names, missing_modules = exported()
-    known = names | TF_SERVING_METRICS
+def check_panel(panel: dict) -> set[str]:
+    """The names a panel queries that no exporter registers."""
+    known = exported() | TF_SERVING_METRICS
     wanted = set().union(*(metric_names(t["expr"]) for t in panel["targets"]))
     assert wanted, f"{panel['title']}: no metric in its queries"
-    pending = {n for n in wanted - known if _owner(n) and set(_owner(n)) <= set(missing_modules)}
-    modules = sorted({m for n in pending for m in _owner(n)})
-    return wanted - known - pending, pending, modules
+    return wanted - known
 
 
 def test_a_misspelt_metric_is_caught() -> None:
     panel = {"title": "t", "targets": [{"expr": "sum(rate(fraud_stream_consumd_total[5m]))"}]}
-    assert check_panel(panel)[0] == {"fraud_stream_consumd_total"}
+    assert check_panel(panel) == {"fraud_stream_consumd_total"}
 
 
 @pytest.mark.parametrize("title", [p["title"] for p in query_panels()])
 def test_panel_metrics_are_exported(title: str) -> None:
     panel = next(p for p in query_panels() if p["title"] == title)
-    unknown, pending, modules = check_panel(panel)
+    unknown = check_panel(panel)
     assert not unknown, f"{title}: no exporter registers {sorted(unknown)}"
-    if pending:
-        pytest.skip(f"{title}: awaits {sorted(pending)} from {', '.join(modules)}")

@@ -219,14 +219,15 @@ def test_no_kubeconfig_is_one_clear_error(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_served_versions_from_the_embedded_tf_serving(tmp_path) -> None:
+def test_served_versions_from_the_embedded_tf_serving(tmp_path, model_store) -> None:
     """The --serving-url path against a real TF Serving-compatible server, started with the
     monitoring config the Kubernetes base and docker-compose mount."""
     import requests
-    from serving_fixtures import ServerProcess, install_version, model_store, wait_for
+    from serving_fixtures import ServerProcess
+    from stream_fixtures import install_version, wait_for
 
     base = tmp_path / "models" / "fraud"
-    install_version(model_store(), base, 2)
+    install_version(model_store.example, base, 2)
     monitoring = ROOT / "k8s/base/serving/monitoring.config"
     args = [
         "--model_name=fraud",

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from stream_fixtures import (  # noqa: F401 - pytest fixtures
+from stream_fixtures import (
     MODEL_NAME,
-    broker,
     make_topics,
     read_topic,
     start_model_server,
@@ -33,7 +32,7 @@ DRIFT_DAY = 70
 GATE = {"min_auc": 0.0, "min_average_precision": 0.0, "regression_tolerance": 0.9}
 
 
-def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):  # noqa: F811
+def test_drift_triggers_retrain_and_the_new_version_answers(broker, tmp_path):
     from monitoring.drift import DriftConfig, DriftMetrics, RetrainMetrics
     from monitoring.loop import DriftLoop, DriftLoopConfig
     from monitoring.retrain import RetrainConfig, RetrainTrigger

@@ -29,13 +29,11 @@ from serving_fixtures import (
     columns,
     expected_scores,
     install_broken_version,
-    install_version,
     model_config,
-    model_store,
     version_states,
-    wait_for,
     write_atomically,
 )
+from stream_fixtures import ModelStore, install_version, wait_for
 
 from serving._launch import run_to_exit
 from serving.client import ModelClient
@@ -66,8 +64,8 @@ def _models(base: Path, fraud_labels: dict[str, int] | None = None, policy: str 
 
 
 @pytest.fixture(scope="module")
-def store() -> Path:
-    return model_store()
+def store(model_store: ModelStore) -> Path:
+    return model_store.example
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,9 @@ from serving_fixtures import (
     ServerProcess,
     columns,
     expected_scores,
-    install_version,
     model_config,
-    model_store,
 )
+from stream_fixtures import ModelStore, install_version
 
 from serving.client import (
     CircuitBreaker,
@@ -32,8 +31,8 @@ from serving.client import (
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    store = model_store()
+def server(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore):
+    store = model_store.example
     base = tmp_path_factory.mktemp("client-models")
     for version in (1, 2):
         install_version(store, base / "fraud", version)

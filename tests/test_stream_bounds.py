@@ -23,14 +23,11 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from stream_fixtures import (  # noqa: F401 - pytest fixtures
+from stream_fixtures import (
     LABEL_DELAY_DAYS,
-    broker,
     consume,
     decision_features,
     make_topics,
-    model_base,
-    model_server,
     outputs_of,
     read_topic,
     reference_stream_features,
@@ -305,7 +302,7 @@ class Poisoned:
 
 
 @pytest.fixture(scope="module")
-def poisoned(broker, model_server, model_base, tmp_path_factory) -> Poisoned:  # noqa: F811
+def poisoned(broker, model_server, model_base, tmp_path_factory) -> Poisoned:
     """A simulated stream with bad transactions in the middle, for customers of every partition:
     year 9999 and year 1 timestamps, one 60 days ahead (in range, but far past the skew), an
     amount of 1e39 and two of 1e308."""
@@ -384,9 +381,9 @@ def test_the_windows_survive_bad_transactions(poisoned: Poisoned) -> None:
 
 @pytest.mark.slow
 def test_an_oversized_message_is_dead_lettered_bounded_and_the_consumer_goes_on(
-    broker,  # noqa: F811
-    model_server,  # noqa: F811
-    model_base,  # noqa: F811
+    broker,
+    model_server,
+    model_base,
     tmp_path,
 ) -> None:
     bootstrap = broker.bootstrap_servers
@@ -499,9 +496,9 @@ def _expected_skew_features(stream: list[tuple[int, int | None]], dead: set[int]
 
 @pytest.mark.slow
 def test_the_skew_rule_dead_letters_exactly_the_jumps(
-    broker,  # noqa: F811
-    model_server,  # noqa: F811
-    model_base,  # noqa: F811
+    broker,
+    model_server,
+    model_base,
     tmp_path,
 ) -> None:
     """A transaction may move its partition's event time at most the skew (one day) plus how

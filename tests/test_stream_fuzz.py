@@ -19,17 +19,13 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from stream_fixtures import (  # noqa: F401 - pytest fixtures
-    broker,
+from stream_fixtures import (
     consume,
     decision_features,
     make_topics,
-    model_base,
-    model_server,
     read_topic,
     reference_stream_features,
     simulated,
-    wait_for,
 )
 
 from core import contract as c
@@ -144,9 +140,9 @@ def _send_repeats(bootstrap: str, topic: str, df: pd.DataFrame, sent: Sent) -> N
 
 
 def test_every_message_ends_as_one_decision_or_one_dead_letter(
-    broker,  # noqa: F811
-    model_server,  # noqa: F811
-    model_base,  # noqa: F811
+    broker,
+    model_server,
+    model_base,
     tmp_path,
 ) -> None:
     df = _good_stream()

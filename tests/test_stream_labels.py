@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from stream_fixtures import broker, make_topics, simulated  # noqa: F401 - pytest fixture
+from stream_fixtures import make_topics, simulated
 
 
 def _produce(bootstrap: str, topic: str, values: dict[int, list[bytes]], linger_ms: int) -> None:
@@ -42,7 +42,7 @@ def _feed(bootstrap: str, topic: str, **client: Any) -> Iterator[tuple[Any, Any]
         feed.close()
 
 
-def test_each_drain_hands_over_every_label_published_before_it(broker) -> None:  # noqa: F811
+def test_each_drain_hands_over_every_label_published_before_it(broker) -> None:
     from core.features.stream import StreamingFeatureEngine
     from streaming.replay import replay_frame
     from streaming.state import PartitionState
@@ -73,7 +73,7 @@ def test_each_drain_hands_over_every_label_published_before_it(broker) -> None: 
         assert sum(feed.positions().values()) == len(df)
 
 
-def test_a_partition_of_many_tiny_batches_is_read_to_its_end(broker) -> None:  # noqa: F811
+def test_a_partition_of_many_tiny_batches_is_read_to_its_end(broker) -> None:
     """One-record batches, and a last batch of several records: Tansu reports the end offset of
     a partition as the start of its last batch plus one, and the drain still reads all of it."""
     from streaming.messages import encode
@@ -110,7 +110,7 @@ def test_a_drain_with_the_broker_gone_gives_up_after_its_timeout(caplog) -> None
             assert feed.last_drain["retries"] > 0
 
 
-def test_every_polled_transaction_finds_the_labels_appended_before_it(broker) -> None:  # noqa: F811
+def test_every_polled_transaction_finds_the_labels_appended_before_it(broker) -> None:
     """The barrier: a producer appends label i, then (acknowledged) transaction i, while a
     consumer polls the transactions in batches and drains the labels after each poll, as the
     scoring consumer does. Every transaction of a batch must find its label already handed over,

@@ -7,13 +7,10 @@ import math
 
 import orjson
 import pytest
-from stream_fixtures import (  # noqa: F401 - pytest fixtures
+from stream_fixtures import (
     MODEL_NAME,
-    broker,
     consume,
     make_topics,
-    model_base,
-    model_server,
     read_topic,
 )
 
@@ -51,7 +48,7 @@ def test_a_score_that_is_no_number_never_approves(score: float) -> None:
     assert thresholds.decide(score) == c.FAILSAFE_DECISION != c.APPROVE
 
 
-def test_the_real_server_refusal_is_isolated_to_its_row(model_server, model_base) -> None:  # noqa: F811
+def test_the_real_server_refusal_is_isolated_to_its_row(model_server, model_base) -> None:
     client = build_model_client(model_server.url, MODEL_NAME)
     amounts = [10.0, 20.0, 30.0, 40.0, HUGE, 60.0, 70.0]
     scorer = Scorer(client, ThresholdStore(model_base), check_dtypes=False)
@@ -66,8 +63,8 @@ def test_the_real_server_refusal_is_isolated_to_its_row(model_server, model_base
 
 
 def test_values_the_signature_cannot_hold_are_refused_before_the_call(
-    model_server,  # noqa: F811
-    model_base,  # noqa: F811
+    model_server,
+    model_base,
 ) -> None:
     scorer = Scorer(build_model_client(model_server.url, MODEL_NAME), ThresholdStore(model_base))
     refused = scorer.check_inputs(_inputs([1.0, HUGE, -HUGE, math.inf]), 4)
@@ -75,7 +72,7 @@ def test_values_the_signature_cannot_hold_are_refused_before_the_call(
     assert refused[1] == f"{c.AMOUNT}: {HUGE!r} does not fit the model input's DT_FLOAT"
 
 
-def test_one_transaction_cannot_stop_scoring(broker, model_server, model_base, tmp_path) -> None:  # noqa: F811
+def test_one_transaction_cannot_stop_scoring(broker, model_server, model_base, tmp_path) -> None:
     """Twenty-one transactions, one of them 1e39: the twenty are decided, that one is
     dead-lettered with a reason naming the amount, and the consumer goes on."""
     from kafka import KafkaProducer

@@ -17,18 +17,14 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from stream_fixtures import (  # noqa: F401 - pytest fixtures
+from stream_fixtures import (
     LABEL_DELAY_DAYS,
     MODEL_NAME,
     VERSIONS,
-    broker,
     consume,
     decision_features,
     install_version,
     make_topics,
-    model_base,
-    model_server,
-    model_store,
     read_topic,
     reference_stream_features,
     simulated,
@@ -61,7 +57,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(broker, model_server, model_base, tmp_path_factory, monkeypatch_module) -> Run:  # noqa: F811
+def run(broker, model_server, model_base, tmp_path_factory, monkeypatch_module) -> Run:
     work = tmp_path_factory.mktemp("pipeline")
     df = simulated(250, 30, seed=3)
     path = write_dataset(df, work / "raw.csv.gz")
@@ -176,7 +172,7 @@ def test_metrics_are_served(run: Run) -> None:
         assert f"{PREFIX}{name}" in text
 
 
-def test_bad_messages_go_to_the_dead_letter_topic(broker, model_server, model_base, tmp_path):  # noqa: F811
+def test_bad_messages_go_to_the_dead_letter_topic(broker, model_server, model_base, tmp_path):
     from kafka import KafkaProducer
 
     topics = make_topics(broker.bootstrap_servers)
@@ -219,14 +215,14 @@ def test_bad_messages_go_to_the_dead_letter_topic(broker, model_server, model_ba
     assert [d["value"][c.TRANSACTION_ID] for d in decisions] == ["T-good"]
 
 
-def test_topics_create_is_idempotent(broker) -> None:  # noqa: F811
+def test_topics_create_is_idempotent(broker) -> None:
     topics = Topics(**{k: f"idem-{v}" for k, v in vars(Topics()).items()})
     first = create_topics(broker.bootstrap_servers, topics, partitions=2)
     again = create_topics(broker.bootstrap_servers, topics, partitions=2)
     assert set(first.values()) == {"created"} and set(again.values()) == {"exists"}
 
 
-def test_a_replay_in_two_parts_publishes_the_labels_of_one_replay(broker) -> None:  # noqa: F811
+def test_a_replay_in_two_parts_publishes_the_labels_of_one_replay(broker) -> None:
     """The second part carries the first part's labels that fall due during it (what the
     latency bench's mid-stream runs rely on): per labels partition, the same messages in the
     same order as one replay of the whole stream."""
@@ -272,16 +268,17 @@ def test_broker_daemon_commands(tmp_path, capsys) -> None:
 
 
 def test_a_new_model_version_decides_with_its_own_thresholds(
-    broker,  # noqa: F811
-    model_server,  # noqa: F811
-    model_base,  # noqa: F811
+    broker,
+    model_server,
+    model_base,
+    model_store,
     tmp_path,
 ) -> None:
     """Hot swap: once version 2 is on the models volume, decisions say 2 and use its
     thresholds. (Last in the module: the server keeps serving version 2 afterwards.)"""
     from serving.client import ModelClient
 
-    install_version(model_store(), model_base, 2)
+    install_version(model_store.fraud, model_base, 2, with_metadata=True)
     client = ModelClient(model_server.url, MODEL_NAME)
     deadline = time.monotonic() + 60
     while client.current_version() != "2":

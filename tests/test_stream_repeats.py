@@ -8,12 +8,9 @@ import base64
 
 import orjson
 import pytest
-from stream_fixtures import (  # noqa: F401 - pytest fixtures
-    broker,
+from stream_fixtures import (
     consume,
     make_topics,
-    model_base,
-    model_server,
     read_topic,
 )
 
@@ -46,7 +43,7 @@ def _send(bootstrap: str, topic: str, values: list[bytes]) -> None:
     producer.close()
 
 
-def test_repeats_across_batches_and_a_restart(broker, model_server, model_base, tmp_path):  # noqa: F811
+def test_repeats_across_batches_and_a_restart(broker, model_server, model_base, tmp_path):
     topics = make_topics(broker.bootstrap_servers)
     state = tmp_path / "state"
     run = dict(group_id="repeats", batch_size=10)

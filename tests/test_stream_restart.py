@@ -20,29 +20,27 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pandas as pd
 import pytest
-from stream_fixtures import (  # noqa: F401 - pytest fixtures
-    broker,
+from stream_fixtures import (
     child_env,
     consume,
     consumer_command,
     make_topics,
-    model_base,
-    model_server,
     read_topic,
     reference_stream_features,
     simulated,
     start_model_server,
+    start_serving,
     wait_for,
 )
 
 from core import contract as c
-from core.settings import Topics
 from streaming.broker import free_port
 from streaming.messages import DecisionFields
 from streaming.replay import Pacing, replay_frame
@@ -78,9 +76,10 @@ class DecisionWatcher:
         return len(self.decisions)
 
     def close(self) -> list[dict[str, Any]]:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._consumer.close(autocommit=False)
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._consumer.close(autocommit=False)
         return self.decisions
 
 
@@ -113,6 +112,10 @@ class ConsumerProcess:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout_s)
 
+    def kill_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+
     def logs(self) -> str:
         return "\n".join(
             p.read_text(errors="replace")[-3000:]
@@ -135,24 +138,79 @@ def _check_features(decisions: list[dict[str, Any]], df: pd.DataFrame) -> None:
     )
 
 
-def _start_replay(
-    df: pd.DataFrame, bootstrap: str, topics: Topics, rate: float
-) -> threading.Thread:
-    errors: list[BaseException] = []
+class Scene:
+    """One test's stream on the module's broker: fresh topics, a watcher of their decisions, and
+    consumer processes sharing one state volume (as a group does on Kubernetes). Teardown kills
+    the consumers still running and closes the watcher."""
 
-    def run() -> None:
-        try:
-            replay_frame(df, bootstrap, topics, pacing=Pacing(rate=rate), progress=False)
-        except BaseException as err:  # surfaced by the test through .errors
-            errors.append(err)
+    def __init__(self, bootstrap: str, model_base: Path, work: Path) -> None:
+        self.bootstrap, self.model_base, self.work = bootstrap, model_base, work
+        self.topics = make_topics(bootstrap)
+        self.watcher = DecisionWatcher(bootstrap, self.topics.decisions)
+        self.consumers: list[ConsumerProcess] = []
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.errors = errors  # type: ignore[attr-defined]
-    thread.start()
-    return thread
+    def consumer(
+        self, serving_url: str, group: str, idle_s: int, *extra: str, logs: str = ""
+    ) -> ConsumerProcess:
+        """A consumer process (not started yet) of ``group``, batches of ``BATCH``, exiting
+        after ``idle_s`` without messages; its logs go to ``work / logs``."""
+        cmd = consumer_command(
+            self.bootstrap,
+            serving_url,
+            self.model_base,
+            self.work / "state",
+            group,
+            "--batch-size",
+            str(BATCH),
+            "--exit-when-idle-seconds",
+            str(idle_s),
+            *extra,
+        )
+        log_dir = self.work / logs
+        log_dir.mkdir(exist_ok=True)
+        process = ConsumerProcess(cmd, child_env(self.topics), log_dir)
+        self.consumers.append(process)
+        return process
+
+    def replay(self, df: pd.DataFrame, rate: float) -> threading.Thread:
+        """Publish ``df`` at ``rate`` in a background thread; its errors land in ``.errors``."""
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                replay_frame(
+                    df, self.bootstrap, self.topics, pacing=Pacing(rate=rate), progress=False
+                )
+            except BaseException as err:  # surfaced by the test through .errors
+                errors.append(err)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.errors = errors  # type: ignore[attr-defined]
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        for process in self.consumers:
+            process.kill_if_running()
+        self.watcher.close()
 
 
-def test_restart_from_snapshots_and_from_nothing(broker, model_server, model_base, tmp_path):  # noqa: F811
+@pytest.fixture
+def scene(broker, model_base, tmp_path) -> Iterator[Scene]:
+    scene = Scene(broker.bootstrap_servers, model_base, tmp_path)
+    yield scene
+    scene.close()
+
+
+@pytest.fixture
+def own_server(model_base, tmp_path) -> Iterator[Any]:
+    """A model server of the test's own, which the test stops and starts again on its port."""
+    server = start_model_server(model_base, tmp_path / "own-server")
+    yield server
+    server.stop()
+
+
+def test_restart_from_snapshots_and_from_nothing(broker, model_server, model_base, tmp_path):
     """Graceful stops: the snapshot carries the state; without snapshots the consumer rebuilds
     the state from the topic (silently) up to the committed offsets."""
     df = simulated(150, 30, seed=21)
@@ -180,55 +238,36 @@ def test_restart_from_snapshots_and_from_nothing(broker, model_server, model_bas
     _check_features(decisions, df)
 
 
-def test_kill_9_three_times_during_a_replay(broker, model_server, model_base, tmp_path):  # noqa: F811
+def test_kill_9_three_times_during_a_replay(model_server, scene):
     n = KILL_TEST_TRANSACTIONS
     days = max(20, n // 700)
     df = simulated(max(100, n // (2 * days)), days, seed=33)
     df = df.head(n).reset_index(drop=True)
-    topics = make_topics(broker.bootstrap_servers)
-    watcher = DecisionWatcher(broker.bootstrap_servers, topics.decisions)
-    cmd = consumer_command(
-        broker.bootstrap_servers,
-        model_server.url,
-        model_base,
-        tmp_path / "state",
-        "kill9",
-        "--batch-size",
-        str(BATCH),
-        "--exit-when-idle-seconds",
-        "6",
-        # A killed member holds its partitions until its session expires: keep that short.
-        "--session-timeout-ms",
-        "6000",
-    )
-    consumer = ConsumerProcess(cmd, child_env(topics), tmp_path)
+    watcher = scene.watcher
+    # A killed member holds its partitions until its session expires: keep that short.
+    consumer = scene.consumer(model_server.url, "kill9", 6, "--session-timeout-ms", "6000")
     consumer.start()
     # Paced so that the kills fall while the replay is still publishing (each rejoin waits for
     # the dead member's session to expire).
-    rate = max(500.0, n / 30)
-    replay = _start_replay(df, broker.bootstrap_servers, topics, rate)
+    replay = scene.replay(df, rate=max(500.0, n / 30))
     kills: list[int] = []
-    try:
-        # One graceful stop first: SIGTERM finishes the batch, commits, snapshots, exits 0.
-        wait_for(lambda: watcher.count() >= n * 0.1, 120, "first decisions", poll_s=0.05)
-        assert consumer.signal(signal.SIGTERM) == 0, consumer.logs()
+    # One graceful stop first: SIGTERM finishes the batch, commits, snapshots, exits 0.
+    wait_for(lambda: watcher.count() >= n * 0.1, 120, "first decisions", poll_s=0.05)
+    assert consumer.signal(signal.SIGTERM) == 0, consumer.logs()
+    consumer.start()
+    for share in (0.3, 0.5, 0.7):
+        if not wait_for(lambda s=share: watcher.count() >= n * s, 180, "", 0.05, quiet=True):
+            consumer.dump_stacks()
+            raise AssertionError(
+                f"{watcher.count()} decisions, waiting for {share:.0%} of {n}; consumer "
+                f"logs:\n{consumer.logs()}"
+            )
+        kills.append(watcher.count())
+        consumer.signal(signal.SIGKILL)
         consumer.start()
-        for share in (0.3, 0.5, 0.7):
-            if not wait_for(lambda s=share: watcher.count() >= n * s, 180, "", 0.05, quiet=True):
-                consumer.dump_stacks()
-                raise AssertionError(
-                    f"{watcher.count()} decisions, waiting for {share:.0%} of {n}; consumer "
-                    f"logs:\n{consumer.logs()}"
-                )
-            kills.append(watcher.count())
-            consumer.signal(signal.SIGKILL)
-            consumer.start()
-        replay.join(timeout=600)
-        assert not replay.errors, replay.errors  # type: ignore[attr-defined]
-        assert consumer.wait(timeout_s=300) == 0, consumer.logs()
-    finally:
-        if consumer.proc and consumer.proc.poll() is None:
-            consumer.signal(signal.SIGKILL)
+    replay.join(timeout=600)
+    assert not replay.errors, replay.errors  # type: ignore[attr-defined]
+    assert consumer.wait(timeout_s=300) == 0, consumer.logs()
     wait_for(lambda: watcher.count() >= n, 60, "all decisions", quiet=True)
     time.sleep(1)
     decisions = watcher.close()
@@ -244,87 +283,55 @@ def test_kill_9_three_times_during_a_replay(broker, model_server, model_base, tm
     print(f"kill -9 at {kills} decisions of {len(df)}: {duplicates} duplicates")
 
 
-def test_a_second_consumer_joins_mid_stream_then_leaves(
-    broker,  # noqa: F811
-    model_server,  # noqa: F811
-    model_base,  # noqa: F811
-    tmp_path,
-):
+def test_a_second_consumer_joins_mid_stream_then_leaves(model_server, scene):
     """Scale out and back in during a replay: the partitions' state moves with them through
     the shared snapshots and committed offsets. Every transaction is decided, each rebalance
     re-decides at most the batch in flight, and every decision carries the features of one
     uninterrupted run (the batch engine's)."""
     df = simulated(120, 20, seed=46)
-    topics = make_topics(broker.bootstrap_servers)
-    watcher = DecisionWatcher(broker.bootstrap_servers, topics.decisions)
+    watcher = scene.watcher
 
     def member(name: str) -> ConsumerProcess:
-        cmd = consumer_command(
-            broker.bootstrap_servers,
-            model_server.url,
-            model_base,
-            tmp_path / "state",  # one state volume for the group, as on Kubernetes
-            "scale",
-            "--batch-size",
-            str(BATCH),
-            "--exit-when-idle-seconds",
-            "8",
-            "--session-timeout-ms",
-            "6000",
+        return scene.consumer(
+            model_server.url, "scale", 8, "--session-timeout-ms", "6000", logs=name
         )
-        logs = tmp_path / name
-        logs.mkdir()
-        return ConsumerProcess(cmd, child_env(topics), logs)
 
     first, second = member("first"), member("second")
     first.start()
-    replay = _start_replay(df, broker.bootstrap_servers, topics, rate=len(df) / 40)
-    try:
-        wait_for(lambda: watcher.count() >= len(df) * 0.15, 120, "first decisions", poll_s=0.05)
-        second.start()
-        wait_for(lambda: watcher.count() >= len(df) * 0.5, 180, "decisions by two members")
-        assert second.signal(signal.SIGTERM) == 0, second.logs()
-        replay.join(timeout=300)
-        assert not replay.errors, replay.errors  # type: ignore[attr-defined]
-        assert first.wait(timeout_s=300) == 0, first.logs()
-    finally:
-        for proc in (first, second):
-            if proc.proc and proc.proc.poll() is None:
-                proc.signal(signal.SIGKILL)
+    replay = scene.replay(df, rate=len(df) / 40)
+    wait_for(lambda: watcher.count() >= len(df) * 0.15, 120, "first decisions", poll_s=0.05)
+    second.start()
+    wait_for(lambda: watcher.count() >= len(df) * 0.5, 180, "decisions by two members")
+    assert second.signal(signal.SIGTERM) == 0, second.logs()
+    replay.join(timeout=300)
+    assert not replay.errors, replay.errors  # type: ignore[attr-defined]
+    assert first.wait(timeout_s=300) == 0, first.logs()
     wait_for(lambda: watcher.count() >= len(df), 60, "all decisions", quiet=True)
     decisions = watcher.close()
     ids = Counter(d[c.TRANSACTION_ID] for d in decisions)
     assert set(ids) == set(df[c.TRANSACTION_ID]), first.logs() + second.logs()
-    second_log = (tmp_path / "second" / "consumer-1.log").read_text()
+    second_log = (second.log_dir / "consumer-1.log").read_text()
     # It did take partitions over (and handed them back when stopped).
-    assert re.search(rf"assigned .*{re.escape(topics.transactions)}\[\d\]", second_log), second_log[
-        -2000:
-    ]
+    assert re.search(rf"assigned .*{re.escape(scene.topics.transactions)}\[\d\]", second_log), (
+        second_log[-2000:]
+    )
     duplicates = sum(ids.values()) - len(ids)
     assert duplicates <= 2 * BATCH, f"{duplicates} duplicate decisions over two rebalances"
     _check_features(decisions, df)
     print(f"two members: {duplicates} duplicate decisions of {len(df)}")
 
 
-def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path_factory):  # noqa: F811
+def test_model_server_down_for_10_seconds(own_server, scene):
     """The server dies mid-stream and comes back on the same port 10 s later: the consumer
     holds its batch (no crash, nothing committed or dropped) and resumes by itself."""
-    server = start_model_server(model_base, tmp_path_factory.mktemp("down-server"))
-    port = server.port
+    server = own_server
     df = simulated(100, 20, seed=44)
-    topics = make_topics(broker.bootstrap_servers)
-    watcher = DecisionWatcher(broker.bootstrap_servers, topics.decisions)
+    watcher = scene.watcher
     metrics_port = free_port()
-    cmd = consumer_command(
-        broker.bootstrap_servers,
+    consumer = scene.consumer(
         server.url,
-        model_base,
-        tmp_path / "state",
         "down",
-        "--batch-size",
-        str(BATCH),
-        "--exit-when-idle-seconds",
-        "8",
+        8,
         "--metrics-port",
         str(metrics_port),
         "--metrics-host",
@@ -334,32 +341,26 @@ def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path
         "--decision-deadline-seconds",
         "off",
     )
-    consumer = ConsumerProcess(cmd, child_env(topics), tmp_path)
     consumer.start()
-    replay = _start_replay(df, broker.bootstrap_servers, topics, rate=len(df) / 40)
-    try:
-        wait_for(lambda: watcher.count() >= len(df) * 0.2, 120, "first decisions", poll_s=0.05)
-        assert _probe(metrics_port, "/ready") == 200
-        server.stop()
-        down_at = watcher.count()
-        time.sleep(10)
-        assert consumer.proc is not None and consumer.proc.poll() is None, consumer.logs()
-        held = _metric(metrics_port, "fraud_stream_scoring_held_seconds")
-        failures = _metric(metrics_port, "fraud_stream_scoring_failures_total")
-        assert failures > 0 and held > 3, (held, failures)
-        assert _metric(metrics_port, "fraud_stream_hold_bound_exceeded_total") == 1
-        # Held past the lag bound: not ready (with the reason), still alive.
-        assert _probe(metrics_port, "/ready") == 503
-        assert _probe(metrics_port, "/healthz") == 200
-        assert watcher.count() <= down_at + BATCH  # nothing decided while the server was down
-        server = start_model_server(model_base, tmp_path_factory.mktemp("down-server-2"), port)
-        wait_for(lambda: _probe(metrics_port, "/ready") == 200, 60, "ready again")
-        replay.join(timeout=300)
-        assert consumer.wait(timeout_s=300) == 0, consumer.logs()
-    finally:
-        server.stop()
-        if consumer.proc and consumer.proc.poll() is None:
-            consumer.signal(signal.SIGKILL)
+    replay = scene.replay(df, rate=len(df) / 40)
+    wait_for(lambda: watcher.count() >= len(df) * 0.2, 120, "first decisions", poll_s=0.05)
+    assert _probe(metrics_port, "/ready") == 200
+    server.stop()
+    down_at = watcher.count()
+    time.sleep(10)
+    assert consumer.proc is not None and consumer.proc.poll() is None, consumer.logs()
+    held = _metric(metrics_port, "fraud_stream_scoring_held_seconds")
+    failures = _metric(metrics_port, "fraud_stream_scoring_failures_total")
+    assert failures > 0 and held > 3, (held, failures)
+    assert _metric(metrics_port, "fraud_stream_hold_bound_exceeded_total") == 1
+    # Held past the lag bound: not ready (with the reason), still alive.
+    assert _probe(metrics_port, "/ready") == 503
+    assert _probe(metrics_port, "/healthz") == 200
+    assert watcher.count() <= down_at + BATCH  # nothing decided while the server was down
+    start_serving(server)
+    wait_for(lambda: _probe(metrics_port, "/ready") == 200, 60, "ready again")
+    replay.join(timeout=300)
+    assert consumer.wait(timeout_s=300) == 0, consumer.logs()
     wait_for(lambda: watcher.count() >= len(df), 60, "all decisions")
     decisions = watcher.close()
     ids = Counter(d[c.TRANSACTION_ID] for d in decisions)
@@ -368,32 +369,19 @@ def test_model_server_down_for_10_seconds(broker, model_base, tmp_path, tmp_path
     _check_features(decisions, df)
 
 
-def test_decision_deadline_falls_back_then_corrects(
-    broker,  # noqa: F811
-    model_base,  # noqa: F811
-    tmp_path,
-    tmp_path_factory,
-):
+def test_decision_deadline_falls_back_then_corrects(own_server, scene):
     """With the model server down, each transaction gets the fallback decision once its
     deadline passes (marked, counted); when the server is back every one of them is re-scored
     and the score goes out as a correction. Nothing is decided twice otherwise, and every
     score carries the uninterrupted run's features."""
-    server = start_model_server(model_base, tmp_path_factory.mktemp("deadline-server"))
-    port = server.port
+    server = own_server
     df = simulated(60, 20, seed=45)
-    topics = make_topics(broker.bootstrap_servers)
-    watcher = DecisionWatcher(broker.bootstrap_servers, topics.decisions)
+    watcher = scene.watcher
     metrics_port = free_port()
-    cmd = consumer_command(
-        broker.bootstrap_servers,
+    consumer = scene.consumer(
         server.url,
-        model_base,
-        tmp_path / "state",
         "deadline",
-        "--batch-size",
-        str(BATCH),
-        "--exit-when-idle-seconds",
-        "8",
+        8,
         "--metrics-port",
         str(metrics_port),
         "--decision-deadline-seconds",
@@ -401,23 +389,17 @@ def test_decision_deadline_falls_back_then_corrects(
         "--fallback-decision",
         c.REVIEW,
     )
-    consumer = ConsumerProcess(cmd, child_env(topics), tmp_path)
     consumer.start()
-    replay = _start_replay(df, broker.bootstrap_servers, topics, rate=len(df) / 30)
-    try:
-        wait_for(lambda: watcher.count() >= len(df) * 0.2, 120, "first decisions", poll_s=0.05)
-        server.stop()
-        fallbacks = lambda: sum(d[DecisionFields.FALLBACK] for d in list(watcher.decisions))  # noqa: E731
-        wait_for(lambda: fallbacks() >= 100, 60, "fallback decisions while the server is down")
-        assert _metric(metrics_port, "fraud_stream_fallback_decisions_total") >= 100
-        assert _metric(metrics_port, "fraud_stream_fallback_backlog") >= 100
-        server = start_model_server(model_base, tmp_path_factory.mktemp("deadline-2"), port)
-        replay.join(timeout=300)
-        assert consumer.wait(timeout_s=300) == 0, consumer.logs()
-    finally:
-        server.stop()
-        if consumer.proc and consumer.proc.poll() is None:
-            consumer.signal(signal.SIGKILL)
+    replay = scene.replay(df, rate=len(df) / 30)
+    wait_for(lambda: watcher.count() >= len(df) * 0.2, 120, "first decisions", poll_s=0.05)
+    server.stop()
+    fallbacks = lambda: sum(d[DecisionFields.FALLBACK] for d in list(watcher.decisions))  # noqa: E731
+    wait_for(lambda: fallbacks() >= 100, 60, "fallback decisions while the server is down")
+    assert _metric(metrics_port, "fraud_stream_fallback_decisions_total") >= 100
+    assert _metric(metrics_port, "fraud_stream_fallback_backlog") >= 100
+    start_serving(server)
+    replay.join(timeout=300)
+    assert consumer.wait(timeout_s=300) == 0, consumer.logs()
     decisions = watcher.close()
     first = [d for d in decisions if not d[DecisionFields.CORRECTION]]
     fallback = [d for d in first if d[DecisionFields.FALLBACK]]
