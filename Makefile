@@ -24,8 +24,11 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $(STAMP)
 
+# The run directory is named here so the README's `make run` figures come from this run's summary.
 run: $(STAMP)
-	$(BIN)/fraud demo
+	run_dir=runs/demo-$$(date +%Y%m%d-%H%M%S) && \
+	  $(BIN)/fraud demo --run-dir $$run_dir && \
+	  $(BIN)/python -m bench.demo_figures $$run_dir
 
 test: $(STAMP)
 	$(BIN)/ruff check .

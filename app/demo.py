@@ -27,6 +27,7 @@ from core.settings import Topics
 
 log = logging.getLogger("fraud.demo")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = "summary.json"  # in the run directory
 
 
 @dataclass
@@ -228,6 +229,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         cfg, run_dir, df, decisions, drift_events, onset, first_version, models, replayed
     )
     summary["timings"] = {**timings, "total_s": time.time() - t_begin}
+    summary["finished_at"] = pd.Timestamp.now(tz="UTC").strftime(c.TIMESTAMP_FORMAT)
+    # Written last, so it holds the timings: bench.demo_figures records README figures from it.
+    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -361,7 +365,6 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
         "post-retrain traffic offline with both versions.",
     ]
     report = r.write_html(run_dir / "report.html", rows, figs, notes)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     summary["table"] = r.format_table(rows)
     summary["report"] = str(report)
     return summary
