@@ -37,7 +37,7 @@ DASHBOARD = ROOT / "k8s/grafana/fraud-dashboard.json"
 EXPORTER_MODULES: dict[str, tuple[str, ...]] = {
     "streaming.metrics": ("fraud_stream_",),
     "serving.metrics": ("serving_", ":tensorflow:"),
-    "monitoring.drift": ("fraud_drift_", "fraud_retrain_"),
+    "monitoring.metrics": ("fraud_drift_", "fraud_retrain_"),
 }
 
 # TF Serving's Prometheus names (tensorflow_serving/model_servers + servables/tensorflow
