@@ -297,50 +297,34 @@ class DriftMonitor:
 
     # -- window evaluation -----------------------------------------------------------------------
     def _close(self, window: Window) -> list[DriftEvent]:
-        cfg = self.config
-        inputs, score = window.inputs.verdict(), window.score.verdict()
-        night = window.night.verdict(window.inputs.counts)
-        alerts = window.alerts.verdict()
-        drifting = bool(inputs.drifted or score.drifted or night.drifted or alerts.drifting)
+        verdict = window.verdict()
+        drifting = bool(verdict.crossed)
         self.consecutive = self.consecutive + 1 if drifting else 0
         sustained = self.sustained
         # Sticky within one update() call, which may close several windows.
-        self._retrain_due |= sustained and self.consecutive % cfg.sustained_windows == 0
+        self._retrain_due |= sustained and self.consecutive % self.config.sustained_windows == 0
         t0 = None if math.isinf(window.t_min) else window.t_min
         t1 = None if math.isinf(window.t_max) else window.t_max
-
-        distance = {"psi": cfg.psi_threshold, "js_distance": cfg.js_threshold}
-        crossed: list[tuple[str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = []
-        if inputs.drifted:
-            crossed.append((FEATURE_DRIFT, inputs.drifted, inputs.values(inputs.drifted), distance))
-        if score.drifted:
-            crossed.append((SCORE_DRIFT, score.drifted, score.values(score.drifted), distance))
-        if night.drifted:
-            crossed.append(
-                (NIGHT_EXCESS, night.drifted, night.values, {"z": cfg.night_z_threshold})
-            )
-        if alerts.drifting:
-            bounds = {"ratio_bounds": list(cfg.alert_rate_bounds)}
-            crossed.append((ALERT_RATE_DRIFT, (), {"alert_rate": alerts.rates}, bounds))
         detected_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         events = [
             DriftEvent(
-                kind=kind,
+                kind=crossed.kind,
                 window=self.window_index,
                 window_start=t0,
                 window_end=t1,
                 transactions=window.n,
-                features=names,
-                values=values,
-                thresholds=thresholds,
+                features=crossed.features,
+                values=crossed.values,
+                thresholds=crossed.thresholds,
                 consecutive_windows=self.consecutive,
                 sustained=sustained,
                 model_name=self.model_name,
                 model_version=self.model_version,
                 detected_at=detected_at,
             )
-            for kind, names, values, thresholds in crossed
+            for crossed in verdict.crossed
         ]
+        inputs, score, night, alerts = verdict.inputs, verdict.score, verdict.night, verdict.alerts
         report = WindowReport(
             window=self.window_index,
             transactions=window.n,

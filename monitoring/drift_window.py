@@ -12,18 +12,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from core import contract as c
 from core.metadata import ModelMetadata
-from monitoring.checks.alert_rate import AlertRateCheck
-from monitoring.checks.distribution import DistributionShift, Profile
-from monitoring.checks.night import NightExcessCheck, NightProfile
+from monitoring.checks.alert_rate import AlertRateCheck, AlertVerdict
+from monitoring.checks.distribution import DistributionShift, Profile, ShiftVerdict
+from monitoring.checks.night import NightExcessCheck, NightProfile, NightVerdict
 from monitoring.drift_batch import Batch
 from monitoring.drift_config import DriftConfig
-from monitoring.drift_events import SCORE_FEATURE
+from monitoring.drift_events import (
+    ALERT_RATE_DRIFT,
+    FEATURE_DRIFT,
+    NIGHT_EXCESS,
+    SCORE_DRIFT,
+    SCORE_FEATURE,
+)
+
+
+class Crossed(NamedTuple):
+    """One check a window crossed: its drift event's kind, inputs, values and thresholds."""
+
+    kind: str
+    features: tuple[str, ...]  # SCORE_FEATURE for score drift; () for the alert rate
+    values: dict[str, dict[str, Any]]
+    thresholds: dict[str, Any]
+
+
+class WindowVerdict(NamedTuple):
+    """Every check's verdict on one window, and the checks it crossed (in event order)."""
+
+    inputs: ShiftVerdict
+    score: ShiftVerdict
+    night: NightVerdict
+    alerts: AlertVerdict
+    crossed: tuple[Crossed, ...]
 
 
 class Window:
@@ -81,6 +106,23 @@ class Window:
         self.alerts.merge(other.alerts)
         self.t_min = min(self.t_min, other.t_min)
         self.t_max = max(self.t_max, other.t_max)
+
+    def verdict(self) -> WindowVerdict:
+        """What the checks make of the rows counted (at least one)."""
+        inputs, score = self.inputs.verdict(), self.score.verdict()
+        night = self.night.verdict(self.inputs.counts)
+        alerts = self.alerts.verdict()
+        distance = {"psi": self.inputs.psi_threshold, "js_distance": self.inputs.js_threshold}
+        checks = (
+            (inputs.drifted, FEATURE_DRIFT, inputs.values(inputs.drifted), distance),
+            (score.drifted, SCORE_DRIFT, score.values(score.drifted), distance),
+            (night.drifted, NIGHT_EXCESS, night.values, {"z": self.night.z_threshold}),
+        )
+        crossed = [Crossed(kind, names, v, t) for names, kind, v, t in checks if names]
+        if alerts.drifting:
+            bounds = {"ratio_bounds": list(self.alerts.bounds)}
+            crossed.append(Crossed(ALERT_RATE_DRIFT, (), {"alert_rate": alerts.rates}, bounds))
+        return WindowVerdict(inputs, score, night, alerts, tuple(crossed))
 
     def state(self) -> dict[str, Any]:
         """The counts as JSON-ready data (``restored`` reads them back)."""
