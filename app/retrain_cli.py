@@ -17,7 +17,7 @@ from typing import Any
 
 from core.model import model_versions
 from core.settings import Settings
-from monitoring.drift import RetrainMetrics
+from monitoring.metrics import RetrainMetrics
 from monitoring.retrain import (
     CLUSTER,
     FAILED,

@@ -204,8 +204,9 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
 def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metrics: Any) -> Any:
     """The drift monitor (+ retrain trigger) on the consumer's own metrics registry."""
     from core.durations import parse_duration
-    from monitoring.drift import DriftConfig, DriftMetrics, RetrainMetrics
+    from monitoring.drift import DriftConfig
     from monitoring.loop import DriftLoop, DriftLoopConfig
+    from monitoring.metrics import DriftMetrics, RetrainMetrics
 
     low, high = (float(x) for x in args.drift_alert_bounds.split(","))
     timed = {}

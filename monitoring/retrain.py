@@ -23,7 +23,7 @@ or the cluster pipeline runner (``app.retrain_cli``), tests a real, small traini
 
 Every trigger is appended to ``<run_dir>/history.jsonl``: a ``started`` line, then one with the
 outcome (``pushed``, ``not_blessed``, ``failed``, ``submitted``), or a single ``refused`` line.
-Metrics: ``monitoring.drift.RetrainMetrics``.
+Metrics: ``monitoring.metrics.RetrainMetrics``.
 
 ``run_schedule`` runs the trigger on a schedule (``fraud retrain --every 6h``).
 
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from core.durations import format_duration, parse_duration
-from monitoring.drift import RetrainMetrics
+from monitoring.metrics import RetrainMetrics
 from monitoring.retrain_config import (
     CLUSTER,
     LOCAL,

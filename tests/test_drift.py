@@ -608,8 +608,9 @@ def test_drift_state_round_trips_exactly(metadata: ModelMetadata, tmp_path) -> N
     fresh = d.DriftMonitor(metadata, mon.config, d.DriftMetrics(CollectorRegistry()))
     assert fresh.restore_state(orjson.loads(orjson.dumps(saved)))
     assert orjson.dumps(fresh.state()) == orjson.dumps(saved)  # order and float bits included
-    assert isinstance(fresh._pending, OrderedDict) and isinstance(fresh._matched, deque)
-    assert all(type(pair) is tuple for pair in fresh._matched)
+    assert isinstance(fresh.labels.pending, OrderedDict)
+    assert isinstance(fresh.labels.matched, deque)
+    assert all(type(pair) is tuple for pair in fresh.labels.matched)
     assert fresh._acc.counts[SHIFTED[0]].dtype == np.int64
 
     second = _loop(base, tmp_path)  # a new process, same state file

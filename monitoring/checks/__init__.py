@@ -1,0 +1,1 @@
+"""The drift checks ``monitoring.drift.DriftMonitor`` composes, one module each."""
