@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ ROW, COLUMNAR = "row", "columnar"
 _DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 _FLOAT32_MAX_INT = 2**24  # largest integer a float32 holds exactly (json_tensor.cc kMaxInt)
 _FLOAT64_MAX_INT = 2**53
+MAX_DIMS = 32  # numpy's limit on an array's dimensions (TF's own is higher)
 _INT_KINDS = frozenset("iu")
 _NUMBER_KINDS = frozenset("iuf")
 
@@ -37,18 +38,37 @@ class TensorInfo:
     np_dtype: np.dtype
     shape: tuple[int | None, ...] | None  # None: unknown rank
 
-    def shape_text(self) -> str:
-        if self.shape is None:
-            return "[?]"
-        return "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
-
 
 def _preview(value: Any, limit: int = 200) -> str:
     try:
         text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
+    except TypeError:  # orjson refuses deep nesting (and non-JSON types)
+        try:
+            text = repr(value)
+        except RecursionError:
+            text = "<value nested too deeply to show>"
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _too_deep() -> ServingError:
+    return invalid_argument(
+        f"JSON value is nested more than {MAX_DIMS} lists deep; a tensor has at most {MAX_DIMS} "
+        "dimensions here"
+    )
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse more dimensions than a tensor (here: a numpy array) can have.
+
+    Follows first elements only, as TF Serving derives a tensor's shape; deeper nesting
+    elsewhere is a ragged list, reported as such.
+    """
+    depth = 0
+    while type(value) is list and value:
+        depth += 1
+        if depth > MAX_DIMS:
+            raise _too_deep()
+        value = value[0]
 
 
 def _json_type(value: Any) -> str:
@@ -140,22 +160,14 @@ def _walk_strings(value: Any, info: TensorInfo) -> tuple[list[str | bytes], tupl
     return flat, (len(value), *(inner or ()))
 
 
-def _check_shape(arr: np.ndarray, info: TensorInfo) -> None:
-    if info.shape is None:
-        return
-    expected = info.shape
-    if arr.ndim != len(expected) or any(
-        d is not None and d != got for d, got in zip(expected, arr.shape, strict=True)
-    ):
-        raise invalid_argument(
-            f"Expecting shape {info.shape_text()} but got: [{','.join(map(str, arr.shape))}]"
-        )
-
-
 def to_array(value: Any, info: TensorInfo) -> np.ndarray:
     """Convert a JSON value (scalar or nested lists) to an array of the input's dtype."""
+    _check_depth(value)
     if info.kind == "string":
-        flat, shape = _walk_strings(value, info)
+        try:
+            flat, shape = _walk_strings(value, info)
+        except RecursionError:  # a ragged list hiding deep nesting behind a short first element
+            raise _too_deep() from None
         arr = np.empty(len(flat), dtype=object)
         arr[:] = flat
         arr = arr.reshape(shape)
@@ -190,7 +202,7 @@ def to_array(value: Any, info: TensorInfo) -> np.ndarray:
         if arr.size and kind != "b":
             _check_range(arr, info)
         arr = arr.astype(info.np_dtype, copy=False)
-    _check_shape(arr, info)
+    # Like TF Serving, the declared shape is not checked here: the graph's ops judge the shape.
     return arr
 
 
@@ -275,11 +287,9 @@ def _convert_column(name: str | None, info: TensorInfo, column: list[Any]) -> np
 
 @dataclass
 class InputBatch:
-    """Converted inputs. ``stacks`` hold inputs of one dtype/shape converted together: one
-    array (and later one tensor, unstacked) instead of one conversion per input."""
+    """Converted inputs, by signature input name."""
 
     arrays: dict[str, np.ndarray]
-    stacks: list[tuple[list[str], np.ndarray, int]] = field(default_factory=list)
 
     @property
     def rows(self) -> int | None:
@@ -329,13 +339,7 @@ def _try_stack(values: list[Any], info: TensorInfo, axis: int) -> np.ndarray | N
             _check_range(arr, info)
         except ServingError:
             return None
-    arr = arr.astype(info.np_dtype, copy=False)
-    member_shape = arr.shape[:axis] + arr.shape[axis + 1 :]
-    if info.shape is not None and any(
-        d is not None and d != got for d, got in zip(info.shape, member_shape, strict=True)
-    ):
-        return None
-    return arr
+    return arr.astype(info.np_dtype, copy=False)
 
 
 def inputs_from_instances(
@@ -376,7 +380,6 @@ def inputs_from_instances(
     for names in _stack_groups(inputs):
         stacked = _try_stack([[row[n] for n in names] for row in instances], inputs[names[0]], 1)
         if stacked is not None:
-            batch.stacks.append((names, stacked, 1))
             for i, n in enumerate(names):
                 batch.arrays[n] = stacked[:, i]
     for name, info in inputs.items():
@@ -412,7 +415,6 @@ def inputs_from_columns(
     for names in _stack_groups(inputs):
         stacked = _try_stack([value[n] for n in names], inputs[names[0]], 0)
         if stacked is not None:
-            batch.stacks.append((names, stacked, 0))
             for i, n in enumerate(names):
                 batch.arrays[n] = stacked[i]
     for name, info in inputs.items():
@@ -465,7 +467,8 @@ def _json_ready(name: str, arr: np.ndarray) -> Any:
         return np.vectorize(conv, otypes=[object])(arr).tolist() if arr.size else arr.tolist()
     if arr.dtype.kind == "c" or arr.dtype == np.float16:
         return arr.tolist()
-    return np.ascontiguousarray(arr)
+    # A 0-d array is a scalar (ascontiguousarray would make it a 1-element list).
+    return np.ascontiguousarray(arr) if arr.ndim else arr[()]
 
 
 def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
