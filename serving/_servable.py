@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,21 +95,33 @@ class Signature:
     inputs: dict[str, TensorInfo]  # sorted by name, as TF Serving's proto maps iterate
     outputs: dict[str, TensorInfo]
     session: Any  # tf.compat.v1.Session holding the version's graph and variables
-    feeds: dict[str, Any]  # input name -> the shape-free placeholder standing in for it
+    feeds: dict[str, Any]  # input name -> the shape-free tensor standing in for it
     fetches: list[str]  # graph tensor names of ``outputs``, in the same order
+    # A stacking group's input names -> the placeholder of their stack (see _open_session).
+    stacked_feeds: dict[tuple[str, ...], Any]
 
     def run(self, batch: InputBatch | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = batch.arrays if isinstance(batch, InputBatch) else batch
+        if not isinstance(batch, InputBatch):
+            batch = InputBatch(dict(batch))
         for name, info in self.inputs.items():
             if info.kind == "unsupported":
                 raise ServingError(
                     "UNIMPLEMENTED",
                     f"Conversion of JSON Value to type: {info.dtype_name} (input {name})",
                 )
+        feed_dict: dict[Any, np.ndarray] = {}
+        stacked: set[str] = set()
+        for names, array in batch.stacks:
+            key = self.stacked_feeds.get(names)
+            if key is not None:
+                # Session.run's per-feed cost is higher than the model's at small batches.
+                feed_dict[key] = array
+                stacked.update(names)
+        for name, arr in batch.arrays.items():
+            if name not in stacked:
+                feed_dict[self.feeds[name]] = arr
         try:
-            values = self.session.run(
-                self.fetches, {self.feeds[name]: arr for name, arr in arrays.items()}
-            )
+            values = self.session.run(self.fetches, feed_dict)
         except Exception as exc:  # TF raises many types; all become a canonical status
             raise _status_from_tf_error(exc) from exc
         return dict(zip(self.outputs, values, strict=True))
@@ -143,45 +156,51 @@ class Servable:
         started = time.perf_counter()
         meta = self._read_meta_graph()
         try:
-            self._session, feeds = self._open_session(meta)
+            self._open_session(meta)
         except Exception as exc:
             status = _status_from_tf_error(exc)
             code = status.code if status.code != "INVALID_ARGUMENT" else "UNKNOWN"
             raise LoadError(code, f"Failed to load SavedModel at {self.path}: {exc}") from exc
-        for name, sig in meta.signature_def.items():
-            if name == INIT_OP_SIGNATURE:
-                continue
-            outputs = {k: _tensor_info(k, sig.outputs[k]) for k in sorted(sig.outputs)}
-            self.signatures[name] = Signature(
-                name=name,
-                method_name=sig.method_name,
-                inputs=InputSpecs({k: _tensor_info(k, sig.inputs[k]) for k in sorted(sig.inputs)}),
-                outputs=outputs,
-                session=self._session,
-                feeds={k: feeds[v.name] for k, v in sig.inputs.items() if v.name in feeds},
-                fetches=[sig.outputs[k].name for k in outputs],
-            )
         self.load_seconds = time.perf_counter() - started
         self.signature_def_map_json = self._signature_def_map_json(meta)
 
-    def _open_session(self, meta: Any) -> tuple[Any, dict[str, Any]]:
+    def _open_session(self, meta: Any) -> None:
         """Import the graph, restore its variables and run its init op, as TF Serving does.
 
-        Every signature input is remapped to a placeholder of unknown shape: TF Serving feeds
+        Every signature input is remapped to a tensor of unknown shape: TF Serving feeds
         whatever shape the request has and lets the graph's own ops judge it, whereas a
         placeholder of the declared shape makes ``Session.run`` refuse the feed beforehand.
+        The inputs of a stacking group (same dtype and declared shape, used by one signature
+        only) become the slices of one stacked placeholder, fed with one array; each slice can
+        still be fed on its own when a request's inputs do not stack.
         """
         import tensorflow as tf
 
+        specs = {
+            name: InputSpecs({k: _tensor_info(k, sig.inputs[k]) for k in sorted(sig.inputs)})
+            for name, sig in meta.signature_def.items()
+            if name != INIT_OP_SIGNATURE
+        }
+        uses = Counter(i.name for sig in meta.signature_def.values() for i in sig.inputs.values())
         graph = tf.Graph()
-        feeds: dict[str, Any] = {}
+        input_map: dict[str, Any] = {}
+        stacked_feeds: dict[str, dict[tuple[str, ...], Any]] = {name: {} for name in specs}
         with graph.as_default():
+            for sig_name, inputs in specs.items():
+                tensor_names = {k: v.name for k, v in meta.signature_def[sig_name].inputs.items()}
+                for group in inputs.stack_groups:
+                    if any(uses[tensor_names[k]] > 1 for k in group):
+                        continue
+                    stack = tf.compat.v1.placeholder(tf.as_dtype(inputs[group[0]].np_dtype))
+                    parts = tf.unstack(stack, num=len(group), axis=0)
+                    input_map.update(zip((tensor_names[k] for k in group), parts, strict=True))
+                    stacked_feeds[sig_name][tuple(group)] = stack
             for sig in meta.signature_def.values():
                 for info in sig.inputs.values():
-                    if info.name and info.name not in feeds:
-                        feeds[info.name] = tf.compat.v1.placeholder(tf.as_dtype(info.dtype))
-            tf.graph_util.import_graph_def(meta.graph_def, input_map=feeds, name="")
-        session = tf.compat.v1.Session(graph=graph)
+                    if info.name and info.name not in input_map:
+                        input_map[info.name] = tf.compat.v1.placeholder(tf.as_dtype(info.dtype))
+            tf.graph_util.import_graph_def(meta.graph_def, input_map=input_map, name="")
+        self._session = session = tf.compat.v1.Session(graph=graph)
         saver = meta.saver_def
         variables = self.path / "variables" / "variables"
         if saver.restore_op_name and variables.with_suffix(".index").exists():
@@ -193,7 +212,19 @@ class Servable:
                 for a in meta.asset_file_def
             }
             session.run(init_op, assets)
-        return session, feeds
+        for name, inputs in specs.items():
+            sig = meta.signature_def[name]
+            outputs = {k: _tensor_info(k, sig.outputs[k]) for k in sorted(sig.outputs)}
+            self.signatures[name] = Signature(
+                name=name,
+                method_name=sig.method_name,
+                inputs=inputs,
+                outputs=outputs,
+                session=session,
+                feeds={k: input_map[v.name] for k, v in sig.inputs.items() if v.name},
+                fetches=[sig.outputs[k].name for k in outputs],
+                stacked_feeds=stacked_feeds[name],
+            )
 
     def _read_meta_graph(self) -> Any:
         from google.protobuf import text_format
