@@ -12,11 +12,14 @@ is made for the whole array with numpy; only the printing itself is per element.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import orjson
 
 _FULL_DIGITS = {4: 9, 8: 17}  # std::numeric_limits<T>::max_digits10 of float and double
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_BLOCK_ELEMENTS = 65536
 
 
 def _short_enough(flat: np.ndarray, values: list[float]) -> list[int]:
@@ -64,16 +67,30 @@ def _nest(texts: list[str], shape: tuple[int, ...]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
+def _row_blocks(arr: np.ndarray) -> Iterator[list[str]]:
+    """The JSON text of each entry of the first dimension, a block of entries at a time: the
+    per-element strings (about 60 bytes each) of a large output never all exist at once."""
+    per_row = max(1, int(np.prod(arr.shape[1:])))
+    rows_per_block = max(1, _BLOCK_ELEMENTS // per_row)
+    for start in range(0, arr.shape[0], rows_per_block):
+        block = arr[start : start + rows_per_block]
+        texts = float_texts(block)
+        if block.ndim == 1:
+            yield texts
+        else:
+            yield [
+                _nest(texts[i * per_row : (i + 1) * per_row], block.shape[1:])
+                for i in range(block.shape[0])
+            ]
+
+
 def float_json(arr: np.ndarray) -> orjson.Fragment:
     """The whole array (a scalar for 0-d) as one JSON fragment."""
-    return orjson.Fragment(_nest(float_texts(arr), arr.shape))
+    if arr.ndim == 0:
+        return orjson.Fragment(float_texts(arr)[0])
+    return orjson.Fragment("[" + ",".join(",".join(rows) for rows in _row_blocks(arr)) + "]")
 
 
 def float_rows_json(arr: np.ndarray) -> list[orjson.Fragment]:
     """One fragment per entry of the first dimension (the row format's per-instance values)."""
-    texts = float_texts(arr)
-    step = len(texts) // arr.shape[0] if arr.shape[0] else 0
-    return [
-        orjson.Fragment(_nest(texts[i * step : (i + 1) * step], arr.shape[1:]))
-        for i in range(arr.shape[0])
-    ]
+    return [orjson.Fragment(text) for rows in _row_blocks(arr) for text in rows]

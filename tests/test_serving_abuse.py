@@ -202,8 +202,8 @@ def _rss_kib(pid: int, field: str) -> int:
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (issue 23): a dense numeric body becomes Python floats (~32 bytes per "
-    "4-byte JSON number) before numpy; measured peak - idle is about 16x the body",
+    reason="known gap (issue 23): orjson's parse of a dense numeric body (its own tree, then a "
+    "Python float of 24 bytes plus an 8-byte list slot per 4-byte '1.5,') costs ~20x the body",
 )
 def test_peak_rss_stays_below_idle_plus_four_body_caps(server: ServerProcess) -> None:
     assert server.proc is not None
