@@ -431,10 +431,16 @@ def inputs_from_instances(
         if type(row) is not dict or _is_b64(row):
             raise invalid_argument(f"Expecting object but got list at item {index} of input list")
         if row.keys() != required:
+            mismatch = _names_mismatch(set(row), set(required))
+            extra = [name for name in row if name not in required]
+            if extra:  # TF Serving meets the unknown key first
+                raise invalid_argument(
+                    f"Failed to process element: {index} key: {extra[0]} of 'instances' list. "
+                    f"Error: JSON object: does not have named input: {extra[0]}. {mismatch}"
+                )
             raise invalid_argument(
                 f"Failed to process element: {index} of 'instances' list. JSON object: "
-                f"{_preview(row)} must only have keys: {','.join(sorted(required))}. "
-                + _names_mismatch(set(row), set(required))
+                f"{_preview(row)} keys must be equal to: {','.join(sorted(required))}. " + mismatch
             )
     batch = InputBatch({})
     for names in _stack_groups(inputs):
@@ -468,9 +474,14 @@ def inputs_from_columns(
             ) from exc
     if value.keys() != inputs.keys():
         # TF Serving ignores extra keys here; naming them catches misspelt features early.
+        mismatch = _names_mismatch(set(value), set(inputs))
+        missing = [name for name in inputs if name not in value]
+        if missing:
+            raise invalid_argument(
+                f"Missing named input: {missing[0]} in 'inputs' object. {mismatch}"
+            )
         raise invalid_argument(
-            f"Request inputs do not match the signature inputs of model `{model_name}`. "
-            + _names_mismatch(set(value), set(inputs))
+            f"Request inputs do not match the signature inputs of model `{model_name}`. " + mismatch
         )
     batch = InputBatch({})
     for names in _stack_groups(inputs):

@@ -174,3 +174,19 @@ def test_unknown_signature_after_a_trailing_token(server: ServerProcess) -> None
     body = orjson.dumps({"signature_name": "nope", "examples": [ROWS[0]]}) + b" trailing"
     error = _error(server, "/v1/models/fraud:classify", body)
     assert error == "No signature was found with the name: nope"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"instances": [{**ROWS[0], "amountt": 1.0}]},
+         "Failed to process element: 0 key: amountt of 'instances' list. Error: JSON object: "
+         "does not have named input: amountt"),
+        ({"instances": [{"amount": 1.0, "n_tx_24h": 1}]},
+         "keys must be equal to: amount,n_tx_24h,timestamp"),
+        ({"inputs": {"amount": [1.0], "timestamp": ["2024-05-01T13:45:00Z"]}},
+         "Missing named input: n_tx_24h in 'inputs' object."),
+    ],
+)  # fmt: skip
+def test_input_names_mismatch(server: ServerProcess, body: dict[str, Any], expected: str) -> None:
+    assert expected in _error(server, "/v1/models/fraud:predict", body)
