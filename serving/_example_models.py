@@ -212,6 +212,51 @@ def build_half_plus_two(target: Path | str) -> Path:
     return _write_atomically(build, Path(target))
 
 
+TF1_VOCABULARY = ("a", "b", "c")
+
+
+def build_tf1_model(target: Path | str) -> Path:
+    """A TF1-style SavedModel (``tf.compat.v1`` graph, ``Builder``): ``serving_default`` is
+    half_plus_two with the 0.5 in a variable; ``lookup`` maps strings to their line in a
+    vocabulary asset (-1 if absent), its table filled by the ``main_op``."""
+    import tempfile
+
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+
+    def build(path: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp, tf.Graph().as_default(), v1.Session() as sess:
+            vocab = Path(tmp) / "vocab.txt"  # gone after the export: the asset copy must serve
+            vocab.write_text("\n".join(TF1_VOCABULARY) + "\n")
+            x = v1.placeholder(tf.float32, [None, 1], name="x")
+            y = v1.get_variable("w", initializer=0.5) * x + 2.0
+            s = v1.placeholder(tf.string, [None], name="s")
+            whole_line, line_number = (
+                tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
+            )
+            init = tf.lookup.TextFileInitializer(
+                str(vocab), tf.string, whole_line, tf.int64, line_number
+            )
+            ids = tf.lookup.StaticHashTable(init, -1).lookup(s)
+            sess.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(
+                sess,
+                ["serve"],
+                signature_def_map={
+                    "serving_default": v1.saved_model.predict_signature_def({"x": x}, {"y": y}),
+                    "lookup": v1.saved_model.predict_signature_def({"s": s}, {"ids": ids}),
+                },
+                main_op=v1.tables_initializer(),
+                assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS),
+            )
+            builder.save()
+
+    return _write_atomically(build, Path(target))
+
+
 # dtype name -> TF dtype name, for the "tensors" model's identity signatures.
 TENSOR_DTYPES = ("float32", "float64", "int32", "int64", "uint64", "bool", "string")
 
@@ -263,7 +308,7 @@ def bench_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["tiny", "bench", "half_plus_two", "tensors"])
+    parser.add_argument("kind", choices=["tiny", "bench", "half_plus_two", "tensors", "tf1"])
     parser.add_argument("base_path", type=Path)
     parser.add_argument("--version", type=int, action="append", required=True)
     parser.add_argument(
@@ -283,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             build_half_plus_two(target)
         elif args.kind == "tensors":
             build_tensors_model(target)
+        elif args.kind == "tf1":
+            build_tf1_model(target)
         else:
             build_bench_model(target)
         written.append(str(target))

@@ -26,6 +26,7 @@ DEFAULT_SIGNATURE = "serving_default"  # kDefaultServingSignatureDefKey
 INIT_OP_SIGNATURE = "__saved_model_init_op"  # where TF2 SavedModels keep their init op
 # Where TF1 SavedModels keep it (saved_model constants MAIN_OP_KEY, LEGACY_INIT_OP_KEY).
 _INIT_OP_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
+_ASSETS_COLLECTION = "saved_model_assets"
 _GRAPH_ERROR_HEADER = "Graph execution error:"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
@@ -127,6 +128,20 @@ class Signature:
         return dict(zip(self.outputs, values, strict=True))
 
 
+def _asset_file_defs(meta: Any) -> list[Any]:
+    """The asset files whose paths the init op is fed: TF2 SavedModels list them in the meta
+    graph, TF1 ones in a collection (saved_model constants ASSETS_KEY)."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    defs = list(meta.asset_file_def)
+    if _ASSETS_COLLECTION in meta.collection_def:
+        for packed in meta.collection_def[_ASSETS_COLLECTION].any_list.value:
+            asset = meta_graph_pb2.AssetFileDef()
+            packed.Unpack(asset)
+            defs.append(asset)
+    return defs
+
+
 def _init_op_name(meta: Any) -> str:
     """The op that initialises tables and the like after the variables are restored, if any."""
     init = meta.signature_def.get(INIT_OP_SIGNATURE)
@@ -209,7 +224,7 @@ class Servable:
         if init_op:
             assets = {
                 a.tensor_info.name: str(self.path / "assets" / a.filename)
-                for a in meta.asset_file_def
+                for a in _asset_file_defs(meta)
             }
             session.run(init_op, assets)
         for name, inputs in specs.items():

@@ -1,8 +1,9 @@
 """The embedded model server on TF Serving's own shape semantics, and under abuse.
 
 One real server subprocess serves TF Serving's ``half_plus_two`` test model (``x`` declared
-``[-1, 1]``), the tiny fraud model and a model that is hot-swapped, with short header/body
-timeouts and a small body cap so that the abuse cases run in seconds.
+``[-1, 1]``), a TF1-style SavedModel (variables, a vocabulary asset, a ``main_op``), the tiny
+fraud model and a model that is hot-swapped, with short header/body timeouts and a small body
+cap so that the abuse cases run in seconds.
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ TIMEOUT_MS = 1500
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Path:
     root = tmp_path_factory.mktemp("abuse")
-    subprocess.run(
-        [sys.executable, "-m", "serving._example_models", "half_plus_two", str(root / "hpt")]
-        + ["--version", "1"],
-        check=True,
-        env=child_env(),
-        capture_output=True,
-    )
+    for kind, directory in (("half_plus_two", "hpt"), ("tf1", "tf1")):
+        subprocess.run(
+            [sys.executable, "-m", "serving._example_models", kind, str(root / directory)]
+            + ["--version", "1"],
+            check=True,
+            env=child_env(),
+            capture_output=True,
+        )
     install_version(model_store.example, root / "fraud", 1)
     install_version(model_store.example, root / "swap", 1)
     models = [
         {"name": "half_plus_two", "base_path": root / "hpt"},
+        {"name": "tf1", "base_path": root / "tf1"},
         {"name": "fraud", "base_path": root / "fraud"},
         {"name": "swap", "base_path": root / "swap"},
     ]
@@ -95,6 +98,16 @@ def test_request_shape_is_not_checked_against_the_signature(
     r = _post(server, "/v1/models/half_plus_two:predict", body)
     assert r.status_code == 200, r.text
     assert r.json() == {key: expected}
+
+
+def test_a_tf1_saved_model_with_variables_and_an_asset(server: ServerProcess) -> None:
+    r = _post(server, "/v1/models/tf1:predict", {"instances": [1.0, 2.0, 5.0]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [2.5, 3.0, 4.5]}  # the 0.5 is a restored variable
+    body = {"signature_name": "lookup", "instances": ["b", "zz", "c"]}
+    r = _post(server, "/v1/models/tf1:predict", body)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [1, -1, 2]}  # the table filled from the shipped asset
 
 
 def test_a_shape_the_graph_refuses_is_a_400(server: ServerProcess) -> None:
