@@ -18,11 +18,14 @@ import numpy as np
 import orjson
 
 from serving._errors import ServingError, invalid_argument
+from serving._json_numbers import float_json, float_rows_json, float_texts
+from serving._json_parse import lenient_loads
 
 ROW, COLUMNAR = "row", "columnar"
 _DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 _FLOAT32_MAX_INT = 2**24  # largest integer a float32 holds exactly (json_tensor.cc kMaxInt)
 _FLOAT64_MAX_INT = 2**53
+MAX_DIMS = 32  # numpy's limit on an array's dimensions (TF's own is higher)
 _INT_KINDS = frozenset("iu")
 _NUMBER_KINDS = frozenset("iuf")
 
@@ -37,18 +40,37 @@ class TensorInfo:
     np_dtype: np.dtype
     shape: tuple[int | None, ...] | None  # None: unknown rank
 
-    def shape_text(self) -> str:
-        if self.shape is None:
-            return "[?]"
-        return "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
-
 
 def _preview(value: Any, limit: int = 200) -> str:
     try:
         text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
+    except TypeError:  # orjson refuses deep nesting (and non-JSON types)
+        try:
+            text = repr(value)
+        except RecursionError:
+            text = "<value nested too deeply to show>"
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _too_deep() -> ServingError:
+    return invalid_argument(
+        f"JSON value is nested more than {MAX_DIMS} lists deep; a tensor has at most {MAX_DIMS} "
+        "dimensions here"
+    )
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse more dimensions than a tensor (here: a numpy array) can have.
+
+    Follows first elements only, as TF Serving derives a tensor's shape; deeper nesting
+    elsewhere is a ragged list, reported as such.
+    """
+    depth = 0
+    while type(value) is list and value:
+        depth += 1
+        if depth > MAX_DIMS:
+            raise _too_deep()
+        value = value[0]
 
 
 def _json_type(value: Any) -> str:
@@ -112,6 +134,40 @@ def _first_bad_leaf(value: Any, info: TensorInfo) -> Any:
     return _ALL_LEAVES_OK
 
 
+def _ragged_error(value: Any) -> ServingError:
+    """Why a nested list is not a dense tensor, in the words of json_tensor.cc's
+    FillTensorProto: the shape is taken from the first elements, every list is held to it."""
+    shape: list[int] = []
+    probe = value
+    while type(probe) is list:
+        shape.append(len(probe))
+        if not probe:
+            break
+        probe = probe[0]
+    rank = len(shape)
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if type(item) is not list:
+            if level != rank:
+                return invalid_argument(
+                    f"JSON Value: {_preview(item)} found at incorrect level: {level + 1} in the "
+                    f"JSON DOM. Expected at level: {rank}"
+                )
+            continue
+        if level >= rank:
+            return invalid_argument(
+                f"Encountered list at unexpected level: {level} expected < {rank}"
+            )
+        if len(item) != shape[level]:
+            return invalid_argument(
+                f"Encountered list at unexpected size: {len(item)} at level: {level} expected "
+                f"size: {shape[level]}"
+            )
+        stack.extend((child, level + 1) for child in reversed(item))
+    return invalid_argument(f"JSON Value: {_preview(value, 80)} is not a dense tensor")
+
+
 def _walk_strings(value: Any, info: TensorInfo) -> tuple[list[str | bytes], tuple[int, ...]]:
     """Flatten a (nested) list of str / b64 objects, checking it is rectangular.
 
@@ -132,30 +188,25 @@ def _walk_strings(value: Any, info: TensorInfo) -> tuple[list[str | bytes], tupl
         if inner is None:
             inner = item_shape
         elif item_shape != inner:
-            raise invalid_argument(
-                f"Encountered ragged list: element shapes {list(inner)} and {list(item_shape)} "
-                "differ; every row must have the same shape"
-            )
+            raise _ragged_error(value)
         flat.extend(item_flat)
     return flat, (len(value), *(inner or ()))
 
 
-def _check_shape(arr: np.ndarray, info: TensorInfo) -> None:
-    if info.shape is None:
-        return
-    expected = info.shape
-    if arr.ndim != len(expected) or any(
-        d is not None and d != got for d, got in zip(expected, arr.shape, strict=True)
-    ):
-        raise invalid_argument(
-            f"Expecting shape {info.shape_text()} but got: [{','.join(map(str, arr.shape))}]"
-        )
+def _out_of_range(value: Any, info: TensorInfo) -> ServingError:
+    return invalid_argument(
+        f"JSON Value in {_preview(value, 80)} is out of range for {info.dtype_name}"
+    )
 
 
 def to_array(value: Any, info: TensorInfo) -> np.ndarray:
     """Convert a JSON value (scalar or nested lists) to an array of the input's dtype."""
+    _check_depth(value)
     if info.kind == "string":
-        flat, shape = _walk_strings(value, info)
+        try:
+            flat, shape = _walk_strings(value, info)
+        except RecursionError:  # a ragged list hiding deep nesting behind a short first element
+            raise _too_deep() from None
         arr = np.empty(len(flat), dtype=object)
         arr[:] = flat
         arr = arr.reshape(shape)
@@ -163,14 +214,9 @@ def to_array(value: Any, info: TensorInfo) -> np.ndarray:
         try:
             arr = np.asarray(value)
         except ValueError as exc:
-            raise invalid_argument(
-                f"Encountered ragged list {_preview(value, 80)}: nested lists must all have "
-                "the same length"
-            ) from exc
+            raise _ragged_error(value) from exc
         except OverflowError as exc:
-            raise invalid_argument(
-                f"JSON Value in {_preview(value, 80)} is out of range for {info.dtype_name}"
-            ) from exc
+            raise _out_of_range(value, info) from exc
         kind = arr.dtype.kind
         ok = (
             kind in _NUMBER_KINDS
@@ -181,16 +227,23 @@ def to_array(value: Any, info: TensorInfo) -> np.ndarray:
         )
         if not ok:
             bad = _first_bad_leaf(value, info)
-            if bad is _ALL_LEAVES_OK:  # only lists can hide behind an object array: ragged
-                raise invalid_argument(
-                    f"Encountered ragged list {_preview(value, 80)}: nested lists must all "
-                    "have the same length"
-                )
-            raise _type_error(bad, info)
+            if bad is not _ALL_LEAVES_OK:
+                raise _type_error(bad, info)
+            # All leaves are fine, so either the list is ragged, or its integers span more than
+            # int64 and uint64 together (numpy then keeps Python ints): only the target can say.
+            if info.kind != "int":
+                raise _ragged_error(value)
+            try:
+                arr = np.asarray(value, dtype=info.np_dtype)
+            except ValueError:
+                raise _ragged_error(value) from None
+            except OverflowError:
+                raise _out_of_range(value, info) from None
+            kind = arr.dtype.kind
         if arr.size and kind != "b":
             _check_range(arr, info)
         arr = arr.astype(info.np_dtype, copy=False)
-    _check_shape(arr, info)
+    # Like TF Serving, the declared shape is not checked here: the graph's ops judge the shape.
     return arr
 
 
@@ -227,8 +280,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise invalid_argument(f"JSON Parse error: {exc}") from exc
+    except orjson.JSONDecodeError:
+        # The strict fast parser refused it: NaN, a trailing token, or a real error.
+        doc = lenient_loads(body)
     if type(doc) is not dict:
         raise invalid_argument(f"JSON Value: {_preview(doc)} Is not object")
     return doc
@@ -258,16 +312,31 @@ def _row_error(index: int, name: str | None, exc: ServingError) -> ServingError:
     )
 
 
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "[" + ",".join(map(str, shape)) + "]"
+
+
 def _convert_column(name: str | None, info: TensorInfo, column: list[Any]) -> np.ndarray:
     try:
         return to_array(column, info)
     except ServingError as exc:
-        # Re-run row by row only to point at the offending element.
+        # Re-run row by row only to point at the offending element, in TF Serving's words.
+        first: np.ndarray | None = None
         for index, value in enumerate(column):
             try:
-                to_array([value], info)
+                arr = to_array(value, info)
             except ServingError as row_exc:
                 raise _row_error(index, name, row_exc) from exc
+            if first is None:
+                first = arr
+            elif arr.size != first.size:
+                problem = f"Expecting tensor size: {first.size} but got: {arr.size}"
+                raise _row_error(index, name, invalid_argument(problem)) from exc
+            elif arr.shape != first.shape:
+                problem = (
+                    f"Expecting shape {_shape_text(first.shape)} but got: {_shape_text(arr.shape)}"
+                )
+                raise _row_error(index, name, invalid_argument(problem)) from exc
         raise invalid_argument(
             f"Failed to process key: {name} of 'instances' list. Error: {exc.message}"
         ) from exc
@@ -275,11 +344,12 @@ def _convert_column(name: str | None, info: TensorInfo, column: list[Any]) -> np
 
 @dataclass
 class InputBatch:
-    """Converted inputs. ``stacks`` hold inputs of one dtype/shape converted together: one
-    array (and later one tensor, unstacked) instead of one conversion per input."""
+    """Converted inputs, by signature input name. ``stacks`` hold the inputs of a stacking
+    group converted together, stacked on axis 0 (one array fed instead of one per input);
+    ``arrays`` has every input, stacked ones as views of their stack."""
 
     arrays: dict[str, np.ndarray]
-    stacks: list[tuple[list[str], np.ndarray, int]] = field(default_factory=list)
+    stacks: list[tuple[tuple[str, ...], np.ndarray]] = field(default_factory=list)
 
     @property
     def rows(self) -> int | None:
@@ -329,13 +399,7 @@ def _try_stack(values: list[Any], info: TensorInfo, axis: int) -> np.ndarray | N
             _check_range(arr, info)
         except ServingError:
             return None
-    arr = arr.astype(info.np_dtype, copy=False)
-    member_shape = arr.shape[:axis] + arr.shape[axis + 1 :]
-    if info.shape is not None and any(
-        d is not None and d != got for d, got in zip(info.shape, member_shape, strict=True)
-    ):
-        return None
-    return arr
+    return arr.astype(info.np_dtype, copy=False)
 
 
 def inputs_from_instances(
@@ -367,16 +431,22 @@ def inputs_from_instances(
         if type(row) is not dict or _is_b64(row):
             raise invalid_argument(f"Expecting object but got list at item {index} of input list")
         if row.keys() != required:
+            mismatch = _names_mismatch(set(row), set(required))
+            extra = [name for name in row if name not in required]
+            if extra:  # TF Serving meets the unknown key first
+                raise invalid_argument(
+                    f"Failed to process element: {index} key: {extra[0]} of 'instances' list. "
+                    f"Error: JSON object: does not have named input: {extra[0]}. {mismatch}"
+                )
             raise invalid_argument(
                 f"Failed to process element: {index} of 'instances' list. JSON object: "
-                f"{_preview(row)} must only have keys: {','.join(sorted(required))}. "
-                + _names_mismatch(set(row), set(required))
+                f"{_preview(row)} keys must be equal to: {','.join(sorted(required))}. " + mismatch
             )
     batch = InputBatch({})
     for names in _stack_groups(inputs):
         stacked = _try_stack([[row[n] for n in names] for row in instances], inputs[names[0]], 1)
         if stacked is not None:
-            batch.stacks.append((names, stacked, 1))
+            batch.stacks.append((tuple(names), np.moveaxis(stacked, 1, 0)))
             for i, n in enumerate(names):
                 batch.arrays[n] = stacked[:, i]
     for name, info in inputs.items():
@@ -404,15 +474,20 @@ def inputs_from_columns(
             ) from exc
     if value.keys() != inputs.keys():
         # TF Serving ignores extra keys here; naming them catches misspelt features early.
+        mismatch = _names_mismatch(set(value), set(inputs))
+        missing = [name for name in inputs if name not in value]
+        if missing:
+            raise invalid_argument(
+                f"Missing named input: {missing[0]} in 'inputs' object. {mismatch}"
+            )
         raise invalid_argument(
-            f"Request inputs do not match the signature inputs of model `{model_name}`. "
-            + _names_mismatch(set(value), set(inputs))
+            f"Request inputs do not match the signature inputs of model `{model_name}`. " + mismatch
         )
     batch = InputBatch({})
     for names in _stack_groups(inputs):
         stacked = _try_stack([value[n] for n in names], inputs[names[0]], 0)
         if stacked is not None:
-            batch.stacks.append((names, stacked, 0))
+            batch.stacks.append((tuple(names), stacked))
             for i, n in enumerate(names):
                 batch.arrays[n] = stacked[i]
     for name, info in inputs.items():
@@ -463,14 +538,18 @@ def _json_ready(name: str, arr: np.ndarray) -> Any:
             return item.decode("utf-8", errors="replace")
 
         return np.vectorize(conv, otypes=[object])(arr).tolist() if arr.size else arr.tolist()
-    if arr.dtype.kind == "c" or arr.dtype == np.float16:
-        return arr.tolist()
-    return np.ascontiguousarray(arr)
+    if arr.dtype.kind == "f":
+        return float_json(arr)
+    # A 0-d array is a scalar (ascontiguousarray would make it a 1-element list).
+    return np.ascontiguousarray(arr) if arr.ndim else arr[()]
 
 
 def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
+    for arr in outputs.values():
+        if arr.dtype.kind not in "biufOSU":  # complex: numpy's name is TF's DataTypeString
+            raise invalid_argument(f"Failed to write JSON value for tensor type: {arr.dtype.name}")
     if fmt == COLUMNAR:
         if len(outputs) == 1:
             ((name, arr),) = outputs.items()
@@ -483,8 +562,6 @@ def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
     for name, arr in outputs.items():
         if arr.ndim == 0:
             raise invalid_argument(f"Tensor name: {name} has no shape information ")
-        if arr.shape[0] < 1:
-            raise invalid_argument(f"Tensor name: {name} has invalid batch size: {arr.shape[0]}")
         if batch is not None and arr.shape[0] != batch:
             raise invalid_argument(
                 f"Tensor name: {name} has inconsistent batch size: {arr.shape[0]} "
@@ -494,7 +571,10 @@ def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
     if len(outputs) == 1:
         ((name, arr),) = outputs.items()
         return orjson.dumps({"predictions": _json_ready(name, arr)}, option=_DUMPS_OPTS)
-    ready = {name: _json_ready(name, arr) for name, arr in outputs.items()}
+    ready = {
+        name: float_rows_json(arr) if arr.dtype.kind == "f" else _json_ready(name, arr)
+        for name, arr in outputs.items()
+    }
     rows = [{name: col[i] for name, col in ready.items()} for i in range(batch or 0)]
     return orjson.dumps({"predictions": rows}, option=_DUMPS_OPTS)
 
@@ -514,7 +594,7 @@ def _feature_from_json(name: str, content: Any) -> Feature:
         elif type(val) is int:
             if not -(2**63) <= val < 2**63:
                 raise invalid_argument(
-                    f"Feature: {name} has uint64 element. Only int64 is supported."
+                    f"Feature: {name} has uint64 element. Only int64_t is supported."
                 )
             this, item = "int64", val
         elif type(val) is float:
@@ -570,6 +650,7 @@ def classify_response(classes: np.ndarray | None, scores: np.ndarray | None) -> 
     ref = classes if classes is not None else scores
     assert ref is not None
     n, k = ref.shape
+    score_texts = float_texts(scores if scores is not None else np.zeros((n, k), np.float32))
     results = []
     for i in range(n):
         row = []
@@ -577,15 +658,13 @@ def classify_response(classes: np.ndarray | None, scores: np.ndarray | None) -> 
             label = classes[i, c] if classes is not None else b""
             if isinstance(label, bytes):
                 label = label.decode("utf-8", errors="replace")
-            # np.float32 scalars keep float32's shortest repr (0.3, not 0.30000001192092896).
-            score = scores[i, c] if scores is not None else np.float32(0.0)
-            row.append([label, score])
+            row.append([label, orjson.Fragment(score_texts[i * k + c])])
         results.append(row)
     return orjson.dumps({"results": results}, option=_DUMPS_OPTS)
 
 
 def regress_response(values: np.ndarray) -> bytes:
-    return orjson.dumps({"results": np.ascontiguousarray(values.reshape(-1))}, option=_DUMPS_OPTS)
+    return orjson.dumps({"results": float_json(values.reshape(-1))})
 
 
 def error_body(message: str) -> bytes:

@@ -193,6 +193,103 @@ def build_bench_model(target: Path | str, hidden: Sequence[int] = (64, 32), seed
     return _write_atomically(build, Path(target))
 
 
+def build_half_plus_two(target: Path | str) -> Path:
+    """TF Serving's test model: ``y = 0.5 * x + 2`` with ``x`` declared float32 ``[-1, 1]``."""
+    import tensorflow as tf
+
+    def build(path: Path) -> None:
+        module = tf.Module()
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def serve(x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": 0.5 * x + 2.0}
+
+        module.serve = serve
+        tf.saved_model.save(
+            module, str(path), signatures={"serving_default": serve.get_concrete_function()}
+        )
+
+    return _write_atomically(build, Path(target))
+
+
+TF1_VOCABULARY = ("a", "b", "c")
+
+
+def build_tf1_model(target: Path | str) -> Path:
+    """A TF1-style SavedModel (``tf.compat.v1`` graph, ``Builder``): ``serving_default`` is
+    half_plus_two with the 0.5 in a variable; ``lookup`` maps strings to their line in a
+    vocabulary asset (-1 if absent), its table filled by the ``main_op``."""
+    import tempfile
+
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+
+    def build(path: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp, tf.Graph().as_default(), v1.Session() as sess:
+            vocab = Path(tmp) / "vocab.txt"  # gone after the export: the asset copy must serve
+            vocab.write_text("\n".join(TF1_VOCABULARY) + "\n")
+            x = v1.placeholder(tf.float32, [None, 1], name="x")
+            y = v1.get_variable("w", initializer=0.5) * x + 2.0
+            s = v1.placeholder(tf.string, [None], name="s")
+            whole_line, line_number = (
+                tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
+            )
+            init = tf.lookup.TextFileInitializer(
+                str(vocab), tf.string, whole_line, tf.int64, line_number
+            )
+            ids = tf.lookup.StaticHashTable(init, -1).lookup(s)
+            sess.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(
+                sess,
+                ["serve"],
+                signature_def_map={
+                    "serving_default": v1.saved_model.predict_signature_def({"x": x}, {"y": y}),
+                    "lookup": v1.saved_model.predict_signature_def({"s": s}, {"ids": ids}),
+                },
+                main_op=v1.tables_initializer(),
+                assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS),
+            )
+            builder.save()
+
+    return _write_atomically(build, Path(target))
+
+
+# dtype name -> TF dtype name, for the "tensors" model's identity signatures.
+TENSOR_DTYPES = ("float32", "float64", "int32", "int64", "uint64", "bool", "string")
+
+
+def build_tensors_model(target: Path | str) -> Path:
+    """A model to test the JSON encoding of tensors, with one signature per case:
+
+    * ``<dtype>`` for each of :data:`TENSOR_DTYPES`: ``x`` (any shape) -> ``y``, the identity;
+    * ``pair``: ``x`` float32 -> ``a`` (x) and ``b`` (2 * x), two named outputs;
+    * ``complex``: ``x`` float32 -> ``c`` complex64, a type JSON cannot carry.
+    """
+    import tensorflow as tf
+
+    def build(path: Path) -> None:
+        module = tf.Module()
+        signatures = {}
+        for name in TENSOR_DTYPES:
+            spec = tf.TensorSpec(None, tf.as_dtype(name), name="x")
+            signatures[name] = tf.function(lambda x: {"y": tf.identity(x)}, input_signature=[spec])
+        f32 = [tf.TensorSpec(None, tf.float32, name="x")]
+        signatures["pair"] = tf.function(lambda x: {"a": x, "b": 2.0 * x}, input_signature=f32)
+        signatures["complex"] = tf.function(lambda x: {"c": tf.complex(x, x)}, input_signature=f32)
+        signatures["serving_default"] = signatures["float32"]
+        module.fns = list(signatures.values())
+        tf.saved_model.save(
+            module,
+            str(path),
+            signatures={k: f.get_concrete_function() for k, f in signatures.items()},
+        )
+
+    return _write_atomically(build, Path(target))
+
+
 def bench_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """Random but valid rows for the bench model."""
     import random
@@ -211,7 +308,7 @@ def bench_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["tiny", "bench"])
+    parser.add_argument("kind", choices=["tiny", "bench", "half_plus_two", "tensors", "tf1"])
     parser.add_argument("base_path", type=Path)
     parser.add_argument("--version", type=int, action="append", required=True)
     parser.add_argument(
@@ -227,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         target = args.base_path / str(version)
         if args.kind == "tiny":
             build_tiny_model(target, version, 2 if version in args.warmup_version else 0)
+        elif args.kind == "half_plus_two":
+            build_half_plus_two(target)
+        elif args.kind == "tensors":
+            build_tensors_model(target)
+        elif args.kind == "tf1":
+            build_tf1_model(target)
         else:
             build_bench_model(target)
         written.append(str(target))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,11 @@ log = logging.getLogger("serving")
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"  # kDefaultServingSignatureDefKey
+INIT_OP_SIGNATURE = "__saved_model_init_op"  # where TF2 SavedModels keep their init op
+# Where TF1 SavedModels keep it (saved_model constants MAIN_OP_KEY, LEGACY_INIT_OP_KEY).
+_INIT_OP_COLLECTIONS = ("saved_model_main_op", "legacy_init_op")
+_ASSETS_COLLECTION = "saved_model_assets"
+_GRAPH_ERROR_HEADER = "Graph execution error:"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 # Most string inputs of this platform's models are ISO-8601 timestamps parsed in the graph; an
@@ -38,12 +44,15 @@ class LoadError(Exception):
         self.message = message
 
 
-def _tensor_info(name: str, spec: Any) -> TensorInfo:
+def _tensor_info(name: str, proto: Any) -> TensorInfo:
+    """A SignatureDef ``TensorInfo`` proto -> the codec's view of it."""
     import tensorflow as tf
-    from tensorflow.core.framework import types_pb2
 
-    dtype = tf.as_dtype(spec.dtype)
-    dt_name = types_pb2.DataType.Name(dtype.as_datatype_enum).removeprefix("DT_").lower()
+    if proto.WhichOneof("encoding") != "name":
+        # Sparse and composite inputs have no single tensor to feed or fetch.
+        return TensorInfo(name, "unsupported", "unsupported", np.dtype(object), None)
+    dtype = tf.as_dtype(proto.dtype)
+    dt_name = types_name(proto.dtype)
     if dtype == tf.string:
         kind, np_dtype = "string", np.dtype(object)
     elif dtype == tf.bool:
@@ -54,8 +63,16 @@ def _tensor_info(name: str, spec: Any) -> TensorInfo:
         kind, np_dtype = "int", np.dtype(dtype.as_numpy_dtype)
     else:
         kind, np_dtype = "unsupported", np.dtype(object)
-    shape = None if spec.shape.rank is None else tuple(spec.shape.as_list())
+    dims = proto.tensor_shape
+    shape = None if dims.unknown_rank else tuple(None if d.size < 0 else d.size for d in dims.dim)
     return TensorInfo(name=name, dtype_name=dt_name, kind=kind, np_dtype=np_dtype, shape=shape)
+
+
+def types_name(dtype_enum: int) -> str:
+    """TF's DataTypeString of a ``DataType`` enum value: "float", "int64", "complex64"..."""
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(dtype_enum).removeprefix("DT_").lower()
 
 
 def _status_from_tf_error(exc: Exception) -> ServingError:
@@ -63,7 +80,8 @@ def _status_from_tf_error(exc: Exception) -> ServingError:
 
     if isinstance(exc, tf.errors.OpError):
         code = CODE_NAME.get(int(exc.error_code), "UNKNOWN")
-        return ServingError(code, exc.message)
+        # Session.run heads the runtime's message with this line; TF Serving sends it bare.
+        return ServingError(code, exc.message.removeprefix(_GRAPH_ERROR_HEADER).lstrip("\n"))
     if isinstance(exc, TypeError | ValueError):
         return invalid_argument(str(exc))
     return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
@@ -71,19 +89,19 @@ def _status_from_tf_error(exc: Exception) -> ServingError:
 
 @dataclass
 class Signature:
-    """A callable signature with its input/output specs, bound to its loaded function."""
+    """A signature's input/output specs, bound to the graph tensors it feeds and fetches."""
 
     name: str
     method_name: str
     inputs: dict[str, TensorInfo]  # sorted by name, as TF Serving's proto maps iterate
     outputs: dict[str, TensorInfo]
-    function: Any
-    tf_dtypes: dict[str, Any]
-    flat_order: list[str] | None  # None: no fast path, call through the public API
+    session: Any  # tf.compat.v1.Session holding the version's graph and variables
+    feeds: dict[str, Any]  # input name -> the shape-free tensor standing in for it
+    fetches: list[str]  # graph tensor names of ``outputs``, in the same order
+    # A stacking group's input names -> the placeholder of their stack (see _open_session).
+    stacked_feeds: dict[tuple[str, ...], Any]
 
     def run(self, batch: InputBatch | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-
         if not isinstance(batch, InputBatch):
             batch = InputBatch(dict(batch))
         for name, info in self.inputs.items():
@@ -92,60 +110,48 @@ class Signature:
                     "UNIMPLEMENTED",
                     f"Conversion of JSON Value to type: {info.dtype_name} (input {name})",
                 )
+        feed_dict: dict[Any, np.ndarray] = {}
+        stacked: set[str] = set()
+        for names, array in batch.stacks:
+            key = self.stacked_feeds.get(names)
+            if key is not None:
+                # Session.run's per-feed cost is higher than the model's at small batches.
+                feed_dict[key] = array
+                stacked.update(names)
+        for name, arr in batch.arrays.items():
+            if name not in stacked:
+                feed_dict[self.feeds[name]] = arr
         try:
-            tensors: dict[str, Any] = {}
-            for names, stacked, axis in batch.stacks:
-                # One conversion + one unstack op is far cheaper than one conversion per input.
-                parts = tf.unstack(tf.constant(stacked, dtype=self.tf_dtypes[names[0]]), axis=axis)
-                tensors.update(zip(names, parts, strict=True))
-            for name, arr in batch.arrays.items():
-                if name not in tensors:
-                    tensors[name] = tf.constant(arr, dtype=self.tf_dtypes[name])
-            if self.flat_order is not None:
-                # ConcreteFunction.__call__ re-validates the structured signature on every call,
-                # which costs more than running this model; the codec already checked names,
-                # dtypes and shapes against the same specs.
-                fn = self.function
-                result = fn._call_flat([tensors[n] for n in self.flat_order], fn.captured_inputs)
-            else:
-                result = self.function(**tensors)
-        except ServingError:
-            raise
+            values = self.session.run(self.fetches, feed_dict)
         except Exception as exc:  # TF raises many types; all become a canonical status
             raise _status_from_tf_error(exc) from exc
-        if not isinstance(result, Mapping):
-            raise ServingError("INTERNAL", f"signature {self.name} did not return a dict")
-        return {k: v.numpy() for k, v in result.items()}
+        return dict(zip(self.outputs, values, strict=True))
 
 
-def _flat_order(
-    function: Any, inputs: Mapping[str, TensorInfo], tf_dtypes: Any
-) -> list[str] | None:
-    """The positional order ``_call_flat`` expects, derived with TF's own argument binding.
+def _asset_file_defs(meta: Any) -> list[Any]:
+    """The asset files whose paths the init op is fed: TF2 SavedModels list them in the meta
+    graph, TF1 ones in a collection (saved_model constants ASSETS_KEY)."""
+    from tensorflow.core.protobuf import meta_graph_pb2
 
-    Returns None (so the public call path is used) if this TF version differs internally.
-    """
-    import tensorflow as tf
+    defs = list(meta.asset_file_def)
+    if _ASSETS_COLLECTION in meta.collection_def:
+        for packed in meta.collection_def[_ASSETS_COLLECTION].any_list.value:
+            asset = meta_graph_pb2.AssetFileDef()
+            packed.Unpack(asset)
+            defs.append(asset)
+    return defs
 
-    try:
-        from tensorflow.python.eager.polymorphic_function import function_type_utils
 
-        markers = {}
-        for name, info in inputs.items():
-            shape = [1 if d is None else d for d in (info.shape or (1,))]
-            markers[name] = tf.zeros(shape, dtype=tf_dtypes[name])
-        bound = function_type_utils.canonicalize_function_inputs(
-            (), markers, function.function_type
-        )
-        flat = function.function_type.unpack_inputs(bound)
-        by_id = {id(t): name for name, t in markers.items()}
-        order = [by_id[id(t)] for t in flat]
-        if sorted(order) != sorted(inputs) or not hasattr(function, "_call_flat"):
-            return None
-        return order
-    except Exception as exc:  # any internal API drift: fall back, never fail the load
-        log.info("fast call path unavailable (%s); using the public signature call", exc)
-        return None
+def _init_op_name(meta: Any) -> str:
+    """The op that initialises tables and the like after the variables are restored, if any."""
+    init = meta.signature_def.get(INIT_OP_SIGNATURE)
+    if init is not None and INIT_OP_SIGNATURE in init.outputs:
+        return init.outputs[INIT_OP_SIGNATURE].name
+    for key in _INIT_OP_COLLECTIONS:
+        nodes = meta.collection_def[key].node_list.value if key in meta.collection_def else []
+        if nodes:
+            return nodes[0]
+    return ""
 
 
 class Servable:
@@ -155,41 +161,85 @@ class Servable:
         self.model_name = model_name
         self.version = version
         self.path = path
-        self._loaded: Any = None
+        self._session: Any = None
         self.signatures: dict[str, Signature] = {}
         self.signature_def_map_json: dict[str, Any] = {}
         self.load_seconds = 0.0
         self.warmup_seconds = 0.0
 
     def load(self) -> None:
-        import tensorflow as tf
-
         started = time.perf_counter()
         meta = self._read_meta_graph()
         try:
-            self._loaded = tf.saved_model.load(str(self.path), tags=[SERVE_TAG])
+            self._open_session(meta)
         except Exception as exc:
             status = _status_from_tf_error(exc)
             code = status.code if status.code != "INVALID_ARGUMENT" else "UNKNOWN"
             raise LoadError(code, f"Failed to load SavedModel at {self.path}: {exc}") from exc
-        methods = {name: sig.method_name for name, sig in meta.signature_def.items()}
-        for name, fn in self._loaded.signatures.items():
-            inputs_spec = fn.structured_input_signature[1]
-            inputs = InputSpecs({k: _tensor_info(k, inputs_spec[k]) for k in sorted(inputs_spec)})
-            outputs_spec = fn.structured_outputs
-            outputs = {k: _tensor_info(k, outputs_spec[k]) for k in sorted(outputs_spec)}
-            tf_dtypes = {k: tf.as_dtype(inputs_spec[k].dtype) for k in inputs}
-            self.signatures[name] = Signature(
-                name=name,
-                method_name=methods.get(name, ""),
-                inputs=inputs,
-                outputs=outputs,
-                function=fn,
-                tf_dtypes=tf_dtypes,
-                flat_order=_flat_order(fn, inputs, tf_dtypes),
-            )
         self.load_seconds = time.perf_counter() - started
         self.signature_def_map_json = self._signature_def_map_json(meta)
+
+    def _open_session(self, meta: Any) -> None:
+        """Import the graph, restore its variables and run its init op, as TF Serving does.
+
+        Every signature input is remapped to a tensor of unknown shape: TF Serving feeds
+        whatever shape the request has and lets the graph's own ops judge it, whereas a
+        placeholder of the declared shape makes ``Session.run`` refuse the feed beforehand.
+        The inputs of a stacking group (same dtype and declared shape, used by one signature
+        only) become the slices of one stacked placeholder, fed with one array; each slice can
+        still be fed on its own when a request's inputs do not stack.
+        """
+        import tensorflow as tf
+
+        specs = {
+            name: InputSpecs({k: _tensor_info(k, sig.inputs[k]) for k in sorted(sig.inputs)})
+            for name, sig in meta.signature_def.items()
+            if name != INIT_OP_SIGNATURE
+        }
+        uses = Counter(i.name for sig in meta.signature_def.values() for i in sig.inputs.values())
+        graph = tf.Graph()
+        input_map: dict[str, Any] = {}
+        stacked_feeds: dict[str, dict[tuple[str, ...], Any]] = {name: {} for name in specs}
+        with graph.as_default():
+            for sig_name, inputs in specs.items():
+                tensor_names = {k: v.name for k, v in meta.signature_def[sig_name].inputs.items()}
+                for group in inputs.stack_groups:
+                    if any(uses[tensor_names[k]] > 1 for k in group):
+                        continue
+                    stack = tf.compat.v1.placeholder(tf.as_dtype(inputs[group[0]].np_dtype))
+                    parts = tf.unstack(stack, num=len(group), axis=0)
+                    input_map.update(zip((tensor_names[k] for k in group), parts, strict=True))
+                    stacked_feeds[sig_name][tuple(group)] = stack
+            for sig in meta.signature_def.values():
+                for info in sig.inputs.values():
+                    if info.name and info.name not in input_map:
+                        input_map[info.name] = tf.compat.v1.placeholder(tf.as_dtype(info.dtype))
+            tf.graph_util.import_graph_def(meta.graph_def, input_map=input_map, name="")
+        self._session = session = tf.compat.v1.Session(graph=graph)
+        saver = meta.saver_def
+        variables = self.path / "variables" / "variables"
+        if saver.restore_op_name and variables.with_suffix(".index").exists():
+            session.run(saver.restore_op_name, {saver.filename_tensor_name: str(variables)})
+        init_op = _init_op_name(meta)
+        if init_op:
+            assets = {
+                a.tensor_info.name: str(self.path / "assets" / a.filename)
+                for a in _asset_file_defs(meta)
+            }
+            session.run(init_op, assets)
+        for name, inputs in specs.items():
+            sig = meta.signature_def[name]
+            outputs = {k: _tensor_info(k, sig.outputs[k]) for k in sorted(sig.outputs)}
+            self.signatures[name] = Signature(
+                name=name,
+                method_name=sig.method_name,
+                inputs=inputs,
+                outputs=outputs,
+                session=session,
+                feeds={k: input_map[v.name] for k, v in sig.inputs.items() if v.name},
+                fetches=[sig.outputs[k].name for k in outputs],
+                stacked_feeds=stacked_feeds[name],
+            )
 
     def _read_meta_graph(self) -> Any:
         from google.protobuf import text_format
@@ -392,7 +442,9 @@ class Servable:
 
     def unload(self) -> None:
         self.signatures = {}
-        self._loaded = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
 
 def load_servable(model_name: str, version: int, path: Path) -> Servable:

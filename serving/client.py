@@ -146,10 +146,6 @@ class CircuitBreaker:
 class _Retryable(Exception):
     """Internal: an attempt failed in a way worth retrying."""
 
-    def __init__(self, message: str, *, backoff: bool = True) -> None:
-        super().__init__(message)
-        self.backoff = backoff
-
 
 class ModelClient:
     """Client of one model on one TF Serving compatible REST endpoint. Thread-safe."""
@@ -298,9 +294,8 @@ class ModelClient:
                 last = exc
                 if attempt > self.max_retries:
                     break
-                if exc.backoff:
-                    delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
-                    time.sleep(delay * (0.5 + random.random() / 2))  # jitter de-synchronises
+                delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(delay * (0.5 + random.random() / 2))  # jitter de-synchronises
         raise ServingUnavailableError(
             f"{what} failed after {self.max_retries + 1} attempts: {last}"
         ) from last
@@ -355,23 +350,22 @@ class ModelClient:
         if self.signature_name:
             payload["signature_name"] = self.signature_name
         body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-        force_refresh = False
 
         def attempt(n: int) -> PredictResult:
-            nonlocal force_refresh
-            version = self._resolve_version(force=force_refresh)
-            force_refresh = False
+            version = self._resolve_version()
             url = f"{self._model_url}/versions/{version}:predict"
             started = time.perf_counter()
             try:
                 doc = self._http("POST", url, body)
             except ServingHTTPError as exc:
-                if exc.status_code == 404 and self.version is None:
-                    # The resolved version was unloaded (a newer one replaced it): re-resolve
-                    # and retry at once.
-                    force_refresh = True
-                    raise _Retryable(str(exc), backoff=False) from exc
-                raise
+                if exc.status_code != 404 or self.version is not None:
+                    raise
+                # The resolved version was unloaded (a newer one replaced it): a hot swap, not
+                # a failure, so it costs no retry. Ask the server which version serves now.
+                version = self._resolve_version(force=True)
+                url = f"{self._model_url}/versions/{version}:predict"
+                started = time.perf_counter()
+                doc = self._http("POST", url, body)
             latency = time.perf_counter() - started
             outputs = doc.get("outputs") if isinstance(doc, dict) else None
             if outputs is None:

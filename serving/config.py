@@ -22,6 +22,11 @@ log = logging.getLogger("serving")
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 TENSORFLOW_PLATFORM = "tensorflow"
+# Parsing a JSON body into Python objects costs several times its size, so the cap bounds what
+# one request can make the server allocate.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_HEADER_TIMEOUT_MS = 30_000
+DEFAULT_BODY_TIMEOUT_MS = 30_000
 
 
 class ConfigError(ValueError):
@@ -77,8 +82,22 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add(
         "--rest_api_max_request_bytes",
         type=int,
-        default=64 * 1024 * 1024,
+        default=DEFAULT_MAX_REQUEST_BYTES,
         help="largest accepted request body (not a TF Serving flag)",
+    )
+    add(
+        "--rest_api_header_timeout_in_ms",
+        type=int,
+        default=DEFAULT_HEADER_TIMEOUT_MS,
+        help="close a connection whose request head is not complete this long after it opened "
+        "or after its previous response (also the keep-alive idle limit; not a TF Serving flag)",
+    )
+    add(
+        "--rest_api_body_timeout_in_ms",
+        type=int,
+        default=DEFAULT_BODY_TIMEOUT_MS,
+        help="answer 408 and close the connection if a request body is not complete this long "
+        "after its head (not a TF Serving flag)",
     )
     add("--tensorflow_intra_op_parallelism", type=int, default=0)
     add("--tensorflow_inter_op_parallelism", type=int, default=0)
@@ -101,6 +120,8 @@ class ServerOptions:
     prometheus_path: str
     allow_version_labels_for_unavailable_models: bool
     max_request_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
     intra_op_parallelism: int
     inter_op_parallelism: int
     grpc_port: int | None
@@ -240,6 +261,9 @@ def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
         raise ConfigError("--file_system_poll_wait_seconds must be > 0")
     if args.rest_api_max_request_bytes <= 0:
         raise ConfigError("--rest_api_max_request_bytes must be > 0")
+    for flag in ("rest_api_header_timeout_in_ms", "rest_api_body_timeout_in_ms"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag} must be > 0, got {getattr(args, flag)}")
     threads = args.rest_api_num_threads or 4 * (os.cpu_count() or 1)
     return ServerOptions(
         rest_api_port=args.rest_api_port,
@@ -255,6 +279,8 @@ def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
         prometheus_path=prometheus_path,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         max_request_bytes=args.rest_api_max_request_bytes,
+        header_timeout_s=args.rest_api_header_timeout_in_ms / 1000.0,
+        body_timeout_s=args.rest_api_body_timeout_in_ms / 1000.0,
         intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         grpc_port=args.port,

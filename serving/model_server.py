@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 import orjson
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving import _codec
@@ -52,6 +52,10 @@ _MODEL_STATUS_API = re.compile(
 )
 _JSON = "application/json"
 _INT64_MAX = 2**63 - 1
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request was read."""
 
 
 @dataclass
@@ -173,15 +177,7 @@ class ModelServer:
         outcome = _Outcome()
         route: _Route | None = None
         try:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise ServingError(
-                    "INVALID_ARGUMENT",
-                    f"Request body is larger than the {self.options.max_request_bytes} bytes "
-                    "this server accepts (--rest_api_max_request_bytes)",
-                    http_status=413,
-                ) from None
+            body = await self._read_body(request)
             route = _parse_route(request.method, raw_path)
             if route.api in ("predict", "classify", "regress"):
                 outcome = await self._in_thread(route, body)
@@ -194,13 +190,43 @@ class ModelServer:
                     outcome.body = _metadata_json(route.model_name, vs)
         except ServingError as exc:
             outcome.fail(exc)
+        except _ClientGone as exc:
+            # Nobody is left to answer: a client's doing, so no traceback and no server error.
+            log.info("client left mid-request on %s %s: %s", request.method, raw_path, exc)
+            outcome.fail(ServingError("CANCELLED", f"Client closed the request: {exc}"))
         except Exception as exc:  # a bug must cost one request, never the server
             log.exception("internal error on %s %s", request.method, raw_path)
             outcome.fail(ServingError("INTERNAL", f"Internal error: {type(exc).__name__}: {exc}"))
         self._record(route, outcome, time.perf_counter() - started)
-        return web.Response(
+        response = web.Response(
             body=outcome.body, status=outcome.http_status, headers={"Content-Type": _JSON}
         )
+        if outcome.http_status in (408, 413, 499):
+            # The rest of the body may still be on its way: the connection cannot carry another
+            # request.
+            response.force_close()
+        return response
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, within the body timeout and the size cap."""
+        try:
+            return await asyncio.wait_for(request.read(), self.options.body_timeout_s)
+        except web.HTTPRequestEntityTooLarge:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"Request body is larger than the {self.options.max_request_bytes} bytes "
+                "this server accepts (--rest_api_max_request_bytes)",
+                http_status=413,
+            ) from None
+        except TimeoutError:
+            raise ServingError(
+                "DEADLINE_EXCEEDED",
+                f"Request body not received within {self.options.body_timeout_s:g} s "
+                "(--rest_api_body_timeout_in_ms)",
+                http_status=408,
+            ) from None
+        except (ConnectionError, ClientPayloadError) as exc:
+            raise _ClientGone(f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
     def _error(status: int, message: str) -> web.Response:
@@ -266,7 +292,14 @@ class ModelServer:
         return outcome
 
     async def serve_forever(self, stop: asyncio.Event | None = None) -> None:
-        runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.build_app(),
+            access_log=None,
+            handle_signals=False,
+            # aiohttp closes a connection that has not completed a request head this long after
+            # it opened (or after its last response): the header read timeout.
+            keepalive_timeout=self.options.header_timeout_s,
+        )
         await runner.setup()
         site = web.TCPSite(
             runner,
