@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ INT_KINDS = frozenset("iu")
 NUMBER_KINDS = frozenset("iuf")
 
 
+@dataclass(frozen=True)
 class TensorInfo:
     """What the codec needs from one signature input or output."""
 
