@@ -33,7 +33,7 @@ import orjson
 from aiohttp import ClientPayloadError, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from serving import _codec
+from serving import _codec, _json_examples
 from serving._errors import CODE_NUMBER, ServingError, invalid_argument
 from serving._manager import ModelManager, VersionState
 from serving.config import ConfigError, ServerOptions, parse_flags
@@ -275,15 +275,15 @@ class ModelServer:
                     outcome.rows = batch.rows
                     outcome.body = _codec.predict_response(outputs, fmt)
                 elif route.api == "classify":
-                    sig_name, examples = _codec.parse_examples_request(doc, "classify")
+                    sig_name, examples = _json_examples.parse_examples_request(doc, "classify")
                     classes, scores, outcome.runtime_s = servable.classify(sig_name, examples)
                     outcome.rows = len(examples)
-                    outcome.body = _codec.classify_response(classes, scores)
+                    outcome.body = _json_examples.classify_response(classes, scores)
                 else:
-                    sig_name, examples = _codec.parse_examples_request(doc, "regress")
+                    sig_name, examples = _json_examples.parse_examples_request(doc, "regress")
                     values, outcome.runtime_s = servable.regress(sig_name, examples)
                     outcome.rows = len(examples)
-                    outcome.body = _codec.regress_response(values)
+                    outcome.body = _json_examples.regress_response(values)
         except ServingError as exc:
             outcome.fail(exc)
         except Exception as exc:
