@@ -18,11 +18,10 @@ from serving._errors import ServingError, invalid_argument
 from serving._json_numbers import float_json, float_rows_json
 from serving._json_parse import lenient_loads
 from serving._json_tensor import (
-    INT_KINDS,
-    NUMBER_KINDS,
     TensorInfo,
     check_range,
     is_b64,
+    kind_fits,
     preview,
     to_array,
 )
@@ -141,14 +140,7 @@ def _try_stack(values: list[Any], info: TensorInfo, axis: int) -> np.ndarray | N
     except (ValueError, OverflowError):
         return None
     kind = arr.dtype.kind
-    ok = (
-        kind in NUMBER_KINDS
-        if info.kind == "float"
-        else kind in INT_KINDS
-        if info.kind == "int"
-        else kind == "b"
-    )
-    if not ok or arr.ndim != len(info.shape or ()) + 1:
+    if not kind_fits(kind, info) or arr.ndim != len(info.shape or ()) + 1:
         return None
     if arr.size and kind != "b":
         try:

@@ -24,6 +24,15 @@ INT_KINDS = frozenset("iu")
 NUMBER_KINDS = frozenset("iuf")
 
 
+def kind_fits(kind: str, info: TensorInfo) -> bool:
+    """Whether numpy's dtype kind of converted JSON can feed the input without reinterpretation."""
+    if info.kind == "float":
+        return kind in NUMBER_KINDS
+    if info.kind == "int":
+        return kind in INT_KINDS
+    return kind == "b"
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """What the codec needs from one signature input or output."""
@@ -212,14 +221,7 @@ def to_array(value: Any, info: TensorInfo) -> np.ndarray:
         except OverflowError as exc:
             raise _out_of_range(value, info) from exc
         kind = arr.dtype.kind
-        ok = (
-            kind in NUMBER_KINDS
-            if info.kind == "float"
-            else kind in INT_KINDS
-            if info.kind == "int"
-            else kind == "b"
-        )
-        if not ok:
+        if not kind_fits(kind, info):
             bad = _first_bad_leaf(value, info)
             if bad is not _ALL_LEAVES_OK:
                 raise _type_error(bad, info)
