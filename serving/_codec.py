@@ -15,7 +15,8 @@ import numpy as np
 import orjson
 
 from serving._errors import ServingError, invalid_argument
-from serving._json_numbers import float_json, float_rows_json
+from serving._json_dense import DenseNumbers, dense_document
+from serving._json_numbers import float_json, float_json_parts, float_rows_json
 from serving._json_parse import lenient_loads
 from serving._json_tensor import (
     TensorInfo,
@@ -30,9 +31,13 @@ ROW, COLUMNAR = "row", "columnar"
 _DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes | bytearray, dense: bool = False) -> dict[str, Any]:
+    """The request's JSON object; with ``dense``, a large flat float tensor stays text until
+    ``parse_predict_request`` knows its dtype (``serving._json_dense``)."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    if dense and (doc := dense_document(body)) is not None:
+        return doc
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -256,6 +261,12 @@ def parse_predict_request(
     model_name: str,
 ) -> tuple[str, str, InputBatch]:
     """Returns (signature name, ROW or COLUMNAR, converted inputs) for a parsed request."""
+    dense = next((v for v in doc.values() if isinstance(v, DenseNumbers)), None)
+    if dense is not None:
+        parsed = _dense_request(doc, dense, signature_inputs)
+        if parsed is not None:
+            return parsed
+        doc = parse_json_object(dense.body)
     signature = signature_name_of(doc)
     has_instances, has_inputs = "instances" in doc, "inputs" in doc
     if has_instances and has_inputs:
@@ -271,6 +282,25 @@ def parse_predict_request(
     if has_instances:
         return signature, ROW, inputs_from_instances(doc["instances"], inputs, model_name)
     return signature, COLUMNAR, inputs_from_columns(doc["inputs"], inputs, model_name)
+
+
+def _dense_request(
+    doc: dict[str, Any],
+    dense: DenseNumbers,
+    signature_inputs: Callable[[str], Mapping[str, TensorInfo]],
+) -> tuple[str, str, InputBatch] | None:
+    signature = doc.get("signature_name", "")
+    try:
+        inputs = signature_inputs(signature)
+    except ServingError:
+        return None  # the JSON path reports a malformed body before an unknown signature
+    if len(inputs) != 1:
+        return None
+    ((name, info),) = inputs.items()
+    arr = dense.to_array(info)
+    if arr is None:
+        return None
+    return signature, ROW if "instances" in doc else COLUMNAR, InputBatch({name: arr})
 
 
 def _json_ready(name: str, arr: np.ndarray) -> Any:
@@ -292,7 +322,7 @@ def _json_ready(name: str, arr: np.ndarray) -> Any:
     return np.ascontiguousarray(arr) if arr.ndim else arr[()]
 
 
-def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
+def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes | bytearray:
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     for arr in outputs.values():
@@ -318,6 +348,14 @@ def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
         batch = arr.shape[0]
     if len(outputs) == 1:
         ((name, arr),) = outputs.items()
+        if arr.dtype.kind == "f":
+            # The common large answer: grown in place (a large buffer grows by remapping), so
+            # only one copy of its text exists.
+            body = bytearray(b'{"predictions":')
+            for part in float_json_parts(arr):
+                body += part
+            body += b"}"
+            return body
         return orjson.dumps({"predictions": _json_ready(name, arr)}, option=_DUMPS_OPTS)
     ready = {
         name: float_rows_json(arr) if arr.dtype.kind == "f" else _json_ready(name, arr)
