@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving import _codec, _json_examples
 from serving._errors import CODE_NUMBER, ServingError, invalid_argument
+from serving._json_dense import DENSE_MIN_BYTES
 from serving._manager import ModelManager, VersionState
 from serving.config import ConfigError, ServerOptions, parse_flags
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
@@ -229,11 +230,11 @@ class ModelServer:
             raise _ClientGone(f"{type(exc).__name__}: {exc}") from exc
 
     async def _receive(self, request: web.Request) -> bytes | bytearray:
-        """With a Content-Length, the body lands in one buffer of that size: joining chunks at
-        the end would hold a large body twice."""
+        """A large body with a Content-Length lands in one buffer of that size: joining chunks
+        at the end would hold it twice."""
         length = request.content_length
-        if length is None:
-            return await request.read()  # chunked: aiohttp applies client_max_size
+        if length is None or length < DENSE_MIN_BYTES:
+            return await request.read()  # aiohttp applies client_max_size
         if length > self.options.max_request_bytes:
             raise web.HTTPRequestEntityTooLarge(
                 max_size=self.options.max_request_bytes, actual_size=length
