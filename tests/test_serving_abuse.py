@@ -215,7 +215,7 @@ def _rss_kib(pid: int, field: str) -> int:
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (issue 23): a dense float body near the cap peaks at about 7x the body "
+    reason="known gap (issue 23): a dense float body near the cap peaks at 5-6x the body "
     "(the body, its array, TF's input and output, the answer's text); the target is 4x",
 )
 def test_peak_rss_stays_below_idle_plus_four_body_caps(server: ServerProcess) -> None:
