@@ -18,11 +18,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving._json_tensor import TensorInfo
+from serving._json_tensor import TensorInfo, max_exact_int
 
 DENSE_MIN_BYTES = 1 << 20  # below this the JSON path's objects cost a few megabytes at most
-# Integers from here on may round (json_tensor.cc's kMaxInt): the JSON path explains that.
-_EXACT_INT = {4: 2**24, 8: 2**53}
 
 _WS = rb"[ \t\n\r]*"
 _SIG = rb'"signature_name"' + _WS + rb":" + _WS + rb'"([A-Za-z0-9_./:-]*)"'
@@ -66,7 +64,7 @@ class DenseNumbers:
         """
         if info.kind != "float" or info.np_dtype not in (np.float32, np.float64):
             return None
-        body, end, limit = self.body, self.end, _EXACT_INT[info.np_dtype.itemsize]
+        body, end, limit = self.body, self.end, max_exact_int(info.np_dtype)
         out = np.empty(body.count(b",", self.start, end) + 1, info.np_dtype)
         filled, pos = 0, self.start
         while pos < end:
@@ -79,6 +77,7 @@ class DenseNumbers:
                 part = np.asarray(orjson.loads(b"[" + chunk + b"]"), dtype=np.float64)
             except orjson.JSONDecodeError:
                 return None
+            # From the exact limit on, the JSON path words the rounding error.
             if part.size > out.size - filled or (
                 part.size and (part.max() >= limit or part.min() <= -limit)
             ):

@@ -92,7 +92,9 @@ def float_json_parts(arr: np.ndarray) -> Iterator[bytes]:
         return
     yield b"["
     for i, rows in enumerate(_row_blocks(arr)):
-        yield (",".join(rows) if i == 0 else "," + ",".join(rows)).encode()
+        if i:
+            yield b","
+        yield ",".join(rows).encode()
     yield b"]"
 
 

@@ -24,15 +24,6 @@ INT_KINDS = frozenset("iu")
 NUMBER_KINDS = frozenset("iuf")
 
 
-def kind_fits(kind: str, info: TensorInfo) -> bool:
-    """Whether numpy's dtype kind of converted JSON can feed the input without reinterpretation."""
-    if info.kind == "float":
-        return kind in NUMBER_KINDS
-    if info.kind == "int":
-        return kind in INT_KINDS
-    return kind == "b"
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """What the codec needs from one signature input or output."""
@@ -42,6 +33,20 @@ class TensorInfo:
     kind: str  # "float" | "int" | "bool" | "string"
     np_dtype: np.dtype
     shape: tuple[int | None, ...] | None  # None: unknown rank
+
+
+def kind_fits(kind: str, info: TensorInfo) -> bool:
+    """Whether numpy's dtype kind of converted JSON can feed the input without reinterpretation."""
+    if info.kind == "float":
+        return kind in NUMBER_KINDS
+    if info.kind == "int":
+        return kind in INT_KINDS
+    return kind == "b"
+
+
+def max_exact_int(dtype: np.dtype) -> int:
+    """The largest integer a float input of ``dtype`` holds exactly (json_tensor.cc's kMaxInt)."""
+    return _FLOAT32_MAX_INT if dtype.itemsize <= 4 else _FLOAT64_MAX_INT
 
 
 def preview(value: Any, limit: int = 200) -> str:
@@ -248,7 +253,7 @@ def check_range(arr: np.ndarray, info: TensorInfo) -> None:
     target = info.np_dtype
     if info.kind == "float":
         if arr.dtype.kind in INT_KINDS:
-            limit = float(_FLOAT32_MAX_INT if target.itemsize <= 4 else _FLOAT64_MAX_INT)
+            limit = float(max_exact_int(target))
         else:
             limit = float(np.finfo(target).max)
         # Two reductions, no temporaries: the common case is "all fine".
