@@ -55,6 +55,9 @@ _VALUE_FIELD = {
     "uint32": "uint32_val",
     "uint64": "uint64_val",
     "bool": "bool_val",
+    "float16": "half_val",  # the bit patterns
+    "complex64": "scomplex_val",  # real and imaginary parts, interleaved
+    "complex128": "dcomplex_val",
 }
 
 
@@ -68,6 +71,7 @@ class RequestRecorder(Protocol):
         seconds: float,
         rows: int | None,
         runtime_s: float | None,
+        entrypoint: str,
     ) -> None: ...
 
 
@@ -109,16 +113,20 @@ def to_proto(arr: np.ndarray) -> Any:
 
     field = _VALUE_FIELD.get(arr.dtype.name)
     if field is None and arr.dtype.kind not in "OSU":
-        return tf.make_tensor_proto(arr)  # half, complex: TF's own encoding of them
+        return tf.make_tensor_proto(arr)  # no typed field for it: TF's own encoding
     dtype = tf.string if field is None else tf.as_dtype(arr.dtype)
     proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
     for size in arr.shape:
         proto.tensor_shape.dim.add(size=size)
-    flat = arr.ravel()
+    flat = np.ascontiguousarray(arr).ravel()
     if field is None:
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
-    else:
-        getattr(proto, field).extend(flat.tolist())
+        return proto
+    if arr.dtype.kind == "c":
+        flat = flat.view(flat.real.dtype)
+    elif field == "half_val":
+        flat = flat.view(np.uint16)
+    getattr(proto, field).extend(flat.tolist())
     return proto
 
 
@@ -326,7 +334,7 @@ class _Dispatch:
     def _record(self, request: Any, api: str, call: _Call, code: str, started: float) -> None:
         model = request.model_spec.name if request.HasField("model_spec") else ""
         seconds = time.perf_counter() - started
-        self.record(model, api, call.version, code, seconds, call.rows, call.runtime_s)
+        self.record(model, api, call.version, code, seconds, call.rows, call.runtime_s, "GRPC")
 
     def model_call(self, handler: Handler) -> Callable[[Any, _Call], Any]:
         return lambda request, call: self._on_version(handler, request, call)

@@ -268,11 +268,14 @@ class ModelServer:
         seconds: float,
         rows: int | None,
         runtime_s: float | None,
+        entrypoint: str = "REST",
     ) -> None:
-        """Count one request of either protocol in the metrics."""
+        """Count one request of either protocol (``entrypoint`` REST or GRPC) in the metrics."""
         if model and not self.manager.is_configured(model):
             model = UNKNOWN_MODEL  # bounded label cardinality whatever clients send
-        self.metrics.observe_request(model, version, api, code, seconds, rows, runtime_s)
+        self.metrics.observe_request(
+            model, version, api, code, seconds, rows, runtime_s, entrypoint
+        )
 
     async def _in_thread(self, route: _Route, body: bytes | bytearray) -> _Outcome:
         loop = asyncio.get_running_loop()
