@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from serving._codec import InputBatch, InputSpecs
+from serving._codec import InputBatch, InputSpecs, batch_of_arrays
 from serving._errors import CODE_NAME, ServingError, invalid_argument
 from serving._json_examples import Feature
 from serving._json_tensor import TensorInfo
@@ -105,7 +105,7 @@ class Signature:
 
     def run(self, batch: InputBatch | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(batch, InputBatch):
-            batch = InputBatch(dict(batch))
+            batch = batch_of_arrays(batch, self.inputs)
         for name, info in self.inputs.items():
             if info.kind == "unsupported":
                 raise ServingError(
