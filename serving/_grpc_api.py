@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving._errors import ServingError, invalid_argument
+from serving._errors import CODE_NUMBER, ServingError, invalid_argument
 from serving._manager import ModelManager, VersionState
 from serving._servable import DEFAULT_SIGNATURE, Servable, types_name
 
@@ -165,10 +165,11 @@ def _predict_inputs(request: Any, inputs: dict[str, Any]) -> dict[str, np.ndarra
             f"Sent extra: {{{','.join(sorted(sent - required))}}}. "
             f"Missing but required: {{{','.join(sorted(required - sent))}}}."
         )
-    for alias in sorted(sent - required):
+    unknown = sorted(sent - required)
+    if unknown:
         raise invalid_argument(
-            f"input tensor alias not found in signature: {alias}. Inputs expected to be in the "
-            f"set {{{','.join(sorted(required))}}}."
+            f"input tensor alias not found in signature: {unknown[0]}. Inputs expected to be in "
+            f"the set {{{','.join(sorted(required))}}}."
         )
     return {
         alias: to_array(alias, request.inputs[alias], info.dtype_name)
@@ -281,8 +282,6 @@ def metadata(servable: Servable, name: str, version: int, request: Any, call: _C
 
 def status_response(versions: list[VersionState]) -> Any:
     """A GetModelStatusResponse of the manager's versions (newest first)."""
-    from serving._errors import CODE_NUMBER
-
     response = get_model_status_pb2.GetModelStatusResponse()
     for vs in versions:
         entry = response.model_version_status.add()
