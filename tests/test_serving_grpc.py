@@ -25,7 +25,7 @@ import requests
 from serving_fixtures import ROWS, ServerProcess, columns, expected_scores, model_config
 from stream_fixtures import ModelStore, install_version
 
-from serving._launch import child_env
+from serving._launch import child_env, run_to_exit
 from serving._tfs_protos.tensorflow.core.example import example_pb2
 from serving._tfs_protos.tensorflow.core.framework import tensor_pb2, types_pb2
 from serving._tfs_protos.tensorflow_serving.apis import (
@@ -495,3 +495,39 @@ def test_light_stubs_and_tensorflow_share_one_process() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[1.0, 2.0]"
+
+
+# --- flags ----------------------------------------------------------------------------------------
+
+
+def test_port_zero_is_refused_as_tf_serving_needs_grpc(tmp_path) -> None:
+    done = run_to_exit([f"--model_base_path={tmp_path}", "--port=0"])
+    assert done.returncode == 1
+    assert "--port (gRPC) must be in [1, 65535], got 0" in done.stderr
+
+
+def test_rest_api_port_zero_serves_grpc_only(model_store: ModelStore, tmp_path) -> None:
+    from serving._launch import REPO_ROOT, free_port
+
+    install_version(model_store.example, tmp_path / "fraud", 1)
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.model_server", "--model_name=fraud"]
+            + [f"--model_base_path={tmp_path / 'fraud'}", "--rest_api_port=0", f"--port={port}"],
+            cwd=REPO_ROOT,
+            env=child_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = GrpcModelClient(f"127.0.0.1:{port}", "fraud", output_key=None)
+        assert client.wait_until_available(timeout_s=120) == "1"
+        assert _close(client.predict(ROWS).scores.tolist(), expected_scores(1))
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    text = log.read_text()
+    assert f"Running gRPC ModelServer at 127.0.0.1:{port} ..." in text
+    assert "Exporting HTTP/REST API" not in text
