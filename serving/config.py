@@ -106,7 +106,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     add("--tensorflow_intra_op_parallelism", type=int, default=0)
     add("--tensorflow_inter_op_parallelism", type=int, default=0)
-    # Accepted so that TF Serving command lines keep working; see the log line in main().
+    # Accepted so that TF Serving command lines keep working; main() warns that it is ignored.
     add("--enable_batching", type=_bool_flag, nargs="?", const=True, default=False)
     return parser
 

@@ -56,6 +56,7 @@ _MODEL_STATUS_API = re.compile(
 )
 _JSON = "application/json"
 _INT64_MAX = 2**63 - 1
+GRPC_STOP_GRACE_S = 5.0  # in-flight gRPC calls get this long to finish at shutdown
 
 
 class _ClientGone(Exception):
@@ -345,7 +346,7 @@ class ModelServer:
         finally:
             if runner is not None:
                 await runner.cleanup()
-            await grpc_server.stop(grace=5.0)
+            await grpc_server.stop(grace=GRPC_STOP_GRACE_S)
 
     async def _start_rest(self) -> web.AppRunner:
         runner = web.AppRunner(
