@@ -319,6 +319,10 @@ class _Dispatch:
         loop = asyncio.get_running_loop()
         try:
             response = await loop.run_in_executor(self.executor, work, request, call)
+        except asyncio.CancelledError:
+            # The client cancelled or its deadline passed: the worker finishes on its own.
+            self._record(request, api, call, "CANCELLED", started)
+            raise
         except ServingError as exc:
             code, message = exc.code, exc.message
         except Exception as exc:  # a bug must cost one request, never the server

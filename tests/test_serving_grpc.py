@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +25,7 @@ import numpy as np
 import pytest
 import requests
 from serving_fixtures import ROWS, ServerProcess, columns, expected_scores, model_config
-from stream_fixtures import ModelStore, install_version
+from stream_fixtures import ModelStore, install_version, wait_for
 
 from serving._launch import child_env, run_to_exit
 from serving._tfs_protos.tensorflow.core.example import example_pb2
@@ -45,6 +47,7 @@ from serving.grpc_client import (
     to_numpy,
 )
 
+POLL_S = 0.2
 CLASSIFY = "/tensorflow.serving.PredictionService/Classify"
 REGRESS = "/tensorflow.serving.PredictionService/Regress"
 _RESPONSES = {
@@ -57,7 +60,8 @@ _RESPONSES = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore):
+def root(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) -> Path:
+    """The served models' base paths and config files."""
     root = tmp_path_factory.mktemp("grpc")
     for kind in ("tensors", "half_plus_two"):
         subprocess.run(
@@ -78,12 +82,20 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore):
         },
         {"name": "tensors", "base_path": root / "tensors"},
         {"name": "half", "base_path": root / "half_plus_two"},
+        {"name": "hot", "base_path": root / "hot"},
     ]
+    install_version(model_store.example, root / "hot", 1)
     (root / "models.config").write_text(model_config(models))
     (root / "monitoring.config").write_text("prometheus_config { enable: true }\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(root: Path):
     args = [
         f"--model_config_file={root / 'models.config'}",
         f"--monitoring_config_file={root / 'monitoring.config'}",
+        f"--file_system_poll_wait_seconds={POLL_S}",
     ]
     with ServerProcess(args) as proc:
         yield proc
@@ -463,6 +475,42 @@ def test_client_refuses_values_the_input_cannot_hold(server: ServerProcess) -> N
     with pytest.raises(ServingRPCError) as caught:
         GrpcModelClient(server.grpc_target, "fraud", version=7).predict(ROWS)
     assert (caught.value.code, caught.value.status_code) == ("NOT_FOUND", 404)
+
+
+def test_a_hot_swap_costs_no_call_even_without_retries(
+    server: ServerProcess, root: Path, model_store: ModelStore
+) -> None:
+    """The answer names its version, so nothing is resolved beforehand that a swap could
+    invalidate: with max_retries=0 every call during the swap succeeds, scored by the version
+    it names."""
+    client = GrpcModelClient(server.grpc_target, "hot", max_retries=0, output_key=None)
+    answers: list[tuple[str, list[float]]] = []
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                result = client.predict(ROWS)
+            except Exception as exc:
+                errors.append(exc)
+            else:
+                answers.append((result.model_version, result.scores.tolist()))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        install_version(model_store.example, root / "hot", 2)
+        wait_for(lambda: answers and answers[-1][0] == "2", 60, "version 2 answering")
+        count = len(answers)
+        wait_for(lambda: len(answers) > count + 20, 60, "more answers after the swap")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors[:3]
+    assert {version for version, _ in answers} == {"1", "2"}
+    for version, scores in answers:
+        assert _close(scores, expected_scores(int(version)))
 
 
 def test_client_retries_then_names_an_unreachable_server() -> None:
