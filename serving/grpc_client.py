@@ -36,7 +36,7 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from serving._errors import CODE_NAME, HTTP_STATUS, ServingError
+from serving._errors import HTTP_STATUS, ServingError
 from serving._json_tensor import TensorInfo, to_array
 from serving._tfs_protos.tensorflow.core.framework import tensor_pb2, types_pb2
 from serving._tfs_protos.tensorflow_serving.apis import (
@@ -90,9 +90,11 @@ class ServingRPCError(ServingHTTPError):
     ("INVALID_ARGUMENT"); ``status_code`` the HTTP status TF Serving's REST API uses for it."""
 
     def __init__(self, code: str, message: str, target: str) -> None:
-        super().__init__(HTTP_STATUS.get(code, 500), f"{code}: {message}", target)
+        super().__init__(HTTP_STATUS.get(code, 500), message, target)
         self.code = code
-        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code} from {self.url}: {self.message}"
 
 
 # --- tensors -----------------------------------------------------------------------------------
@@ -390,7 +392,7 @@ class GrpcModelClient:
 
 def _code_name(exc: grpc.RpcError) -> str:
     code = exc.code()  # type: ignore[attr-defined]
-    return code.name if code is not None else CODE_NAME[2]
+    return code.name if code is not None else "UNKNOWN"
 
 
 def _available(response: Any) -> int | None:
