@@ -26,7 +26,17 @@ def _deadline(text: str) -> float | None:
 
 def add_consume_arguments(con: argparse.ArgumentParser) -> None:
     """Every option of the consume command, on its parser."""
-    con.add_argument("--serving-url", help="model server REST base URL (default: serving_url)")
+    con.add_argument(
+        "--serving-protocol",
+        choices=("rest", "grpc"),
+        default="rest",
+        help="how to call the model server: TF Serving's REST or gRPC API",
+    )
+    con.add_argument(
+        "--serving-url",
+        help="model server address: the REST base URL (default: serving_url), or with "
+        "--serving-protocol grpc its gRPC host:port (default: serving_grpc_target)",
+    )
     con.add_argument("--model-name", help="served model name (default: model_name)")
     con.add_argument("--model-base-path", help="models volume, read for each version's thresholds")
     con.add_argument("--group-id", default="fraud-scoring", help="consumer group")

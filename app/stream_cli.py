@@ -135,7 +135,8 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
 
     _setup_logging(args.verbose)
     settings = _settings(settings)
-    serving_url = args.serving_url or settings.serving_url
+    default_url = settings.serving_grpc_target if args.serving_protocol == "grpc" else None
+    serving_url = args.serving_url or default_url or settings.serving_url
     model_name = args.model_name or settings.model_name
     config = ConsumerConfig(
         bootstrap_servers=_bootstrap(args, settings),
@@ -166,7 +167,12 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
         dead_letter_max_payload_bytes=args.dead_letter_max_payload_bytes,
         security=_security(args),
     )
-    client = build_model_client(serving_url, model_name, timeout_s=args.serving_timeout_seconds)
+    client = build_model_client(
+        serving_url,
+        model_name,
+        timeout_s=args.serving_timeout_seconds,
+        protocol=args.serving_protocol,
+    )
     scorer = Scorer(client, ThresholdStore(Path(args.model_base_path or settings.model_base_path)))
     metrics = StreamMetrics()
     drift_on = args.drift_window or args.drift_window_time

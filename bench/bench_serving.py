@@ -1,4 +1,4 @@
-"""Benchmark: in-process SavedModel calls vs the embedded server's REST path, same model.
+"""Benchmark: in-process SavedModel calls vs the embedded server's REST and gRPC paths, same model.
 
     python -m bench.bench_serving [--model-dir DIR] [--seconds 1.5] [--json out.json]
 
@@ -15,15 +15,18 @@ cores with this process):
   - in-process, numpy:     the same call given numpy columns (conversion included);
   - REST, numpy columns:   ``ModelClient.predict(columns)``, one columnar ``:predict`` per batch;
   - REST, list of dicts:   ``ModelClient.predict(rows)``, the stream consumer's call;
+  - gRPC, numpy columns / list of dicts: the same two calls of ``GrpcModelClient`` (one
+                           ``PredictionService/Predict`` per batch, the consumer's
+                           ``--serving-protocol grpc``);
 * latency p50/p99 with 1, 8 and 32 concurrent clients (threads, each with its own keep-alive
   connection; bounded request counts);
-* the REST / in-process ratio at batch 256, target >= 0.5. Both sides start from the same numpy
+* the REST / in-process ratio at batch 256, target >= 0.5, and the gRPC one beside it. Both sides start from the same numpy
   columns (REST: numpy columns; in-process: numpy), which is the like-for-like comparison and the
   one gated; the ratio against pre-converted tensors (the bare model call, no input handling at
   all) is printed too.
 
-The gated ratio and that of the consumer's call (list of dicts) are recorded in bench/results.json
-and README.md's table (``bench.results``).
+The gated ratio, that of the consumer's call (list of dicts) and the gRPC / in-process ratio are
+recorded in bench/results.json and README.md's table (``bench.results``).
 """
 
 from __future__ import annotations
@@ -223,6 +226,7 @@ def run(model_dir: Path | None, seconds: float, concurrency_requests: int) -> di
 
     from serving._launch import ServerProcess
     from serving.client import ModelClient
+    from serving.grpc_client import GrpcModelClient
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         base, version_dir = _resolve_model(model_dir, Path(tmp))
@@ -241,13 +245,18 @@ def run(model_dir: Path | None, seconds: float, concurrency_requests: int) -> di
             cols = _random_columns(sig, max(BATCH_SIZES))
             client = ModelClient(server.url, "bench", timeout_s=30.0, output_key=None)
             client.wait_until_available(60)
+            grpc_client = GrpcModelClient(
+                server.grpc_target, "bench", timeout_s=30.0, output_key=None
+            )
 
-            # Same answers both ways (catches input-order or conversion mistakes).
+            # Same answers every way (catches input-order or conversion mistakes).
             probe = {k: v[:64] for k, v in cols.items()}
             local = next(iter(sig(**probe).values())).numpy().reshape(64, -1)[:, 0]
-            remote = client.predict(probe).scores
-            if not np.allclose(local, remote, rtol=1e-5, atol=1e-6):
-                raise SystemExit("REST and in-process scores differ: the bench would be invalid")
+            for name, remote in (("REST", client), ("gRPC", grpc_client)):
+                if not np.allclose(local, remote.predict(probe).scores, rtol=1e-5, atol=1e-6):
+                    raise SystemExit(
+                        f"{name} and in-process scores differ: the bench would be invalid"
+                    )
 
             results: list[Throughput] = []
             for batch in BATCH_SIZES:
@@ -266,6 +275,8 @@ def run(model_dir: Path | None, seconds: float, concurrency_requests: int) -> di
                     ("in-process, numpy", lambda a=arrays: sig(**a)),
                     ("REST, numpy columns", lambda a=arrays: client.predict(a)),
                     ("REST, list of dicts", lambda r=rows: client.predict(r)),
+                    ("gRPC, numpy columns", lambda a=arrays: grpc_client.predict(a)),
+                    ("gRPC, list of dicts", lambda r=rows: grpc_client.predict(r)),
                 ]
                 for path, times in _measure_interleaved(cells, seconds).items():
                     results.append(_throughput(path, batch, times))
@@ -287,6 +298,10 @@ def run(model_dir: Path | None, seconds: float, concurrency_requests: int) -> di
         "rest_columns_vs_inprocess_numpy": rate("REST, numpy columns", RATIO_BATCH)
         / rate("in-process, numpy", RATIO_BATCH),
         "rest_rows_vs_inprocess_numpy": rate("REST, list of dicts", RATIO_BATCH)
+        / rate("in-process, numpy", RATIO_BATCH),
+        "grpc_columns_vs_inprocess_numpy": rate("gRPC, numpy columns", RATIO_BATCH)
+        / rate("in-process, numpy", RATIO_BATCH),
+        "grpc_rows_vs_inprocess_numpy": rate("gRPC, list of dicts", RATIO_BATCH)
         / rate("in-process, numpy", RATIO_BATCH),
     }
     return {
@@ -339,6 +354,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"{ratios['rest_columns_vs_inprocess_tensors']:.2f} (bare model call baseline)",
         f"batch {RATIO_BATCH}: REST (list of dicts) / in-process (numpy)   = "
         f"{ratios['rest_rows_vs_inprocess_numpy']:.2f}",
+        f"batch {RATIO_BATCH}: gRPC (numpy columns) / in-process (numpy)   = "
+        f"{ratios['grpc_columns_vs_inprocess_numpy']:.2f}",
+        f"batch {RATIO_BATCH}: gRPC (list of dicts) / in-process (numpy)   = "
+        f"{ratios['grpc_rows_vs_inprocess_numpy']:.2f}",
     ]
     return "\n".join(lines)
 
@@ -350,12 +369,13 @@ def _rows_per_s(report: dict[str, Any], path: str, batch: int) -> float:
 
 
 def figures(report: dict[str, Any], command: str) -> list[results.Figure]:
-    """The recorded figures of one ``run`` report: the REST / in-process ratios at batch 256."""
+    """The recorded figures of one ``run`` report: the REST / in-process ratios at batch 256, and
+    the gRPC / in-process one."""
     ratios = report["ratios_at_batch_256"]
     inprocess = _rows_per_s(report, "in-process, numpy", RATIO_BATCH)
     meaning = (
-        "rows/s of ModelClient.predict given {} ÷ rows/s of the in-process signature call given "
-        f"the same numpy columns, batch {RATIO_BATCH}, median call times, server in a subprocess"
+        "rows/s of {} ÷ rows/s of the in-process signature call given the same numpy columns, "
+        f"batch {RATIO_BATCH}, median call times, server in a subprocess"
     )
     return [
         results.measured(
@@ -363,7 +383,7 @@ def figures(report: dict[str, Any], command: str) -> list[results.Figure]:
             f"REST / in-process rows/s at batch {RATIO_BATCH}",
             ratios["rest_columns_vs_inprocess_numpy"],
             "",
-            meaning.format("numpy columns"),
+            meaning.format("ModelClient.predict given numpy columns"),
             command,
             results.Target(">=", RATIO_TARGET),
             f"{_rows_per_s(report, 'REST, numpy columns', RATIO_BATCH):,.0f} / "
@@ -375,9 +395,21 @@ def figures(report: dict[str, Any], command: str) -> list[results.Figure]:
             f"{RATIO_BATCH}",
             ratios["rest_rows_vs_inprocess_numpy"],
             "",
-            meaning.format("a list of row dicts"),
+            meaning.format("ModelClient.predict given a list of row dicts"),
             command,
             detail=f"{_rows_per_s(report, 'REST, list of dicts', RATIO_BATCH):,.0f} / "
+            f"{inprocess:,.0f} rows/s",
+        ),
+        results.measured(
+            "serving.grpc_vs_inprocess",
+            f"gRPC / in-process rows/s at batch {RATIO_BATCH}",
+            ratios["grpc_columns_vs_inprocess_numpy"],
+            "",
+            meaning.format(
+                "GrpcModelClient.predict (PredictionService/Predict) given numpy columns"
+            ),
+            command,
+            detail=f"{_rows_per_s(report, 'gRPC, numpy columns', RATIO_BATCH):,.0f} / "
             f"{inprocess:,.0f} rows/s",
         ),
     ]

@@ -35,6 +35,7 @@ class Settings:
     label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS
     bootstrap_servers: str = "127.0.0.1:9092"
     serving_url: str = "http://127.0.0.1:8501"
+    serving_grpc_target: str = "127.0.0.1:8500"  # the consumer's with --serving-protocol grpc
     run_dir: Path = Path("runs")
     topics: Topics = field(default_factory=Topics)
 

@@ -137,6 +137,28 @@ def _stack_groups(inputs: Mapping[str, TensorInfo]) -> list[list[str]]:
     return [names for names in groups.values() if len(names) > 1]
 
 
+def batch_of_arrays(
+    arrays: Mapping[str, np.ndarray], inputs: Mapping[str, TensorInfo]
+) -> InputBatch:
+    """Arrays converted elsewhere (gRPC tensors, warm-up batches), with each stacking group's
+    arrays stacked as the JSON paths stack them, when they have one shape and the input's dtype.
+    """
+    batch = InputBatch(dict(arrays))
+    for names in _stack_groups(inputs):
+        parts = [arrays.get(n) for n in names]
+        if any(
+            p is None or p.dtype != inputs[n].np_dtype for n, p in zip(names, parts, strict=True)
+        ):
+            continue
+        if len({p.shape for p in parts}) != 1:  # type: ignore[union-attr]
+            continue
+        stacked = np.stack(parts)  # type: ignore[arg-type]
+        batch.stacks.append((tuple(names), stacked))
+        for i, n in enumerate(names):
+            batch.arrays[n] = stacked[i]
+    return batch
+
+
 def _try_stack(values: list[Any], info: TensorInfo, axis: int) -> np.ndarray | None:
     """Convert several same-spec inputs at once; None means "do it one by one" (which also
     produces the precise error message if something is wrong)."""

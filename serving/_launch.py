@@ -49,19 +49,22 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class ServerProcess:
-    """A model server subprocess bound to ``host:port``; use as a context manager."""
+    """A model server subprocess: REST on ``host:port``, gRPC on ``host:grpc_port``; use as a
+    context manager."""
 
     def __init__(
         self,
         args: Sequence[str],
         *,
         port: int | None = None,
+        grpc_port: int | None = None,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
+        self.grpc_port = grpc_port if grpc_port is not None else free_port(host)
         self.args = list(args)
         # Without a log_path the log lives in a private temp dir, removed by stop().
         self._own_log_dir = log_path is None
@@ -74,6 +77,11 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of the gRPC API, as ``grpc.insecure_channel`` takes it."""
+        return f"{self.host}:{self.grpc_port}"
+
     def start(self, ready_timeout_s: float = 120.0) -> ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -83,6 +91,7 @@ class ServerProcess:
             "-m",
             "serving.model_server",
             f"--rest_api_port={self.port}",
+            f"--port={self.grpc_port}",
             f"--rest_api_host={self.host}",
             *self.args,
         ]

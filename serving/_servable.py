@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from serving._codec import InputBatch, InputSpecs
+from serving._codec import InputBatch, InputSpecs, batch_of_arrays
 from serving._errors import CODE_NAME, ServingError, invalid_argument
 from serving._json_examples import Feature
 from serving._json_tensor import TensorInfo
@@ -105,7 +105,7 @@ class Signature:
 
     def run(self, batch: InputBatch | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(batch, InputBatch):
-            batch = InputBatch(dict(batch))
+            batch = batch_of_arrays(batch, self.inputs)
         for name, info in self.inputs.items():
             if info.kind == "unsupported":
                 raise ServingError(
@@ -165,6 +165,7 @@ class Servable:
         self.path = path
         self._session: Any = None
         self.signatures: dict[str, Signature] = {}
+        self.signature_def_map: Any = None  # tensorflow.serving.SignatureDefMap, for gRPC
         self.signature_def_map_json: dict[str, Any] = {}
         self.load_seconds = 0.0
         self.warmup_seconds = 0.0
@@ -179,7 +180,8 @@ class Servable:
             code = status.code if status.code != "INVALID_ARGUMENT" else "UNKNOWN"
             raise LoadError(code, f"Failed to load SavedModel at {self.path}: {exc}") from exc
         self.load_seconds = time.perf_counter() - started
-        self.signature_def_map_json = self._signature_def_map_json(meta)
+        self.signature_def_map = self._signature_def_map(meta)
+        self.signature_def_map_json = self._signature_def_map_json(self.signature_def_map)
 
     def _open_session(self, meta: Any) -> None:
         """Import the graph, restore its variables and run its init op, as TF Serving does.
@@ -268,13 +270,18 @@ class Servable:
         )
 
     @staticmethod
-    def _signature_def_map_json(meta: Any) -> dict[str, Any]:
-        from google.protobuf import json_format
+    def _signature_def_map(meta: Any) -> Any:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for name, sig in meta.signature_def.items():
             sig_map.signature_def[name].CopyFrom(sig)
+        return sig_map
+
+    @staticmethod
+    def _signature_def_map_json(sig_map: Any) -> dict[str, Any]:
+        from google.protobuf import json_format
+
         # The JsonPrintOptions of TF Serving's ToJsonString(GetModelMetadataResponse).
         return json_format.MessageToDict(
             sig_map, preserving_proto_field_name=True, including_default_value_fields=True
@@ -311,6 +318,12 @@ class Servable:
         self, signature_name: str, examples: list[dict[str, Feature]]
     ) -> tuple[np.ndarray | None, np.ndarray | None, float]:
         """Returns (classes [n, k] bytes or None, scores [n, k] float32 or None, run seconds)."""
+        return self.classify_serialized(signature_name, serialize_examples(examples))
+
+    def classify_serialized(
+        self, signature_name: str, serialized: np.ndarray
+    ) -> tuple[np.ndarray | None, np.ndarray | None, float]:
+        """``classify`` of serialized tf.Example protos (a 1-d object array of bytes)."""
         sig = self._example_signature(signature_name, "classification")
         n_out = len(sig.outputs)
         if n_out not in (1, 2):
@@ -321,9 +334,9 @@ class Servable:
                 f'or "scores". Signature was: {sig.name} with outputs {sorted(sig.outputs)}'
             )
         started = time.perf_counter()
-        out = sig.run({"inputs": serialize_examples(examples)})
+        out = sig.run({"inputs": serialized})
         seconds = time.perf_counter() - started
-        n = len(examples)
+        n = len(serialized)
         classes, scores = out.get("classes"), out.get("scores")
         for what, tensor, kind in (("classes", classes, "OSU"), ("scores", scores, "f")):
             if tensor is None:
@@ -349,15 +362,21 @@ class Servable:
     def regress(
         self, signature_name: str, examples: list[dict[str, Feature]]
     ) -> tuple[np.ndarray, float]:
+        return self.regress_serialized(signature_name, serialize_examples(examples))
+
+    def regress_serialized(
+        self, signature_name: str, serialized: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """Returns (one float32 value per example, run seconds)."""
         sig = self._example_signature(signature_name, "regression")
         if len(sig.outputs) != 1:
             raise invalid_argument("Expected one output Tensor.")
         if "outputs" not in sig.outputs:
             raise invalid_argument(f"No regression outputs found in SignatureDef: {sig.name}")
         started = time.perf_counter()
-        values = sig.run({"inputs": serialize_examples(examples)})["outputs"]
+        values = sig.run({"inputs": serialized})["outputs"]
         seconds = time.perf_counter() - started
-        n = len(examples)
+        n = len(serialized)
         if not (values.shape == (n,) or values.shape == (n, 1)):
             raise invalid_argument(
                 "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but "

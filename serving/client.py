@@ -43,7 +43,7 @@ from requests.utils import select_proxy
 
 T = TypeVar("T")
 
-_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
@@ -145,6 +145,36 @@ class CircuitBreaker:
 
 class _Retryable(Exception):
     """Internal: an attempt failed in a way worth retrying."""
+
+
+def retryable(message: str) -> Exception:
+    """The exception an attempt given to :func:`with_retries` raises to be retried."""
+    return _Retryable(message)
+
+
+def with_retries(
+    what: str,
+    attempt_fn: Callable[[int], T],
+    max_retries: int,
+    backoff_s: float,
+    backoff_max_s: float,
+) -> T:
+    """``attempt_fn(attempt number)``, again after exponential backoff with jitter while it
+    raises :func:`retryable`'s exception, at most ``max_retries`` more times; then
+    ``ServingUnavailableError`` naming the last failure."""
+    last: Exception | None = None
+    for attempt in range(1, max_retries + 2):
+        try:
+            return attempt_fn(attempt)
+        except _Retryable as exc:
+            last = exc
+            if attempt > max_retries:
+                break
+            delay = min(backoff_max_s, backoff_s * 2 ** (attempt - 1))
+            time.sleep(delay * (0.5 + random.random() / 2))  # jitter de-synchronises
+    raise ServingUnavailableError(
+        f"{what} failed after {max_retries + 1} attempts: {last}"
+    ) from last
 
 
 class ModelClient:
@@ -271,7 +301,7 @@ class ModelClient:
             # Whatever else went wrong, a half-open breaker must not stay waiting for a verdict.
             self.breaker.record_failure()
             raise
-        if response.status_code in _RETRYABLE_STATUS:
+        if response.status_code in RETRYABLE_STATUS:
             self.breaker.record_failure()
             raise _Retryable(
                 f"{method} {url}: HTTP {response.status_code}: {_error_text(response)}"
@@ -286,19 +316,7 @@ class ModelClient:
             raise ServingClientError(f"{method} {url}: response is not JSON: {exc}") from exc
 
     def _with_retries(self, what: str, attempt_fn: Callable[[int], T]) -> T:
-        last: Exception | None = None
-        for attempt in range(1, self.max_retries + 2):
-            try:
-                return attempt_fn(attempt)
-            except _Retryable as exc:
-                last = exc
-                if attempt > self.max_retries:
-                    break
-                delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random() / 2))  # jitter de-synchronises
-        raise ServingUnavailableError(
-            f"{what} failed after {self.max_retries + 1} attempts: {last}"
-        ) from last
+        return with_retries(what, attempt_fn, self.max_retries, self.backoff_s, self.backoff_max_s)
 
     def _spec_url(self) -> str:
         if self.version is not None:
@@ -345,7 +363,7 @@ class ModelClient:
 
     def predict(self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> PredictResult:
         """Score one batch: rows as a list of dicts, or columns as a dict of lists/arrays."""
-        columns, n_rows = _to_columns(rows)
+        columns, n_rows = to_columns(rows)
         payload: dict[str, Any] = {"inputs": columns}
         if self.signature_name:
             payload["signature_name"] = self.signature_name
@@ -370,7 +388,7 @@ class ModelClient:
             outputs = doc.get("outputs") if isinstance(doc, dict) else None
             if outputs is None:
                 raise ServingClientError(f"POST {url}: response has no 'outputs': {doc!r:.300}")
-            scores = _scores(outputs, self.output_key, n_rows, url)
+            scores = scores_of(outputs, self.output_key, n_rows, url)
             return PredictResult(scores, version, latency, n, outputs)
 
         return self._with_retries(f"predict on {self.model_name}", attempt)
@@ -445,7 +463,7 @@ def _error_text(response: _Answer) -> str:
     return response.content[:500].decode(errors="replace")
 
 
-def _to_columns(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> tuple[Any, int]:
+def to_columns(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> tuple[Any, int]:
     """Rows (list of dicts) or columns (dict of sequences) -> (JSON-ready columns, row count)."""
     if isinstance(rows, Mapping):
         columns: dict[str, Any] = {}
@@ -479,7 +497,7 @@ def _to_columns(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> tuple[
     return columns, len(rows)
 
 
-def _scores(outputs: Any, output_key: str | None, n_rows: int, url: str) -> np.ndarray:
+def scores_of(outputs: Any, output_key: str | None, n_rows: int, url: str) -> np.ndarray:
     if isinstance(outputs, dict):
         if output_key is not None and output_key in outputs:
             outputs = outputs[output_key]

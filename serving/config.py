@@ -46,13 +46,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving.model_server",
         description=(
-            "Embedded TensorFlow Serving compatible REST model server "
+            "Embedded TensorFlow Serving compatible model server (REST and gRPC) "
             "(flags follow tensorflow_model_server)."
         ),
     )
     add = parser.add_argument
-    add("--rest_api_port", type=int, default=8501, help="REST port (0 picks a free port)")
-    add("--rest_api_host", default="127.0.0.1", help="address to bind the REST API to")
+    add("--port", type=int, default=8500, help="gRPC port")
+    add("--rest_api_port", type=int, default=8501, help="REST port (0: no REST API)")
+    add(
+        "--rest_api_host",
+        default="127.0.0.1",
+        help="address to bind both APIs to (TF Serving binds gRPC to all addresses)",
+    )
     add("--model_name", default="default", help="model name (ignored with --model_config_file)")
     add("--model_base_path", default="", help="directory holding <version>/saved_model.pb")
     add("--model_config_file", default="", help="text-format ModelServerConfig")
@@ -101,8 +106,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     add("--tensorflow_intra_op_parallelism", type=int, default=0)
     add("--tensorflow_inter_op_parallelism", type=int, default=0)
-    # Accepted so that TF Serving command lines keep working; see the log line in main().
-    add("--port", type=int, default=None, help="gRPC port: accepted and ignored")
+    # Accepted so that TF Serving command lines keep working; main() warns that it is ignored.
     add("--enable_batching", type=_bool_flag, nargs="?", const=True, default=False)
     return parser
 
@@ -124,7 +128,7 @@ class ServerOptions:
     body_timeout_s: float
     intra_op_parallelism: int
     inter_op_parallelism: int
-    grpc_port: int | None
+    grpc_port: int
     enable_batching: bool
     model_server_config: Any = field(repr=False)
 
@@ -256,6 +260,9 @@ def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
 
     if not 0 <= args.rest_api_port <= 65535:
         raise ConfigError(f"--rest_api_port must be in [0, 65535], got {args.rest_api_port}")
+    if not 0 < args.port <= 65535:
+        # As in tensorflow_model_server, the gRPC API is always served.
+        raise ConfigError(f"--port (gRPC) must be in [1, 65535], got {args.port}")
     if args.file_system_poll_wait_seconds <= 0:
         # TF Serving treats 0 as "poll once"; a server whose point is hot-swapping keeps polling.
         raise ConfigError("--file_system_poll_wait_seconds must be > 0")

@@ -115,13 +115,13 @@ class ServingMetrics:
 
         self.requests = Counter(
             "serving_requests",
-            "REST requests by model, version, API and canonical status code.",
+            "Requests (REST and gRPC) by model, version, API and canonical status code.",
             ("model_name", "version", "api", "status"),
             registry=reg,
         )
         self.request_latency = Histogram(
             "serving_request_latency_seconds",
-            "Wall time of a REST request from body read to response, by model/version/API.",
+            "Wall time of a request from its body read to its answer, by model/version/API.",
             ("model_name", "version", "api"),
             buckets=LATENCY_BUCKETS_S,
             registry=reg,
@@ -174,8 +174,10 @@ class ServingMetrics:
         seconds: float,
         rows: int | None = None,
         runtime_s: float | None = None,
+        entrypoint: str = "REST",
     ) -> None:
-        key = (model_name, version, api, status)
+        """Count one request; ``entrypoint`` is TF Serving's label of the protocol (REST, GRPC)."""
+        key = (model_name, version, api, status, entrypoint)
         children = self._children.get(key)
         if children is None:
             # labels() costs a lock and a dict lookup per metric; resolve them once per key.
@@ -183,7 +185,7 @@ class ServingMetrics:
             children = (
                 self.requests.labels(model_name, version, api, status),
                 self.request_latency.labels(model_name, version, api),
-                self.tf_request_latency.labels(model_name, api, "REST") if model_api else None,
+                self.tf_request_latency.labels(model_name, api, entrypoint) if model_api else None,
                 self.batch_rows.labels(model_name, api) if model_api else None,
                 self.runtime_latency.labels(model_name, version, api) if model_api else None,
             )

@@ -1,4 +1,4 @@
-"""Embedded model server speaking TensorFlow Serving's REST API.
+"""Embedded model server speaking TensorFlow Serving's REST and gRPC APIs.
 
 Serves SavedModels laid out as TF Serving expects (``<base_path>/<version>/saved_model.pb``),
 hot-swaps new versions, and answers:
@@ -8,6 +8,9 @@ hot-swaps new versions, and answers:
 * ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``    row or columnar format
 * ``POST ...:classify`` / ``...:regress``                            tf.Example based APIs
 * ``GET  /monitoring/prometheus/metrics`` (with a --monitoring_config_file enabling it)
+
+and, on ``--port``, TF Serving's gRPC ``PredictionService`` and ``ModelService``
+(``serving._grpc_api``).
 
 Run ``python -m serving.model_server --model_name=fraud --model_base_path=/models/fraud``; see
 docs/serving.md. aiohttp owns the sockets and HTTP parsing; model calls, JSON decoding and
@@ -34,7 +37,7 @@ from aiohttp import ClientPayloadError, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving import _codec, _json_examples
-from serving._errors import CODE_NUMBER, ServingError, invalid_argument
+from serving._errors import ServingError, invalid_argument
 from serving._json_dense import DENSE_MIN_BYTES
 from serving._manager import ModelManager, VersionState
 from serving.config import ConfigError, ServerOptions, parse_flags
@@ -53,6 +56,7 @@ _MODEL_STATUS_API = re.compile(
 )
 _JSON = "application/json"
 _INT64_MAX = 2**63 - 1
+GRPC_STOP_GRACE_S = 5.0  # in-flight gRPC calls get this long to finish at shutdown
 
 
 class _ClientGone(Exception):
@@ -118,15 +122,10 @@ def _parse_route(method: str, raw_path: str) -> _Route:
 
 def _status_json(versions: list[VersionState]) -> bytes:
     from google.protobuf import json_format
-    from tensorflow_serving.apis import get_model_status_pb2
 
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for vs in versions:
-        entry = response.model_version_status.add()
-        entry.version = vs.version
-        entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(vs.state)
-        entry.status.error_code = CODE_NUMBER[vs.error_code]
-        entry.status.error_message = vs.error_message
+    from serving._grpc_api import status_response
+
+    response = status_response(versions)
     # JsonPrintOptions of TF Serving's ToJsonString(GetModelStatusResponse).
     doc = json_format.MessageToDict(response, including_default_value_fields=True)
     return orjson.dumps(doc)
@@ -256,15 +255,27 @@ class ModelServer:
         )
 
     def _record(self, route: _Route | None, outcome: _Outcome, seconds: float) -> None:
-        if route is None:
-            model, api = "", "unknown"
-        else:
-            api = route.api
-            model = route.model_name
-            if not self.manager.is_configured(model):
-                model = UNKNOWN_MODEL  # bounded label cardinality whatever clients send
+        model, api = ("", "unknown") if route is None else (route.model_name, route.api)
+        self.record_request(
+            model, api, outcome.version, outcome.code, seconds, outcome.rows, outcome.runtime_s
+        )
+
+    def record_request(
+        self,
+        model: str,
+        api: str,
+        version: str,
+        code: str,
+        seconds: float,
+        rows: int | None,
+        runtime_s: float | None,
+        entrypoint: str = "REST",
+    ) -> None:
+        """Count one request of either protocol (``entrypoint`` REST or GRPC) in the metrics."""
+        if model and not self.manager.is_configured(model):
+            model = UNKNOWN_MODEL  # bounded label cardinality whatever clients send
         self.metrics.observe_request(
-            model, outcome.version, api, outcome.code, seconds, outcome.rows, outcome.runtime_s
+            model, version, api, code, seconds, rows, runtime_s, entrypoint
         )
 
     async def _in_thread(self, route: _Route, body: bytes | bytearray) -> _Outcome:
@@ -314,6 +325,30 @@ class ModelServer:
         return outcome
 
     async def serve_forever(self, stop: asyncio.Event | None = None) -> None:
+        """Serve gRPC on --port and REST on --rest_api_port (unless 0) until ``stop`` is set."""
+        from serving._grpc_api import start_grpc_server
+
+        grpc_server, grpc_port = await start_grpc_server(
+            self.options.rest_api_host,
+            self.options.grpc_port,
+            self.options.max_request_bytes,
+            self.manager,
+            self.executor,
+            self.record_request,
+        )
+        # Same line as tensorflow_model_server prints.
+        log.info("Running gRPC ModelServer at %s:%d ...", self.options.rest_api_host, grpc_port)
+        runner: web.AppRunner | None = None
+        try:
+            if self.options.rest_api_port:
+                runner = await self._start_rest()
+            await self._wait_for_stop(stop)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            await grpc_server.stop(grace=GRPC_STOP_GRACE_S)
+
+    async def _start_rest(self) -> web.AppRunner:
         runner = web.AppRunner(
             self.build_app(),
             access_log=None,
@@ -330,10 +365,18 @@ class ModelServer:
             backlog=1024,
             reuse_address=True,
         )
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         host, port = runner.addresses[0][:2]
         # Same line as tensorflow_model_server prints; scripts wait for it.
         log.info("Exporting HTTP/REST API at:%s:%d ...", host, port)
+        return runner
+
+    @staticmethod
+    async def _wait_for_stop(stop: asyncio.Event | None) -> None:
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -344,7 +387,6 @@ class ModelServer:
             await stop.wait()
             log.info("shutting down: draining in-flight requests")
         finally:
-            await runner.cleanup()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(signum)
@@ -405,13 +447,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("Failed to start server. Error: %s", exc)
         return 1
-    if options.grpc_port is not None:
-        log.info(
-            "--port=%d (gRPC) accepted but not served: the embedded server only speaks the "
-            "REST API; use the REST port %d",
-            options.grpc_port,
-            options.rest_api_port,
-        )
     if options.enable_batching:
         log.warning("--enable_batching is ignored: the embedded server does not batch requests")
 
@@ -442,8 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(server.serve_forever())
     except OSError as exc:
         log.error(
-            "Failed to start HTTP Server on %s:%d: %s",
+            "Failed to start server on %s (gRPC port %d, REST port %d): %s",
             options.rest_api_host,
+            options.grpc_port,
             options.rest_api_port,
             exc,
         )

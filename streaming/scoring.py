@@ -306,20 +306,31 @@ def _flat(values: Any) -> list[Any]:
     return out
 
 
-def build_model_client(serving_url: str, model_name: str, timeout_s: float = 10.0) -> Predictor:
-    """The shared REST client (retries, backoff and circuit breaker live there).
+PROTOCOLS = ("rest", "grpc")
+
+
+def build_model_client(
+    serving_url: str, model_name: str, timeout_s: float = 10.0, protocol: str = "rest"
+) -> Predictor:
+    """The shared model server client (retries, backoff and circuit breaker live there):
+    ``rest`` takes a base URL (``http://host:8501``), ``grpc`` a target (``host:8500``).
 
     The breaker's reset is short because the consumer holds and retries the batch itself: once
     the server is back, decisions should resume within a couple of seconds.
     """
+    options: dict[str, Any] = {
+        "timeout_s": timeout_s,
+        "max_retries": 2,
+        "breaker_failures": 3,
+        "breaker_reset_s": 2.0,
+        "output_key": c.SCORE_OUTPUT,
+    }
+    if protocol == "grpc":
+        from serving.grpc_client import GrpcModelClient
+
+        return GrpcModelClient(serving_url, model_name, **options)
+    if protocol != "rest":
+        raise ValueError(f"serving protocol must be one of {PROTOCOLS}, got {protocol!r}")
     from serving.client import ModelClient
 
-    return ModelClient(
-        serving_url,
-        model_name,
-        timeout_s=timeout_s,
-        max_retries=2,
-        breaker_failures=3,
-        breaker_reset_s=2.0,
-        output_key=c.SCORE_OUTPUT,
-    )
+    return ModelClient(serving_url, model_name, **options)

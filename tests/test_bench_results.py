@@ -55,12 +55,18 @@ def _dummy_stream_result() -> bench_stream.BenchResult:
 def _names_each_bench_records() -> dict[str, set[str]]:
     """What each bench's ``figures`` produces for one run (values do not matter here)."""
     data = [bench_data.Result(n, "work", 1.0, 60.0, "1 tx/s", 1.0) for n in "abc"]
-    paths = ("in-process, numpy", "REST, numpy columns", "REST, list of dicts")
+    paths = (
+        "in-process, numpy",
+        "REST, numpy columns",
+        "REST, list of dicts",
+        "gRPC, numpy columns",
+    )
     report = {
         "throughput": [{"path": p, "batch": 256, "rows_per_s": 1.0} for p in paths],
         "ratios_at_batch_256": {
             "rest_columns_vs_inprocess_numpy": 0.6,
             "rest_rows_vs_inprocess_numpy": 0.5,
+            "grpc_columns_vs_inprocess_numpy": 0.7,
         },
     }
     metrics = {

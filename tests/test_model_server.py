@@ -91,7 +91,6 @@ def server(base: Path):
             f"--monitoring_config_file={base / 'monitoring.config'}",
             f"--file_system_poll_wait_seconds={POLL_S}",
             f"--rest_api_max_request_bytes={MAX_BODY}",
-            "--port=8500",
         ],
         log_path=base / "server.log",
     )
@@ -540,8 +539,11 @@ def test_prometheus_metrics(server: ServerProcess) -> None:
     assert "process_cpu_seconds_total" in text
 
 
-def test_grpc_port_is_accepted_and_logged(server: ServerProcess) -> None:
-    assert "(gRPC) accepted but not served" in server.log_text()
+def test_both_apis_are_announced(server: ServerProcess) -> None:
+    log = server.log_text()
+    assert f"Running gRPC ModelServer at 127.0.0.1:{server.grpc_port} ..." in log
+    assert f"Exporting HTTP/REST API at:127.0.0.1:{server.port} ..." in log
+    assert log.index("Running gRPC ModelServer") < log.index("Exporting HTTP/REST API")
 
 
 def test_shipped_warmup_requests_are_replayed(server: ServerProcess) -> None:

@@ -298,3 +298,40 @@ def test_a_new_model_version_decides_with_its_own_thresholds(
         assert v[DecisionFields.MODEL_VERSION] == 2
         assert v[DecisionFields.THRESHOLDS] == {c.REVIEW: review, c.BLOCK: block}
         assert v[DecisionFields.DECISION] == c.decide(v[DecisionFields.SCORE], review, block)
+
+
+def test_the_consumer_scores_through_grpc_as_through_rest(
+    broker, model_server, model_base, tmp_path, monkeypatch
+) -> None:
+    """``fraud stream consume --serving-protocol grpc``: every transaction decided, each with
+    the score and version the REST protocol gives it (two groups consume the same topic)."""
+    bootstrap = broker.bootstrap_servers
+    df = simulated(30, 5, seed=11)
+    topics = make_topics(bootstrap)
+    for name, value in vars(topics).items():
+        monkeypatch.setenv(f"FRAUD_TOPIC_{name.upper()}", value)
+    path = write_dataset(df, tmp_path / "raw.csv.gz")
+    assert (
+        cli.main(["stream", "replay", str(path), "--bootstrap-servers", bootstrap, "--no-progress"])
+        == 0
+    )
+    common = [
+        "stream", "consume", "--bootstrap-servers", bootstrap, "--model-name", MODEL_NAME,
+        "--model-base-path", str(model_base), "--exit-when-idle-seconds", "3",
+    ]  # fmt: skip
+    for protocol, url in (("grpc", model_server.grpc_target), ("rest", model_server.url)):
+        args = ["--serving-protocol", protocol, "--serving-url", url, "--group-id", protocol]
+        assert cli.main([*common, *args, "--state-dir", str(tmp_path / protocol)]) == 0
+    decisions = read_topic(bootstrap, topics.decisions, expect=2 * len(df))
+    answers: dict[str, list[tuple[float, Any]]] = {}
+    for d in decisions:
+        value = d["value"]
+        answers.setdefault(value[c.TRANSACTION_ID], []).append(
+            (value[DecisionFields.SCORE], value[DecisionFields.MODEL_VERSION])
+        )
+    assert set(answers) == set(df[c.TRANSACTION_ID])
+    for tx, pair in answers.items():
+        assert len(pair) == 2, f"{tx}: {pair}"
+        (grpc_score, grpc_version), (rest_score, rest_version) = pair
+        assert grpc_version == rest_version
+        assert abs(grpc_score - rest_score) <= 1e-6, f"{tx}: {pair}"
