@@ -202,11 +202,13 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
 
 
 def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metrics: Any) -> Any:
-    """The drift monitor (+ retrain trigger) on the consumer's own metrics registry."""
+    """The drift monitor (+ retrain trigger) and the model-quality monitor on the consumer's own
+    metrics registry."""
     from core.durations import parse_duration
     from monitoring.drift import DriftConfig
     from monitoring.loop import DriftLoop, DriftLoopConfig
-    from monitoring.metrics import DriftMetrics, RetrainMetrics
+    from monitoring.metrics import DriftMetrics, QualityMetrics, RetrainMetrics
+    from monitoring.quality import QualityMonitor
 
     low, high = (float(x) for x in args.drift_alert_bounds.split(","))
     timed = {}
@@ -265,7 +267,13 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
         label_wait_s=wait_days * c.SECONDS_PER_DAY,
         state_path=config.state_dir / "drift_state.json",
     )
-    return DriftLoop(loop_config, drift_config, DriftMetrics(metrics.registry), trigger)
+    quality = QualityMonitor(
+        QualityMetrics(metrics.registry),
+        censor_after_s=(config.label_delay_days + 7) * c.SECONDS_PER_DAY,
+    )
+    return DriftLoop(
+        loop_config, drift_config, DriftMetrics(metrics.registry), trigger, quality=quality
+    )
 
 
 def _kafka_args(parser: argparse.ArgumentParser) -> None:

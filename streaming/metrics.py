@@ -140,6 +140,12 @@ class StreamMetrics:
             ["reason_kind"],
             registry=r,
         )
+        # Every reason kind at 0 from the start: the dead-letter rate alert's increase() would
+        # miss the first dead letter of a series that appears at 1.
+        from streaming.messages import REASON_KINDS
+
+        for kind in REASON_KINDS:
+            self.dead_lettered.labels(kind)
         self.labels_consumed = Counter(LABELS_CONSUMED, "Labels read", registry=r)
         self.labels_rejected = Counter(LABELS_REJECTED, "Unreadable labels skipped", registry=r)
         self.replayed_for_state = Counter(
