@@ -131,6 +131,7 @@ def stream_replay(args: argparse.Namespace, settings: Settings | None = None) ->
 def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -> int:
     from streaming.consumer import ConsumerConfig, StreamConsumer
     from streaming.metrics import StreamMetrics
+    from streaming.review_labels import label_endpoint
     from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
     _setup_logging(args.verbose)
@@ -172,8 +173,14 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
     drift_on = args.drift_window or args.drift_window_time
     drift_loop = _drift_loop(args, settings, config, metrics) if drift_on else None
     consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop)
+    reviews = _review_publisher(args, config)
     server = (
-        metrics.serve(args.metrics_port, addr=args.metrics_host, health=consumer.health)
+        metrics.serve(
+            args.metrics_port,
+            addr=args.metrics_host,
+            health=consumer.health,
+            labels=None if reviews is None else label_endpoint(reviews),
+        )
         if args.metrics_port
         else None
     )
@@ -194,8 +201,23 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
             signal.signal(sig, handler)
         if server is not None:
             server.shutdown()
+        if reviews is not None:
+            reviews.close()
     print(summary.describe())
     return 0
+
+
+def _review_publisher(args: argparse.Namespace, config: Any) -> Any:
+    """The publisher behind POST /labels, with ``--review-ledger`` (which needs the port)."""
+    if args.review_ledger is None:
+        return None
+    if not args.metrics_port:
+        raise ValueError("--review-ledger serves POST /labels on --metrics-port: set both")
+    from streaming.review_labels import ReviewLabelPublisher
+
+    return ReviewLabelPublisher(
+        config.bootstrap_servers, args.review_ledger, config.topics, config.security
+    )
 
 
 # --- registration ----------------------------------------------------------------------------

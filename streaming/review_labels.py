@@ -2,8 +2,9 @@
 
 A blocked transaction gets no natural label (a declined payment is not disputed), and a
 reviewed one is labelled by whoever reviews it: ``ReviewLabelPublisher.publish`` turns such a
-confirmed outcome into a label message (``messages.LABEL_FIELDS``, keyed by terminal like the
-replayed labels) and keeps a ledger of what it published, a JSON-lines file:
+confirmed outcome into a label message (``messages.LABEL_FIELDS``, keyed by transaction id, so
+a compacted labels topic keeps one per transaction) and keeps a ledger of what it published, a
+JSON-lines file:
 
 * the same outcome for a transaction again is acknowledged without a second message, so a
   retried request or a double click changes nothing (the consumer and the monitors judge each
@@ -13,13 +14,15 @@ replayed labels) and keeps a ledger of what it published, a JSON-lines file:
 * a message is recorded in the ledger only once the broker acknowledged it.
 
 The message is checked by the consumer's own parser (``messages.parse_label``) before it is
-sent: what is published is what the consumer accepts. Thread-safe (the HTTP endpoint of
-``fraud label serve`` calls it from its request threads).
+sent: what is published is what the consumer accepts. Thread-safe: ``label_endpoint``, the
+``POST /labels`` of the consumer's metrics server (``fraud stream consume --review-ledger``),
+calls it from its request threads; ``fraud label publish`` is the command.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -32,7 +35,11 @@ from core.settings import Topics
 from streaming.kafka_config import KafkaSecurity, client_config
 from streaming.messages import LABEL_FIELDS, Rejected, iso_from_epoch, label_message, parse_label
 
+log = logging.getLogger(__name__)
+
 PUBLISHED, ALREADY_PUBLISHED = "published", "already published"
+# A review outcome is a few hundred bytes: anything far larger is not one.
+MAX_BODY_BYTES = 64 * 1024
 # What a caller gives: the label fields but the availability time, which defaults to now.
 OUTCOME_FIELDS = tuple(f for f in LABEL_FIELDS if f != c.LABEL_AVAILABLE_AT)
 
@@ -126,7 +133,8 @@ class ReviewLabelPublisher:
                     f"transaction {label.transaction_id} was labelled {c.LABEL}={before} "
                     f"before; a published label cannot be changed"
                 )
-            future = self._producer.send(self.topic, key=label.terminal_id.encode(), value=message)
+            key = label.transaction_id.encode()
+            future = self._producer.send(self.topic, key=key, value=message)
             future.get(timeout=self.send_timeout_s)
             self._record(label.transaction_id, label.is_fraud)
         return PUBLISHED
@@ -141,3 +149,45 @@ class ReviewLabelPublisher:
 
     def close(self) -> None:
         self._producer.close(timeout=self.send_timeout_s)
+
+
+def label_endpoint(publisher: ReviewLabelPublisher) -> Any:
+    """A WSGI app for ``POST /labels``: the JSON body is one outcome (``label_from_outcome``).
+
+    Answers 200 ``{"status": PUBLISHED | ALREADY_PUBLISHED, "transaction_id": ...}``; 400 naming
+    what is wrong with the body; 409 for a conflicting outcome; 413 for a body over
+    ``MAX_BODY_BYTES``; 503 when the broker did not take it (nothing recorded: retry)."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        code, body = _answer(publisher, environ)
+        reason = {200: "OK", 400: "Bad Request", 405: "Method Not Allowed", 409: "Conflict"}
+        reason |= {413: "Content Too Large", 503: "Service Unavailable"}
+        start_response(f"{code} {reason[code]}", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode() + b"\n"]
+
+    return app
+
+
+def _answer(publisher: ReviewLabelPublisher, environ: dict[str, Any]) -> tuple[int, dict]:
+    if environ.get("REQUEST_METHOD") != "POST":
+        return 405, {"error": "POST one review outcome as a JSON object"}
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 400, {"error": f"bad Content-Length {environ.get('CONTENT_LENGTH')!r}"}
+    if length > MAX_BODY_BYTES:
+        return 413, {"error": f"body of {length} bytes; an outcome is at most {MAX_BODY_BYTES}"}
+    try:
+        outcome = json.loads(environ["wsgi.input"].read(length) or b"null")
+    except ValueError as err:
+        return 400, {"error": f"the body is not JSON: {err}"}
+    try:
+        status = publisher.publish(outcome)
+    except LabelConflict as err:
+        return 409, {"error": str(err)}
+    except ValueError as err:
+        return 400, {"error": str(err)}
+    except Exception as err:  # noqa: BLE001 - the broker's failure, answered and logged
+        log.error("review outcome not published: %s", err, exc_info=True)
+        return 503, {"error": f"not published, retry: {type(err).__name__}: {err}"}
+    return 200, {"status": status, c.TRANSACTION_ID: str(outcome[c.TRANSACTION_ID])}
