@@ -14,7 +14,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # dvc.yaml stages and the pipeline components call `fraud` and `python3`: use the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint format lock bench clean-venv monitoring-tools
+.PHONY: run test lint format lock bench clean-venv monitoring-tools dashboards
 
 # The stamp records the lock and pyproject it was built from, so a changed lock reinstalls.
 $(STAMP): $(LOCK) pyproject.toml
@@ -46,6 +46,11 @@ test: $(STAMP) monitoring-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# docs/img's dashboard renders: the monitoring tests' stack (broker, model server, consumer,
+# Prometheus) drawn panel by panel by monitoring/dashboard_render.py.
+dashboards: $(STAMP) monitoring-tools
+	FRAUD_DASHBOARD_IMG_DIR=docs/img $(BIN)/python -m pytest -q tests/test_monitoring_prometheus.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.all

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +46,7 @@ from stream_fixtures import (
 from core import contract as c
 from core.metadata import ALERT_PRECISION, ModelMetadata
 from monitoring import alert_rules as ar
+from monitoring import dashboard_render as dr
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +134,7 @@ class Stack:
     later: pd.DataFrame  # transactions held back for the outage test
     replayed: int
     registry: Any  # the consumer's metrics
+    started_at: float  # epoch seconds, before the first scrape
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +150,7 @@ def stack(broker, model_store, prometheus, tmp_path_factory) -> Iterator[Stack]:
     from streaming.replay import load_replay_frame, replay_frame
     from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
+    started_at = time.time()
     tmp = tmp_path_factory.mktemp("monitored")
     df = simulated(n_customers=150, n_days=21, seed=7)
     base = tmp / "models" / MODEL_NAME
@@ -241,6 +246,7 @@ def stack(broker, model_store, prometheus, tmp_path_factory) -> Iterator[Stack]:
             later,
             decided,
             metrics.registry,
+            started_at,
         )
     finally:
         prometheus.load_rules("groups: []\n")
@@ -260,21 +266,12 @@ def test_prometheus_scrapes_the_consumer_and_the_model_server(stack: Stack, prom
 def dashboard_queries() -> list[tuple[str, str]]:
     """(dashboard file: panel title, PromQL) of every panel target of every dashboard, with the
     dashboard's variables at their defaults and ``$__rate_interval`` at RATE_INTERVAL."""
-    queries = []
-    for path in DASHBOARDS:
-        dashboard = json.loads(path.read_text())
-        variables = {
-            v["name"]: v["current"]["value"]
-            for v in dashboard["templating"]["list"]
-            if v["type"] == "custom"
-        }
-        for panel in dashboard["panels"]:
-            for target in panel.get("targets", []):
-                expr = target["expr"].replace("$__rate_interval", RATE_INTERVAL)
-                for name, value in variables.items():
-                    expr = expr.replace(f"${name}", value)
-                queries.append((f"{path.name}: {panel['title']}", expr))
-    return queries
+    return [
+        (f"{path.name}: {panel.title}", expr)
+        for path in DASHBOARDS
+        for panel in dr.panels(json.loads(path.read_text()), RATE_INTERVAL)
+        for expr, _legend in panel.targets
+    ]
 
 
 def _has_data(result: list[dict[str, Any]]) -> bool:
@@ -361,3 +358,16 @@ def test_stopping_the_model_server_fires_the_holding_alert_until_it_is_back(
     )
     total = stack.replayed + len(stack.later)
     wait_for(lambda: stack.consumer.summary.decided >= total, DEADLINE_S, "held batch decided")
+
+
+def test_every_dashboard_renders_with_data_in_every_panel(stack: Stack, prometheus, tmp_path):
+    """Each dashboard as a user would see it, from this stack's Prometheus (run last: the
+    outage shows). ``FRAUD_DASHBOARD_IMG_DIR`` keeps the PNGs (``make dashboards``: docs/img)."""
+    out_dir = Path(os.environ.get("FRAUD_DASHBOARD_IMG_DIR") or tmp_path)
+    start, end = stack.started_at, time.time()
+    for path in DASHBOARDS:
+        png = out_dir / dr.png_name(path)
+        counts = dr.render(path, prometheus.url, png, start, end, step=2.0, rate_interval="30s")
+        assert png.stat().st_size > 50_000, png
+        empty = [title for title, n in counts.items() if n == 0]
+        assert not empty, f"{path.name}: panels without data {empty}"
