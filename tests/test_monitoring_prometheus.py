@@ -321,6 +321,7 @@ def _fires(stack: Stack, prometheus, webhook, name: str) -> dict[str, Any]:
         "FraudDriftDetected",
         "FraudPrecisionBelowTraining",
         "FraudNoNewModel",
+        "FraudRetrainFailed",
     ],
 )
 def test_model_alert_fires_and_reaches_the_webhook(
