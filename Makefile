@@ -14,7 +14,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # dvc.yaml stages and the pipeline components call `fraud` and `python3`: use the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint format lock bench clean-venv
+.PHONY: run test lint format lock bench clean-venv monitoring-tools dashboards
 
 # The stamp records the lock and pyproject it was built from, so a changed lock reinstalls.
 $(STAMP): $(LOCK) pyproject.toml
@@ -30,10 +30,27 @@ run: $(STAMP)
 	  $(BIN)/fraud demo --run-dir $$run_dir && \
 	  $(BIN)/python -m bench.demo_figures $$run_dir
 
-test: $(STAMP)
+# The alerting tests run a real Prometheus and Alertmanager: Debian's packages, installed when
+# missing (as root, or with sudo).
+MONITORING_TOOLS := prometheus promtool prometheus-alertmanager amtool
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+monitoring-tools:
+	@for tool in $(MONITORING_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    prometheus prometheus-alertmanager; \
+	fi
+
+test: $(STAMP) monitoring-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# docs/img's dashboard renders: the monitoring tests' stack (broker, model server, consumer,
+# Prometheus) drawn panel by panel by monitoring/dashboard_render.py.
+dashboards: $(STAMP) monitoring-tools
+	FRAUD_DASHBOARD_IMG_DIR=docs/img $(BIN)/python -m pytest -q tests/test_monitoring_prometheus.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.all

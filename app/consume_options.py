@@ -4,6 +4,7 @@ retraining. Their defaults are the config classes' own (``ConsumerConfig``, ``Dr
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from core import contract as c
 from monitoring.drift import DriftConfig
@@ -80,6 +81,12 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="address the metrics and health server binds (default loopback; 0.0.0.0 to let "
         "Prometheus and the kubelet reach it from outside the pod)",
+    )
+    con.add_argument(
+        "--review-ledger",
+        type=Path,
+        help="take analysts' review outcomes on POST /labels of the metrics port and publish "
+        "them to the labels topic once per transaction, recorded in this JSON-lines ledger",
     )
     con.add_argument(
         "--snapshot-interval-seconds",

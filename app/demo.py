@@ -359,6 +359,7 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
         )
     rows = r.summary_rows(summary)
     figs = r.plots(scored_live, onset, first_version, windows, pr)
+    figs["analyst"] = r.analyst_plot(r.analyst_figures(scored_live, alert_budgets(models)))
     notes = [
         f"run directory: {run_dir}",
         "AP phases use live decisions joined with the simulator's labels; PR curves score the "
@@ -368,6 +369,17 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
     summary["table"] = r.format_table(rows)
     summary["report"] = str(report)
     return summary
+
+
+def alert_budgets(models: Path) -> dict[str, float]:
+    """Each pushed version's expected alert rate (its evaluation window's): the alert budget."""
+    from core.metadata import ModelMetadata
+
+    budgets = {}
+    for version_dir in sorted(p for p in models.iterdir() if p.name.isdigit()):
+        stats = ModelMetadata.read(version_dir).training_stats
+        budgets[version_dir.name] = float(stats.get("expected_alert_rate", float("nan")))
+    return budgets
 
 
 def offline_scores(truth, tx_ids, models: Path, versions: list[str]) -> dict:

@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 
 from core import contract as c
+from streaming.messages import DecisionFields as D
+
+ALERTS = (c.REVIEW, c.BLOCK)
 
 
 @dataclass
@@ -39,8 +42,7 @@ def join_truth(decisions: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """One row per transaction (the first decision; at-least-once may repeat some) + labels."""
     first = decisions.drop_duplicates(c.TRANSACTION_ID, keep="first")
     cols = [c.TRANSACTION_ID, c.TIMESTAMP, c.LABEL]
-    if c.FRAUD_PATTERN in truth.columns:
-        cols.append(c.FRAUD_PATTERN)
+    cols += [name for name in (c.AMOUNT, c.FRAUD_PATTERN) if name in truth.columns]
     return first.merge(truth[cols], on=c.TRANSACTION_ID, how="inner", suffixes=("_decision", ""))
 
 
@@ -144,6 +146,71 @@ def plots(
         figs["pr"] = _png(fig)
         plt.close(fig)
     return figs
+
+
+def analyst_figures(joined: pd.DataFrame, budgets: dict[str, float]) -> pd.DataFrame:
+    """The analyst's key figures per event-time day and model version, from ``join_truth``'s
+    rows: alerts (review + block), frauds, caught frauds, precision and recall of the alerts,
+    the fraud money blocked, reviewed and missed (approved), and the alert budget (the version's
+    expected alert rate times its transactions)."""
+    decision = joined[D.DECISION]
+    fraud = joined[c.LABEL].astype(bool)
+    alert = decision.isin(ALERTS)
+    frame = pd.DataFrame(
+        {
+            "day": joined[c.TIMESTAMP].dt.floor("D"),
+            "version": joined[D.MODEL_VERSION].astype(str),
+            "alerts": alert,
+            "frauds": fraud,
+            "caught": alert & fraud,
+        }
+    )
+    for name, chosen in (("blocked", c.BLOCK), ("reviewed", c.REVIEW), ("missed", c.APPROVE)):
+        frame[name] = joined[c.AMOUNT].where(fraud & (decision == chosen), 0.0)
+    out = frame.groupby(["day", "version"]).agg(
+        transactions=("alerts", "size"),
+        **{k: (k, "sum") for k in ("alerts", "frauds", "caught", "blocked", "reviewed", "missed")},
+    )
+    out["precision"] = out["caught"] / out["alerts"].where(out["alerts"] > 0)
+    out["recall"] = out["caught"] / out["frauds"].where(out["frauds"] > 0)
+    versions = out.index.get_level_values("version")
+    out["budget"] = out["transactions"] * versions.map(budgets).astype(float)
+    return out.reset_index()
+
+
+def analyst_plot(figures: pd.DataFrame) -> str:
+    """``analyst_figures`` over the run as one PNG (base64): precision and recall per version,
+    fraud money by decision, alert volume against the budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 9), sharex=True)
+    ax = axes[0]
+    for version, rows in figures.groupby("version"):
+        line = ax.plot(rows["day"], rows["precision"], marker=".", label=f"precision v{version}")
+        color = line[0].get_color()
+        ax.plot(rows["day"], rows["recall"], ls="--", color=color, label=f"recall v{version}")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Alert precision and recall per day, per model version")
+    ax.legend(fontsize=7)
+    daily = figures.groupby("day").sum(numeric_only=True)
+    ax = axes[1]
+    for name in ("blocked", "reviewed", "missed"):
+        ax.plot(daily.index, daily[name], marker=".", label=name)
+    ax.set_title("Fraud money blocked, sent to review and missed per day")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    ax.bar(daily.index, daily["alerts"], width=0.8, label="alerts (review + block)")
+    ax.plot(daily.index, daily["budget"], "k--", marker=".", label="alert budget")
+    ax.set_title("Alert volume per day against the budget")
+    ax.legend(fontsize=7)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    png = _png(fig)
+    plt.close(fig)
+    return png
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str]]:

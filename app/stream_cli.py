@@ -131,6 +131,7 @@ def stream_replay(args: argparse.Namespace, settings: Settings | None = None) ->
 def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -> int:
     from streaming.consumer import ConsumerConfig, StreamConsumer
     from streaming.metrics import StreamMetrics
+    from streaming.review_labels import label_endpoint
     from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
     _setup_logging(args.verbose)
@@ -178,8 +179,14 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
     drift_on = args.drift_window or args.drift_window_time
     drift_loop = _drift_loop(args, settings, config, metrics) if drift_on else None
     consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop)
+    reviews = _review_publisher(args, config)
     server = (
-        metrics.serve(args.metrics_port, addr=args.metrics_host, health=consumer.health)
+        metrics.serve(
+            args.metrics_port,
+            addr=args.metrics_host,
+            health=consumer.health,
+            labels=None if reviews is None else label_endpoint(reviews),
+        )
         if args.metrics_port
         else None
     )
@@ -200,19 +207,36 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
             signal.signal(sig, handler)
         if server is not None:
             server.shutdown()
+        if reviews is not None:
+            reviews.close()
     print(summary.describe())
     return 0
+
+
+def _review_publisher(args: argparse.Namespace, config: Any) -> Any:
+    """The publisher behind POST /labels, with ``--review-ledger`` (which needs the port)."""
+    if args.review_ledger is None:
+        return None
+    if not args.metrics_port:
+        raise ValueError("--review-ledger serves POST /labels on --metrics-port: set both")
+    from streaming.review_labels import ReviewLabelPublisher
+
+    return ReviewLabelPublisher(
+        config.bootstrap_servers, args.review_ledger, config.topics, config.security
+    )
 
 
 # --- registration ----------------------------------------------------------------------------
 
 
 def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metrics: Any) -> Any:
-    """The drift monitor (+ retrain trigger) on the consumer's own metrics registry."""
+    """The drift monitor (+ retrain trigger) and the model-quality monitor on the consumer's own
+    metrics registry."""
     from core.durations import parse_duration
     from monitoring.drift import DriftConfig
     from monitoring.loop import DriftLoop, DriftLoopConfig
-    from monitoring.metrics import DriftMetrics, RetrainMetrics
+    from monitoring.metrics import DriftMetrics, QualityMetrics, RetrainMetrics
+    from monitoring.quality import QualityMonitor
 
     low, high = (float(x) for x in args.drift_alert_bounds.split(","))
     timed = {}
@@ -271,7 +295,13 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
         label_wait_s=wait_days * c.SECONDS_PER_DAY,
         state_path=config.state_dir / "drift_state.json",
     )
-    return DriftLoop(loop_config, drift_config, DriftMetrics(metrics.registry), trigger)
+    quality = QualityMonitor(
+        QualityMetrics(metrics.registry),
+        censor_after_s=(config.label_delay_days + 7) * c.SECONDS_PER_DAY,
+    )
+    return DriftLoop(
+        loop_config, drift_config, DriftMetrics(metrics.registry), trigger, quality=quality
+    )
 
 
 def _kafka_args(parser: argparse.ArgumentParser) -> None:

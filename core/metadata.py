@@ -26,6 +26,10 @@ SCHEMA_VERSION = 1
 METADATA_FILE = "assets.extra/fraud_metadata.json"
 SCHEMA_KEY = "schema_version"
 _REQUIRED = ("model_name", "thresholds", "label_delay_days")
+# Keys of ``ModelMetadata.metrics`` that live monitoring compares with: precision and recall of
+# the model's alerts (score at or above the review threshold) on its evaluation window.
+ALERT_PRECISION = "alert_precision"
+ALERT_RECALL = "alert_recall"
 
 
 class MetadataError(ValueError):

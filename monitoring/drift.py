@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.metadata import ModelMetadata
+from core.metadata import ALERT_PRECISION, ModelMetadata
 from monitoring.checks.distribution import js_distance, psi
 from monitoring.checks.labels import LiveLabels
 from monitoring.checks.night import NightExcess, night_excess
@@ -135,6 +135,7 @@ class DriftMonitor:
         # Everything is parsed before anything is assigned: a bad new reference leaves the
         # monitor on the old one.
         template = reference_window(metadata, self.config)
+        created = _created_timestamp(metadata)
         self.model_name: str | None = metadata.model_name
         self.model_version: int | None = metadata.version
         self.review_threshold = metadata.thresholds.review
@@ -144,6 +145,8 @@ class DriftMonitor:
         self.feature_names: tuple[str, ...] = tuple(template.inputs.profiles)
         self._template = template
         self.metrics.expected_alert_rate.set(self.expected_alert_rate)
+        self.metrics.expected_precision.set(float(metadata.metrics.get(ALERT_PRECISION, math.nan)))
+        self.metrics.model_created.set(created)
         if self.model_version is not None:
             self.metrics.model_version.set(self.model_version)
 
@@ -419,3 +422,18 @@ class DriftMonitor:
     @property
     def pending_labels(self) -> int:
         return len(self.labels.pending)
+
+
+def _created_timestamp(metadata: ModelMetadata) -> float:
+    """``created_at`` as Unix time (NaN when the metadata does not say)."""
+    if metadata.created_at is None:
+        return math.nan
+    try:
+        created = datetime.fromisoformat(metadata.created_at)
+    except ValueError as err:
+        raise ValueError(
+            f"model {metadata.model_name} version {metadata.version}: created_at "
+            f"{metadata.created_at!r} is no ISO 8601 time"
+        ) from err
+    # The pipeline writes UTC; a time without an offset is read as UTC too.
+    return (created if created.tzinfo else created.replace(tzinfo=UTC)).timestamp()

@@ -2,7 +2,8 @@
 
 ``DriftLoop`` is the glue between the consumer and two self-contained parts:
 ``monitoring.drift.DriftMonitor`` (windowed drift statistics) and
-``monitoring.retrain.RetrainTrigger`` (single-flight retraining). Its policy:
+``monitoring.retrain.RetrainTrigger`` (single-flight retraining), and feeds every decision and
+label to an optional ``monitoring.quality.QualityMonitor``. Its policy:
 
 * features are only compared once the consumer's feature state covers the longest window
   (``warmup_s`` of event time after the first transaction it saw): before that, window counts are
@@ -69,12 +70,14 @@ class DriftLoop:
         metrics: Any,
         trigger: Any | None = None,
         publish: Callable[[dict[str, Any]], None] | None = None,
+        quality: Any | None = None,
     ):
         self.config = config
         self.drift_config = drift_config
         self.metrics = metrics
         self.trigger = trigger
         self.publish = publish
+        self.quality = quality
         self.monitor: Any | None = None
         self._first_event: float | None = None
         self._last_window = -1
@@ -182,6 +185,9 @@ class DriftLoop:
         transaction_ids: Sequence[str],
     ) -> list[Any]:
         """Feed one decided batch; returns the drift events it closed."""
+        if self.quality is not None:
+            # Quality is judged on every decision: the warm-up only concerns feature windows.
+            self.quality.observe(version, inputs, scores, decisions, event_times, transaction_ids)
         times = np.asarray(event_times, dtype=np.int64)
         if not len(times) or not self._ensure_monitor(int(version)):
             return []
@@ -250,6 +256,8 @@ class DriftLoop:
     def add_labels(self, labels: Any) -> None:
         if self.monitor is not None:
             self.monitor.add_labels(labels)
+        if self.quality is not None:
+            self.quality.add_labels(labels)
 
     def _log_window(self) -> None:
         if self.monitor is None:

@@ -8,8 +8,12 @@ to this module and discovers the ``*Metrics`` classes defined in it.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable
 from typing import Any
+
+from monitoring.drift_events import EVENT_KINDS
 
 # --- metric names (a contract with the Grafana dashboard: add, never rename) --------------------
 
@@ -27,6 +31,8 @@ SUSTAINED = DRIFT_PREFIX + "sustained"
 CONSECUTIVE_WINDOWS = DRIFT_PREFIX + "consecutive_windows"
 LABELS_MATCHED = DRIFT_PREFIX + "labels_matched"  # counter
 MODEL_VERSION = DRIFT_PREFIX + "model_version"
+EXPECTED_PRECISION = DRIFT_PREFIX + "expected_precision"
+MODEL_CREATED = DRIFT_PREFIX + "model_created_timestamp_seconds"
 
 RETRAIN_PREFIX = "fraud_retrain_"
 RETRAIN_RUNS = RETRAIN_PREFIX + "runs"  # counter, label: outcome
@@ -93,8 +99,27 @@ class DriftMetrics:
         self.model_version = Gauge(
             MODEL_VERSION, "Version whose training statistics are the reference", registry=r
         )
-        for g in (self.live_precision, self.live_recall):
+        self.expected_precision = Gauge(
+            EXPECTED_PRECISION,
+            "Precision of the reference model's alerts on its evaluation window (NaN = unknown)",
+            registry=r,
+        )
+        self.model_created = Gauge(
+            MODEL_CREATED,
+            "Unix time the reference model was created (NaN = unknown)",
+            registry=r,
+        )
+        for g in (
+            self.live_precision,
+            self.live_recall,
+            self.expected_precision,
+            self.model_created,
+        ):
             g.set(math.nan)
+        # Every kind exported from the start at 0: increase() over a series that appears at 1
+        # misses that first event, and alert rules on it would not fire.
+        for kind in EVENT_KINDS:
+            self.events.labels(kind)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
         from prometheus_client import start_http_server
@@ -132,6 +157,87 @@ class RetrainMetrics:
         self.last_pushed_version = Gauge(
             RETRAIN_LAST_PUSHED_VERSION, "Model version the last pushing run created", registry=r
         )
+        # At 0 from the start, so increase() sees the first failed run (see DriftMetrics.events).
+        for outcome in RETRAIN_OUTCOMES:
+            self.runs.labels(outcome)
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        return server
+
+
+# --- model quality from delayed labels (monitoring.quality) ------------------------------------
+
+QUALITY_PREFIX = "fraud_quality_"
+# Counters, labels: model_version, segment, band, decision, fraud ("1"/"0").
+LABELLED = QUALITY_PREFIX + "labelled"
+LABELLED_AMOUNT = QUALITY_PREFIX + "labelled_amount"
+# Counter, labels: model_version, decision. Decisions whose label never came (censored).
+UNLABELLED = QUALITY_PREFIX + "unlabelled"
+# Gauges, label: model_version. Over the most recent labelled decisions of each version.
+AVERAGE_PRECISION = QUALITY_PREFIX + "average_precision"
+WINDOW_LABELS = QUALITY_PREFIX + "window_labels"
+# The segment of every transaction: the whole stream.
+ALL_SEGMENT = "all"
+SEGMENT_LABELS = ("model_version", "segment", "band", "decision", "fraud")
+
+
+class QualityMetrics:
+    """Instruments of ``monitoring.quality.QualityMonitor``, in their own registry unless one is
+    given. Series are per model version; ``forget_version`` drops a version's."""
+
+    def __init__(self, registry: Any | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.labelled = Counter(
+            LABELLED,
+            "Decisions whose label arrived, by model version, segment band, decision and truth",
+            SEGMENT_LABELS,
+            registry=r,
+        )
+        self.labelled_amount = Counter(
+            LABELLED_AMOUNT,
+            "Amount of the labelled decisions (money blocked, reviewed, missed)",
+            SEGMENT_LABELS,
+            registry=r,
+        )
+        self.unlabelled = Counter(
+            UNLABELLED,
+            "Decisions still without a label past the label delay (censored), by decision",
+            ["model_version", "decision"],
+            registry=r,
+        )
+        self.average_precision = Gauge(
+            AVERAGE_PRECISION,
+            "Average precision of the scores over the version's recent labelled decisions",
+            ["model_version"],
+            registry=r,
+        )
+        self.window_labels = Gauge(
+            WINDOW_LABELS,
+            "Labelled decisions in the average-precision window",
+            ["model_version"],
+            registry=r,
+        )
+
+    def forget_version(self, version: str, keys: Iterable[tuple[str, ...]]) -> None:
+        """Remove the series of ``version``: ``keys`` are the (segment, band, decision, fraud)
+        values it was exported with (bounded cardinality: old versions go)."""
+        keys = list(keys)
+        for segment, band, decision, fraud in keys:
+            for metric in (self.labelled, self.labelled_amount):
+                with contextlib.suppress(KeyError):
+                    metric.remove(version, segment, band, decision, fraud)
+        for decision in {key[2] for key in keys}:
+            with contextlib.suppress(KeyError):
+                self.unlabelled.remove(version, decision)
+        for gauge in (self.average_precision, self.window_labels):
+            with contextlib.suppress(KeyError):
+                gauge.remove(version)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
         from prometheus_client import start_http_server

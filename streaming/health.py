@@ -5,7 +5,8 @@ and while it waits for the model server), 503 when it has been stuck longer than
 ``liveness_timeout_s``: restarting the pod is then the remedy. ``GET /ready`` answers 200 once
 the loop runs and while decisions are being made, 503 with the reason while the model server
 has been unavailable for longer than the consumer's lag bound (decisions are late or fall
-back). ``GET /metrics`` is the Prometheus exposition.
+back). ``GET /metrics`` is the Prometheus exposition. With a ``labels`` app,
+``POST /labels`` takes analysts' review outcomes (``streaming.review_labels.label_endpoint``).
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
-def serve(registry: Any, health: ConsumerHealth, port: int, host: str) -> Any:
-    """Serve /metrics, /healthz and /ready on ``host:port`` in a daemon thread; returns the
-    server (``shutdown()`` stops it)."""
+def serve(
+    registry: Any, health: ConsumerHealth, port: int, host: str, labels: Any | None = None
+) -> Any:
+    """Serve /metrics, /healthz and /ready (and /labels with the ``labels`` WSGI app) on
+    ``host:port`` in a daemon thread; returns the server (``shutdown()`` stops it)."""
     from prometheus_client import make_wsgi_app
 
     metrics_app = make_wsgi_app(registry)
@@ -89,6 +92,8 @@ def serve(registry: Any, health: ConsumerHealth, port: int, host: str) -> Any:
             status = "200 OK" if ok else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
             return [why.encode() + b"\n"]
+        if path == "/labels" and labels is not None:
+            return labels(environ, start_response)
         return metrics_app(environ, start_response)
 
     server = make_server(

@@ -140,6 +140,12 @@ class StreamMetrics:
             ["reason_kind"],
             registry=r,
         )
+        # Every reason kind at 0 from the start: the dead-letter rate alert's increase() would
+        # miss the first dead letter of a series that appears at 1.
+        from streaming.messages import REASON_KINDS
+
+        for kind in REASON_KINDS:
+            self.dead_lettered.labels(kind)
         self.labels_consumed = Counter(LABELS_CONSUMED, "Labels read", registry=r)
         self.labels_rejected = Counter(LABELS_REJECTED, "Unreadable labels skipped", registry=r)
         self.replayed_for_state = Counter(
@@ -240,10 +246,12 @@ class StreamMetrics:
             FALLBACK_BACKLOG, "Fallback-decided transactions awaiting their re-score", registry=r
         )
 
-    def serve(self, port: int, addr: str = "127.0.0.1", health: Any = None) -> Any:
-        """Expose /metrics (and, with ``health``, /healthz and /ready: see
-        streaming.health) on ``addr:port`` in a daemon thread; returns the server
-        (``shutdown()``). Loopback by default: exposing it is a deployment's decision."""
+    def serve(
+        self, port: int, addr: str = "127.0.0.1", health: Any = None, labels: Any = None
+    ) -> Any:
+        """Expose /metrics (and, with ``health``, /healthz and /ready; with ``labels``,
+        POST /labels: see streaming.health) on ``addr:port`` in a daemon thread; returns the
+        server (``shutdown()``). Loopback by default: exposing it is a deployment's decision."""
         from streaming.health import ConsumerHealth, serve
 
-        return serve(self.registry, health or ConsumerHealth(), port, addr)
+        return serve(self.registry, health or ConsumerHealth(), port, addr, labels)

@@ -1,6 +1,7 @@
 """Shared fixtures: the foundation tests' simulations (schema, simulator, features, DVC) here,
-and, registered as a plugin, those of the tests on real parts (tests/stream_fixtures.py: tiny
-models, broker, model server)."""
+and, registered as plugins, those of the tests on real parts (tests/stream_fixtures.py: tiny
+models, broker, model server; tests/prometheus_fixtures.py: Prometheus, Alertmanager and a
+webhook receiver)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from core.simulator import SimulationConfig, simulate
 
-pytest_plugins = ["stream_fixtures"]
+pytest_plugins = ["stream_fixtures", "prometheus_fixtures"]
 
 # Default rates and a default-like population density (customers per terminal), at a size that
 # simulates in about a second.

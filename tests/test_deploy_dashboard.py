@@ -1,4 +1,5 @@
-"""The Grafana dashboard (k8s/grafana/fraud-dashboard.json) queries only metrics the code exports.
+"""The Grafana dashboards (k8s/grafana/*.json: operations, model performance) query only metrics
+the code exports.
 
 Metric names are pulled out of every panel's PromQL and looked up among the names the
 exporters register. The exporters are found, not listed by hand: every module of the layered
@@ -34,6 +35,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "k8s/grafana/fraud-dashboard.json"
+PERFORMANCE = ROOT / "k8s/grafana/model-performance-dashboard.json"
+DASHBOARDS = sorted((ROOT / "k8s/grafana").glob("*.json"))
 
 PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
     "root_packages"
@@ -179,16 +182,21 @@ def test_exporters_register_the_core_families() -> None:
 # --- the dashboard -----------------------------------------------------------------------------
 
 
-def dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
+def dashboard(path: Path = DASHBOARD) -> dict:
+    return json.loads(path.read_text())
 
 
-def query_panels() -> list[dict]:
-    return [p for p in dashboard()["panels"] if p["type"] != "row"]
+def query_panels(path: Path = DASHBOARD) -> list[dict]:
+    return [p for p in dashboard(path)["panels"] if p["type"] != "row"]
 
 
-def test_dashboard_structure() -> None:
-    dash = dashboard()
+def test_both_dashboards_are_there() -> None:
+    assert sorted([DASHBOARD, PERFORMANCE]) == DASHBOARDS
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_structure(path: Path) -> None:
+    dash = dashboard(path)
     assert dash["uid"] and dash["title"]
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
@@ -197,7 +205,7 @@ def test_dashboard_structure() -> None:
         assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, p["title"]
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
-    for p in query_panels():
+    for p in query_panels(path):
         assert p["targets"], p["title"]
         for t in p["targets"]:
             assert t["expr"].strip(), p["title"]
@@ -225,6 +233,25 @@ def test_dashboard_covers_the_operational_questions() -> None:
         assert needle in exprs[title], title
 
 
+def test_model_performance_dashboard_covers_the_analyst_questions() -> None:
+    exprs = {
+        p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in query_panels(PERFORMANCE)
+    }
+    expected = {
+        "Precision": "fraud_drift_live_precision",
+        "Recall": 'fraud="1"',
+        "False-positive rate": 'fraud="0"',
+        "Average precision": "fraud_quality_average_precision",
+        "Fraud money blocked, reviewed, missed": "fraud_quality_labelled_amount_total",
+        "Alert rate against the budget": "fraud_drift_expected_alert_rate",
+        "Labelled and censored decisions": "fraud_quality_unlabelled_total",
+        "Precision by segment": "by (segment, band)",
+        "Missed fraud money by segment": 'decision="approve"',
+    }
+    for title, needle in expected.items():
+        assert needle in exprs[title], title
+
+
 def test_tf_serving_names_exist_in_real_tf_serving() -> None:
     for p in query_panels():
         for t in p["targets"]:
@@ -246,8 +273,12 @@ def test_a_misspelt_metric_is_caught() -> None:
     assert check_panel(panel) == {"fraud_stream_consumd_total"}
 
 
-@pytest.mark.parametrize("title", [p["title"] for p in query_panels()])
-def test_panel_metrics_are_exported(title: str) -> None:
-    panel = next(p for p in query_panels() if p["title"] == title)
+@pytest.mark.parametrize(
+    ("path", "title"),
+    [(path, p["title"]) for path in DASHBOARDS for p in query_panels(path)],
+    ids=lambda v: v.name if isinstance(v, Path) else v,
+)
+def test_panel_metrics_are_exported(path: Path, title: str) -> None:
+    panel = next(p for p in query_panels(path) if p["title"] == title)
     unknown = check_panel(panel)
     assert not unknown, f"{title}: no exporter registers {sorted(unknown)}"

@@ -8,9 +8,10 @@ No cluster and no Docker daemon are needed. What runs here:
     client-side validation of required fields), and every field name exists in the model, so a
     misspelt key cannot hide;
   - Strimzi (Kafka, KafkaNodePool, KafkaTopic) and Prometheus Operator (ServiceMonitor,
-    PodMonitor) resources against the minimal schemas below, written from the published CRDs of
-    Strimzi 1.0 (kafka.strimzi.io/v1) and prometheus-operator (monitoring.coreos.com/v1) for the
-    fields these manifests use; the CRDs themselves are not shipped in any package here;
+    PodMonitor, PrometheusRule) resources against the minimal schemas below, written from the
+    published CRDs of Strimzi 1.0 (kafka.strimzi.io/v1) and prometheus-operator
+    (monitoring.coreos.com/v1) for the fields these manifests use; the CRDs themselves are not
+    shipped in any package here;
   - the platform's invariants: security contexts, probes, resources, topics == Settings.Topics,
     consumer replicas <= partitions, network paths, Secrets referenced but never committed;
 * `docker compose config` validates the compose file when a Compose v2 binary is found (the
@@ -233,6 +234,10 @@ def test_unknown_field_check_catches_a_typo() -> None:
 STR = {"type": "string"}
 INT0 = {"type": "integer", "minimum": 0}
 LABELS = {"type": "object", "additionalProperties": STR}
+# prometheus-operator's Duration (PrometheusRule for/interval).
+DURATION = (
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
 QUANTITY = {"type": ["string", "integer"], "pattern": r"^[0-9.]+([eEinumkKMGTP]*[-+]?[0-9]*)$"}
 RESOURCES = {
     "type": "object",
@@ -510,6 +515,43 @@ CR_SCHEMAS: dict[tuple[str, str], dict] = {
                                 "interval": {
                                     "type": "string",
                                     "pattern": r"^(0|([0-9]+(ms|s|m|h))+)$",
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "name": STR,
+                                "interval": {"type": "string", "pattern": DURATION},
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["expr"],
+                                        "properties": {
+                                            "alert": STR,
+                                            "record": STR,
+                                            "expr": {"type": ["string", "integer"]},
+                                            "for": {"type": "string", "pattern": DURATION},
+                                            "labels": LABELS,
+                                            "annotations": LABELS,
+                                        },
+                                    },
                                 },
                             },
                         },
@@ -840,6 +882,11 @@ def test_dashboard_configmap_is_generated_from_the_json_file() -> None:
     cm = by_kind(objs, "ConfigMap")["fraud-grafana-dashboard"]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["data"]["fraud-dashboard.json"] == DASHBOARD.read_text()
+    performance = by_kind(objs, "ConfigMap")["fraud-grafana-model-performance"]
+    assert performance["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert performance["data"]["model-performance-dashboard.json"] == (
+        DASHBOARD.with_name("model-performance-dashboard.json").read_text()
+    )
 
 
 def consumer_env(objs: tuple[dict, ...]) -> dict[str, Any]:

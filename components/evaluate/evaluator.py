@@ -72,6 +72,20 @@ def compute_metrics(df: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
     }
 
 
+def alert_metrics(y: np.ndarray, scores: np.ndarray, review: float) -> dict[str, float]:
+    """Precision and recall of the alerts (score >= ``review``): the figures live monitoring
+    holds the served model to (NaN when there is no alert, or no fraud)."""
+    from core.metadata import ALERT_PRECISION, ALERT_RECALL
+
+    alerted = scores >= review
+    fraud = y.astype(bool)
+    hits = float((alerted & fraud).sum())
+    return {
+        ALERT_PRECISION: hits / alerted.sum() if alerted.any() else float("nan"),
+        ALERT_RECALL: hits / fraud.sum() if fraud.any() else float("nan"),
+    }
+
+
 def roc_points(y: np.ndarray, scores: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
     """A thinned ROC curve for the Kubeflow UI (it renders every point it is given)."""
     from sklearn.metrics import roc_curve

@@ -29,6 +29,7 @@ def evaluate_step(
     from components.evaluate.evaluator import (
         GateConfig,
         Verdict,
+        alert_metrics,
         bless,
         compute_metrics,
         thresholds_from_budget,
@@ -40,6 +41,7 @@ def evaluate_step(
     scores = SavedModelScorer(model_dir).score(evaluation)
     candidate = compute_metrics(evaluation, scores)
     thresholds = thresholds_from_budget(scores, cfg)
+    candidate.update(alert_metrics(evaluation[c.LABEL].to_numpy(), scores, thresholds[c.REVIEW]))
     baseline = baseline_version = None
     versions = model_versions(model_base_path) if model_base_path else []
     if versions:
