@@ -285,11 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Streaming (broker, topics, stream), deployment and retraining register their own commands;
     # their modules import nothing heavy at load time.
-    from app import retrain_cli, stream_cli
+    from app import model_cli, retrain_cli, stream_cli
     from serving import deploy_status
 
     stream_cli.add_subcommands(sub)
     retrain_cli.add_subcommands(sub)
+    model_cli.add_subcommands(sub)
     deploy_status.add_subcommands(sub)
 
     demo = sub.add_parser(
