@@ -723,6 +723,8 @@ def test_serving_readiness_asks_the_model_status_api() -> None:
 
 
 MODEL_CONFIG_SEED = K8S / "base/serving/models.config"
+ROLLOUT_POD_LABELS = {"fraud.platform/model-rollout": "true"}
+ROLLOUT_POD_LABELS_DOC = 'labels: {fraud.platform/model-rollout: "true"}'
 MODEL_CONFIG = "/models/models.config"
 SERVING_CONFIG_FLAGS = {
     f"--model_config_file={MODEL_CONFIG}",
@@ -820,6 +822,15 @@ def test_only_the_consumer_reaches_serving_and_kafka() -> None:
         name for name, lbl in labels.items() for sel in pod_peers if selects(sel, lbl)
     }
     assert same_namespace_callers == {"fraud-consumer"}
+    # The operator's rollout pod (docs/deployment.md, 6) reaches the REST port and nothing else.
+    rollout_rules = [
+        rule
+        for spec in serving
+        for rule in spec.get("ingress", [])
+        if {"podSelector": {"matchLabels": ROLLOUT_POD_LABELS}} in rule["from"]
+    ]
+    assert [r["ports"] for r in rollout_rules] == [[{"port": 8501, "protocol": "TCP"}]]
+    assert ROLLOUT_POD_LABELS_DOC in DOCS.read_text()
 
     # Kafka: Strimzi generates the listener policies from networkPolicyPeers.
     listeners = by_kind(objs, "Kafka")["fraud-kafka"]["spec"]["kafka"]["listeners"]
