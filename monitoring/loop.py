@@ -36,6 +36,7 @@ import numpy as np
 from core import contract as c
 from core import statefile
 from core.metadata import ModelMetadata
+from monitoring.drift_events import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +219,11 @@ class DriftLoop:
             onset = self._streak_start if self._streak_start is not None else float(times.max())
             reason = (
                 f"sustained drift: {self.drift_config.sustained_windows} windows in a row since "
-                f"event time {_iso(onset)} (last window {report.window if report else '?'})"
+                f"event time {iso_utc(onset)} (last window {report.window if report else '?'})"
             )
             self._pending = (reason, onset + self.config.label_wait_s)
             log.warning(
-                "drift: retrain scheduled for event time %s: %s", _iso(self._pending[1]), reason
+                "drift: retrain scheduled for event time %s: %s", iso_utc(self._pending[1]), reason
             )
         if self._pending is not None and float(times.max()) >= self._pending[1]:
             reason, _ = self._pending
@@ -230,7 +231,7 @@ class DriftLoop:
             result = self.trigger.trigger(reason)
             record = {
                 "reason": reason,
-                "event_time": _iso(float(times.max())),
+                "event_time": iso_utc(float(times.max())),
                 "result": repr(result),
             }
             self.triggers.append(record)
@@ -264,8 +265,8 @@ class DriftLoop:
         return {
             "window": report.window,
             "model_version": self.monitor.model_version,
-            "start_time": _iso(report.window_start),
-            "end_time": _iso(report.window_end),
+            "start_time": iso_utc(report.window_start),
+            "end_time": iso_utc(report.window_end),
             "transactions": report.transactions,
             "alert_rate": report.alert_rate,
             "alert_rate_ratio": report.alert_ratio,
@@ -274,11 +275,3 @@ class DriftLoop:
             **{f"js_{k}": v for k, v in report.js_distance.items()},
             **{f"night_z_{k}": v for k, v in report.night_excess_z.items()},
         }
-
-
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime(c.TIMESTAMP_FORMAT)
