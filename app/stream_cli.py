@@ -166,12 +166,21 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
         dead_letter_max_payload_bytes=args.dead_letter_max_payload_bytes,
         security=_security(args),
     )
-    client = build_model_client(serving_url, model_name, timeout_s=args.serving_timeout_seconds)
-    scorer = Scorer(client, ThresholdStore(Path(args.model_base_path or settings.model_base_path)))
+    label = None if args.serving_label.strip().lower() == "none" else args.serving_label
+    client = build_model_client(
+        serving_url, model_name, timeout_s=args.serving_timeout_seconds, label=label
+    )
+    thresholds = ThresholdStore(Path(args.model_base_path or settings.model_base_path))
+    scorer = Scorer(client, thresholds)
     metrics = StreamMetrics()
     drift_on = args.drift_window or args.drift_window_time
     drift_loop = _drift_loop(args, settings, config, metrics) if drift_on else None
-    consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop)
+    shadow, controller = None, None
+    if args.shadow == "on":
+        shadow, controller = _shadow(args, settings, config, metrics, thresholds, drift_loop)
+    consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop, shadow=shadow)
+    if controller is not None:
+        controller.is_decider = consumer.rollout_decider.is_set
     server = (
         metrics.serve(args.metrics_port, addr=args.metrics_host, health=consumer.health)
         if args.metrics_port
@@ -266,6 +275,44 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
         state_path=config.state_dir / "drift_state.json",
     )
     return DriftLoop(loop_config, drift_config, DriftMetrics(metrics.registry), trigger)
+
+
+def _shadow(
+    args: argparse.Namespace,
+    settings: Settings,
+    config: Any,
+    metrics: Any,
+    thresholds: Any,
+    drift_loop: Any,
+) -> tuple[Any, Any]:
+    """The shadow scorer and its canary controller (which acts only with --auto-rollout on)."""
+    from monitoring.canary import drift_pushed, shadow_scoring
+    from monitoring.promotion import PromotionConfig
+    from serving.rollout import Rollout, default_config_path
+
+    serving_url = args.serving_url or settings.serving_url
+    base_path = Path(args.model_base_path or settings.model_base_path)
+    rollout = None
+    if args.auto_rollout == "on":
+        config_file = args.model_config_file
+        rollout = Rollout(
+            config_path=Path(config_file) if config_file else default_config_path(base_path),
+            model_name=config.model_name,
+            base_path=base_path,
+            serving_url=serving_url,
+        )
+    trigger = drift_loop.trigger if drift_loop is not None else None
+    return shadow_scoring(
+        config,
+        serving_url,
+        thresholds,
+        metrics,
+        PromotionConfig.parse(args.rollout_set),
+        rollout,
+        drift_triggered=drift_pushed(trigger) if trigger is not None else lambda v: False,
+        timeout_s=args.shadow_timeout_seconds,
+        max_queued=args.shadow_max_queued,
+    )
 
 
 def _kafka_args(parser: argparse.ArgumentParser) -> None:

@@ -20,6 +20,8 @@ class Topics:
     alerts: str = "alerts"
     dead_letter: str = "transactions-dlq"
     drift_events: str = "drift-events"
+    # What the canary made of decided batches (streaming.shadow); never acted on.
+    shadow_scores: str = "shadow-scores"
 
 
 @dataclass(frozen=True)
