@@ -2,8 +2,9 @@
 
 The server reads a model config file (polled every 0.3 s) holding these versions of ``fraud``:
 1 (stable at the start of each test), 2 (another model, with other thresholds), 3 (version
-1's model with thresholds it never reaches: blind to fraud, so worse), 4 (a model whose inputs
-are not the fraud model's: every shadow call fails) and 5 (a copy of version 1: no worse). A
+1's model with thresholds it never reaches: blind to fraud), 4 (a model whose inputs are not
+the fraud model's: every shadow call fails), 5 (a copy of version 1: no worse) and 6 (version
+1's model reviewing every transaction: it catches every fraud, so 3 is worse than it). A
 replay publishes a simulated stream at a steady rate while the consumer scores it, so every
 promotion and rollback happens under load.
 """
@@ -55,11 +56,11 @@ from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
 pytestmark = pytest.mark.slow
 
-OTHER, BLIND, FAILING, COPY = 2, 3, 4, 5
+OTHER, BLIND, FAILING, COPY, WARY = 2, 3, 4, 5, 6
 RATE = 1500.0  # transactions/s published while the consumer scores
-# The consumer races through the backlog left by its group join: a queue that holds the whole
-# stream lets every batch be shadowed, so the label join sees every labelled transaction.
-QUEUE = 100
+# Deeper than the default: a test stream is short, and a skipped shadow batch leaves its
+# transactions out of the label join.
+QUEUE = 10
 # Judged on labels only: the stream is shorter than the maximum shadow duration.
 BY_LABELS = {"min_labelled_frauds": 3, "max_alert_rate": 1.0, "max_shadow_s": 10.0**9}
 
@@ -84,6 +85,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) ->
     )
     _install(model_store.example / "1", base, FAILING, metadata(1))
     _install(fraud / "1", base, COPY, metadata(1))
+    _install(fraud / "1", base, WARY, dataclasses.replace(metadata(1), thresholds=Thresholds(0, 1)))
     config = model_config(
         [
             {
@@ -135,7 +137,9 @@ def canary_of(models: Path, server: ServerProcess):
     """Make a version canary beside stable 1; afterwards, stable is 1 alone again."""
     control = rollout(models, server)
 
-    def make(version: int) -> Rollout:
+    def make(version: int, stable: int = 1) -> Rollout:
+        if stable != 1:
+            control.rollback(to_version=stable)
         control.canary(version)
         return control
 
@@ -210,9 +214,15 @@ def consume_with_shadow(
     )
     consumer = StreamConsumer(config, scorer, metrics, shadow=shadow)
     controller.is_decider = consumer.rollout_decider.is_set
-    publisher = publish(path, bootstrap, topics)
-    summary = consumer.run()
-    publisher.join(60)
+    done: list[ConsumerSummary] = []
+    running = threading.Thread(target=lambda: done.append(consumer.run()), daemon=True)
+    running.start()
+    # The load starts once the consumer owns the partitions: a steady stream, not a backlog.
+    wait_for(consumer.rollout_decider.is_set, timeout_s=120, what="the consumer's assignment")
+    publish(path, bootstrap, topics).join(120)
+    running.join(180)
+    assert done, "the consumer did not finish"
+    summary = done[0]
     decisions = read_topic(bootstrap, topics.decisions, expect=n)
     events = [e["value"] for e in read_topic(bootstrap, topics.drift_events)]
     shadow_records = [r["value"] for r in read_topic(bootstrap, topics.shadow_scores)]
@@ -298,11 +308,11 @@ def test_a_canary_that_errors_is_rolled_back(
 def test_a_worse_canary_is_not_promoted(
     broker, server, models, stream, canary_of, tmp_path
 ) -> None:
-    canary_of(BLIND)
+    canary_of(BLIND, stable=WARY)
     policy = PromotionConfig(**BY_LABELS)
     run = consume_with_shadow(broker, server, models, stream, tmp_path, policy)
     assert_no_failed_request(run, stream[1])
-    assert set(served_versions(run)) == {1}
+    assert set(served_versions(run)) == {WARY}
     assert run.steps() == [SHADOW_STARTED, VERDICT, ROLLED_BACK]
     verdict = run.events[1]
     assert verdict["action"] == ROLLBACK and verdict["reason"].startswith("worse on the same")
