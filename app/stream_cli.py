@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -238,7 +239,7 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     trigger = None
     if args.retrain != "off":
         from app.retrain_cli import runner_for
-        from monitoring.retrain import RetrainConfig, RetrainTrigger
+        from monitoring.retrain import LOCAL, RetrainConfig, RetrainTrigger
         from pipelines.params import parse_params
 
         params = parse_params(args.retrain_set, "--retrain-set")
@@ -264,6 +265,8 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
         trigger = RetrainTrigger(
             retrain_config, runner_for(retrain_config), metrics=RetrainMetrics(metrics.registry)
         )
+        if args.retrain == LOCAL:
+            _share_serving_settings(args, settings)
     wait_days = args.retrain_label_wait_days
     if wait_days is None:
         wait_days = config.label_delay_days + args.retrain_eval_days + 7
@@ -275,6 +278,15 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
         state_path=config.state_dir / "drift_state.json",
     )
     return DriftLoop(loop_config, drift_config, DriftMetrics(metrics.registry), trigger)
+
+
+def _share_serving_settings(args: argparse.Namespace, settings: Settings) -> None:
+    """A local retrain's push step runs in a child process and reads its settings from the
+    environment: hand it this consumer's server and model config file, so the version it pushes
+    is deployed (as canary, by FRAUD_ROLLOUT_MODE) where this consumer shadow-scores it."""
+    os.environ["FRAUD_SERVING_URL"] = args.serving_url or settings.serving_url
+    if args.model_config_file:
+        os.environ["FRAUD_MODEL_CONFIG_FILE"] = str(Path(args.model_config_file).resolve())
 
 
 def _shadow(

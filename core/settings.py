@@ -24,6 +24,14 @@ class Topics:
     shadow_scores: str = "shadow-scores"
 
 
+# How a newly pushed, blessed version reaches traffic when the server reads a model config file
+# (serving.rollout.Rollout.deploy): as the canary beside stable, promoted only by the promotion
+# rule, or as stable at once. The first version of a model is stable either way.
+ROLLOUT_CANARY = "canary"
+ROLLOUT_DIRECT = "direct"
+ROLLOUT_MODES = (ROLLOUT_CANARY, ROLLOUT_DIRECT)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("data")
@@ -37,8 +45,18 @@ class Settings:
     label_delay_days: int = c.DEFAULT_LABEL_DELAY_DAYS
     bootstrap_servers: str = "127.0.0.1:9092"
     serving_url: str = "http://127.0.0.1:8501"
+    rollout_mode: str = ROLLOUT_CANARY
+    # The server's --model_config_file as seen here; empty: models.config beside the base path.
+    model_config_file: str = ""
     run_dir: Path = Path("runs")
     topics: Topics = field(default_factory=Topics)
+
+    def __post_init__(self) -> None:
+        if self.rollout_mode not in ROLLOUT_MODES:
+            raise ValueError(
+                f"rollout mode (FRAUD_ROLLOUT_MODE) must be one of {ROLLOUT_MODES}, "
+                f"got {self.rollout_mode!r}"
+            )
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> Settings:

@@ -40,6 +40,7 @@ from google.protobuf import text_format
 
 from core.metadata import ModelMetadata
 from core.model import model_versions
+from core.settings import ROLLOUT_CANARY, ROLLOUT_MODES, Settings
 from serving.config import ConfigError, parse_model_server_config
 
 STABLE = "stable"
@@ -192,11 +193,15 @@ def unmet(serving_url: str, model_name: str, state: ServingState) -> list[str]:
 
 
 def available_versions(serving_url: str, model_name: str) -> list[int]:
+    """The versions the server reports AVAILABLE; a 404 is none (TF Serving answers so for a
+    configured model with no version loaded, the caller has checked the model is configured)."""
     url = f"{serving_url.rstrip('/')}/v1/models/{quote(model_name, safe='')}"
     try:
         code, statuses = _status(url)
     except requests.RequestException as exc:
         raise RolloutError(f"cannot read the status of model {model_name} at {url}: {exc}") from exc
+    if code == 404:
+        return []
     if code != 200:
         raise RolloutError(f"model {model_name} at {url}: HTTP {code}")
     return sorted(int(s["version"]) for s in statuses if s.get("state") == AVAILABLE)
@@ -248,18 +253,25 @@ class Rollout:
                 f"(versions there: {on_disk})"
             )
 
-    def _current(self, entry: Any) -> ServingState:
+    def _adopted(self, entry: Any) -> ServingState | None:
+        """The configured state; for a config without a stable label, the version the server
+        serves now as stable (None when it serves none: the model has no version yet)."""
         state = configured_state(entry)
         if state is not None and STABLE in state.labels:
             return state
-        # Adopt a config without a stable label: the version the server serves now is stable.
         available = available_versions(self.serving_url, self.model_name)
         if not available:
+            return None
+        return ServingState(frozenset([available[-1]]), {STABLE: available[-1]})
+
+    def _current(self, entry: Any) -> ServingState:
+        state = self._adopted(entry)
+        if state is None:
             raise RolloutError(
                 f"{self.config_path}: model {self.model_name} has no {STABLE!r} label and the "
                 f"server at {self.serving_url} reports no AVAILABLE version to adopt as stable"
             )
-        return ServingState(frozenset([available[-1]]), {STABLE: available[-1]})
+        return state
 
     def list_versions(self) -> list[VersionInfo]:
         _, _, entry = self._read()
@@ -293,8 +305,7 @@ class Rollout:
                     f"version {current.labels[CANARY]} is already {CANARY}: promote or roll it "
                     "back first"
                 )
-            target = ServingState(frozenset({stable, version}), {STABLE: stable, CANARY: version})
-            return self._apply(text, config, current, target)
+            return self._apply(text, config, current, _with_canary(stable, version))
 
     def promote(self) -> list[ServingState]:
         """Move stable to the canary version and unload the old stable."""
@@ -323,10 +334,57 @@ class Rollout:
             target = ServingState(frozenset({stable}), {STABLE: stable})
             return self._apply(text, config, current, target)
 
+    def pin(self) -> ServingState | None:
+        """Pin a config whose model has no stable label (the seed config: the newest version
+        on disk is served) to the version the server serves now, labelled stable, so that a
+        version pushed next is loaded only once it is made canary or stable. Returns the
+        pinned state; None when the server serves no version yet (nothing to protect)."""
+        with locked(self.config_path):
+            text, config, entry = self._read()
+            state = configured_state(entry)
+            if state is not None and STABLE in state.labels:
+                return state
+            adopted = self._adopted(entry)
+            if adopted is not None:
+                self._write_steps(text, config, [adopted])
+            return adopted
+
+    def deploy(self, version: int, mode: str) -> tuple[str, list[ServingState]]:
+        """Put a newly pushed version in service; returns the label it got and the steps.
+
+        ``mode`` ``canary``: loaded beside stable and labelled canary (a pending canary is
+        replaced: the newer blessed version is the one to judge). ``direct``: made stable at
+        once, the previous stable and any canary unloaded. Without a stable version (the
+        model's first), the version becomes stable in either mode.
+        """
+        if mode not in ROLLOUT_MODES:
+            raise RolloutError(f"rollout mode must be one of {ROLLOUT_MODES}, got {mode!r}")
+        with locked(self.config_path):
+            text, config, entry = self._read()
+            self._check_on_disk(version)
+            current = self._adopted(entry)
+            if current is not None and mode == ROLLOUT_CANARY:
+                stable = current.labels[STABLE]
+                if stable != version:
+                    target = _with_canary(stable, version)
+                    return CANARY, self._apply(text, config, current, target)
+            target = ServingState(frozenset({version}), {STABLE: version})
+            written = configured_state(entry)
+            steps = plan_steps(current or written or ServingState(frozenset()), target)
+            # An unpinned config already serving the version still gets pinned to it.
+            steps = steps or ([target] if written != target else [])
+            return STABLE, self._write_steps(text, config, steps)
+
     def _apply(
         self, original: str, config: Any, current: ServingState, target: ServingState
     ) -> list[ServingState]:
-        steps = plan_steps(current, target)
+        return self._write_steps(original, config, plan_steps(current, target))
+
+    def _write_steps(
+        self, original: str, config: Any, steps: list[ServingState]
+    ) -> list[ServingState]:
+        """Write each state and wait until the server serves it; on a timeout put back
+        ``original``."""
         texts = [render(config, self.model_name, s, self.config_path) for s in steps]
         for n, (state, text) in enumerate(zip(steps, texts, strict=True), 1):
             write_atomically(self.config_path, text)
@@ -353,6 +411,21 @@ class Rollout:
             time.sleep(self.poll_s)
 
 
+def _with_canary(stable: int, canary: int) -> ServingState:
+    return ServingState(frozenset({stable, canary}), {STABLE: stable, CANARY: canary})
+
+
 def default_config_path(base_path: Path) -> Path:
     """Where the config lives: beside the model's directory, on the same volume."""
     return base_path.parent / CONFIG_FILE_NAME
+
+
+def settings_rollout(settings: Settings, base_path: Path, model_name: str) -> Rollout | None:
+    """The rollout of ``model_name`` under ``base_path`` by ``settings`` (serving URL, config
+    file); None when there is no model config file: the server then serves by its own version
+    policy (the newest version), and there are no labels to move."""
+    config = Path(settings.model_config_file) if settings.model_config_file else None
+    config = config or default_config_path(base_path)
+    if not config.exists():
+        return None
+    return Rollout(config, model_name, base_path, settings.serving_url)

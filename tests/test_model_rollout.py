@@ -216,3 +216,140 @@ def test_writes_are_atomic_for_a_polling_reader(tmp_path: Path) -> None:
         thread.join()
     assert seen and set(seen) <= set(texts), "a reader saw a partial file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models.config"], "temp files left"
+
+
+# --- a pushed version goes into service by the rollout mode -----------------------------------
+
+
+def blessed(work: Path, model_dir: Path) -> list[str]:
+    """What push_step reads besides the model: a blessed verdict, evaluation scores, the
+    training rows and the statistics file."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from components.evaluate.job import SCORES_FILE, VERDICT_FILE
+    from core import contract as c
+
+    rng = np.random.default_rng(0)
+    rows = 200
+    train = pd.DataFrame({n: rng.random(rows) for n in c.MODEL_INPUTS if n != c.TIMESTAMP})
+    train[c.TIMESTAMP] = pd.date_range("2025-01-01", periods=rows, freq="h", tz="UTC")
+    train[c.LABEL] = (rng.random(rows) < 0.1).astype(int)
+    blessing = work / "blessing"
+    blessing.mkdir(parents=True)
+    verdict = {
+        "blessed": True,
+        "reasons": [],
+        "candidate": {"auc": 0.9},
+        "baseline_version": None,
+        "baseline": {},
+        "thresholds": {"review": 0.5, "block": 0.9},
+    }
+    (blessing / VERDICT_FILE).write_text(json.dumps(verdict))
+    np.save(blessing / SCORES_FILE, rng.random(rows))
+    train.to_parquet(work / "train.parquet")
+    (work / "stats.pb").write_bytes(b"")
+    return [str(model_dir), str(blessing), str(work / "train.parquet"), str(work / "stats.pb")]
+
+
+@pytest.fixture
+def seeded(tmp_path: Path):
+    """A server on the seed config (no version policy, no labels) over an empty base path."""
+    base = tmp_path / MODEL_NAME
+    base.mkdir()
+    (tmp_path / "models.config").write_text(model_config([{"name": MODEL_NAME, "base_path": base}]))
+    proc = ServerProcess(
+        [
+            f"--model_config_file={tmp_path / 'models.config'}",
+            "--model_config_file_poll_wait_seconds=0.3",
+            "--file_system_poll_wait_seconds=0.3",
+        ],
+        log_path=tmp_path / "server.log",
+    )
+    with proc:
+        yield tmp_path, proc
+
+
+def test_push_makes_the_first_version_stable_and_later_ones_canary(
+    seeded: tuple[Path, ServerProcess],
+    model_store: ModelStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from components.push.job import push_step
+
+    root, server = seeded
+    base = root / MODEL_NAME
+    monkeypatch.setenv("FRAUD_SERVING_URL", server.url)
+    monkeypatch.delenv("FRAUD_ROLLOUT_MODE", raising=False)
+    monkeypatch.delenv("FRAUD_MODEL_CONFIG_FILE", raising=False)
+    artifacts = {
+        v: blessed(tmp_path_factory.mktemp(f"artifacts{v}"), model_store.fraud / str(v))
+        for v in (1, 2)
+    }
+
+    def push(model: int) -> dict:
+        return push_step(*artifacts[model], str(base), MODEL_NAME, 7, {})
+
+    def labels() -> tuple[int | None, int | None]:
+        return label_answers(server, STABLE), label_answers(server, CANARY)
+
+    def config_state() -> ServingState | None:
+        from serving.rollout import configured_state
+
+        entry = parse_model_server_config((root / "models.config").read_text())
+        return configured_state(entry.model_config_list.config[0])
+
+    first = push(1)
+    assert (first["version"], first["serving"]) == (1, STABLE)
+    assert labels() == (1, None)
+    assert config_state() == ServingState(frozenset({1}), {STABLE: 1})
+
+    second = push(2)
+    assert (second["version"], second["serving"]) == (2, CANARY)
+    assert labels() == (1, 2)
+    # A newer blessed version replaces a canary still being judged.
+    third = push(1)
+    assert (third["version"], third["serving"]) == (3, CANARY)
+    assert labels() == (1, 3)
+    wait_for(lambda: version_state(server, 2) != "AVAILABLE", 30, "replaced canary unloaded")
+
+    monkeypatch.setenv("FRAUD_ROLLOUT_MODE", "direct")
+    direct = push(2)
+    assert (direct["version"], direct["serving"]) == (4, STABLE)
+    assert labels() == (4, None)
+    assert config_state() == ServingState(frozenset({4}), {STABLE: 4})
+
+    # Back on the seed config the server serves the newest version on its own: the push pins
+    # that one as stable before its directory appears, so the new version only becomes canary.
+    monkeypatch.setenv("FRAUD_ROLLOUT_MODE", "canary")
+    write_atomically(
+        root / "models.config", model_config([{"name": MODEL_NAME, "base_path": base}])
+    )
+    wait_for(lambda: label_answers(server, STABLE) is None, 30, "seed config applied")
+    fifth = push(1)
+    assert (fifth["version"], fifth["serving"]) == (5, CANARY)
+    assert labels() == (4, 5)
+
+
+def test_push_without_a_model_config_leaves_serving_to_the_server(
+    model_store: ModelStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from components.push.job import push_step
+
+    monkeypatch.delenv("FRAUD_MODEL_CONFIG_FILE", raising=False)
+    base = tmp_path / "models" / MODEL_NAME
+    result = push_step(
+        *blessed(tmp_path / "work", model_store.fraud / "1"), str(base), MODEL_NAME, 7, {}
+    )
+    assert (result["version"], result["serving"]) == (1, "unmanaged")
+    assert not (tmp_path / "models" / "models.config").exists()
+
+
+def test_rollout_mode_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.settings import Settings
+
+    with pytest.raises(ValueError, match=r"FRAUD_ROLLOUT_MODE.*'canary', 'direct'.*'sideways'"):
+        Settings.from_env({"FRAUD_ROLLOUT_MODE": "sideways"})
