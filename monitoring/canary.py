@@ -41,12 +41,13 @@ log = logging.getLogger(__name__)
 EVENT = "rollout"  # the ``event`` of these drift-events messages (drift checks send "drift")
 # Steps (the ``kind`` of a rollout event and the ``step`` label of fraud_rollout_steps_total).
 SHADOW_STARTED = "shadow_started"
+DRIFT_PATH = "drift_fast_path"  # the canary turned out to be a drift-triggered retrain's
 VERDICT = "verdict"
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled_back"
 APPLY_FAILED = "apply_failed"
 CANARY_GONE = "canary_gone"
-STEPS = (SHADOW_STARTED, VERDICT, PROMOTED, ROLLED_BACK, APPLY_FAILED, CANARY_GONE)
+STEPS = (SHADOW_STARTED, DRIFT_PATH, VERDICT, PROMOTED, ROLLED_BACK, APPLY_FAILED, CANARY_GONE)
 
 Event = tuple[str, dict[str, Any]]
 
@@ -89,6 +90,11 @@ class CanaryController:
         with self._lock:
             if self.policy is None or self.policy.canary != batch.canary_version:
                 events += self._start(batch.stable.version, batch.canary_version)
+            elif not self.policy.drift_triggered and self.drift_triggered(batch.canary_version):
+                # A retrain records its version once its push step, which made it the canary,
+                # has returned: shadow scoring can start a moment before.
+                self.policy.drift_triggered = True
+                events += self._step(DRIFT_PATH, "pushed by a drift-triggered retrain", self.policy)
             assert self.policy is not None
             verdict = self.policy.update(batch)
             if verdict is not None:

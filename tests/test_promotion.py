@@ -133,6 +133,24 @@ def test_a_drift_triggered_canary_takes_the_fast_path() -> None:
     )
 
 
+def test_a_canary_known_as_drift_triggered_only_after_shadowing_began_takes_the_fast_path() -> None:
+    """The retrain records the version it pushed only after its push step made it the canary."""
+    from monitoring.canary import DRIFT_PATH, PROMOTED, SHADOW_STARTED, VERDICT, CanaryController
+
+    recorded: set[int] = set()
+    controller = CanaryController(PromotionConfig(), "fraud", rollout=None)
+    controller.drift_triggered = lambda version: version in recorded
+    steps = stream(6, canary="noisy")
+    controller.observe(next(steps).batch)
+    recorded.add(CANARY)
+    for _, step in zip(range(19), steps, strict=False):  # 2000 transactions in all
+        controller.observe(step.batch)
+    kinds = [e["kind"] for e in controller.history]
+    assert kinds == [SHADOW_STARTED, DRIFT_PATH, VERDICT], kinds
+    assert controller.history[-1]["action"] == PROMOTE
+    assert PROMOTED not in kinds  # no rollout to apply it to
+
+
 def test_the_fast_path_still_rolls_back_a_canary_that_floods_the_reviewers() -> None:
     policy = PromotionPolicy(PromotionConfig(), STABLE, CANARY, drift_triggered=True)
     index, action, _ = first_verdict(policy, stream(7, canary="alerting"), label_lag=None)
