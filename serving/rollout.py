@@ -415,6 +415,17 @@ def _with_canary(stable: int, canary: int) -> ServingState:
     return ServingState(frozenset({stable, canary}), {STABLE: stable, CANARY: canary})
 
 
+def stable_config(model_name: str, base_path: Path, version: int, path: Path) -> str:
+    """A model config file serving ``version`` of one model, labelled stable (what a fresh
+    deployment writes before the server starts; ``path`` names the file in errors)."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    entry = config.model_config_list.config.add()
+    entry.name, entry.base_path, entry.model_platform = model_name, str(base_path), "tensorflow"
+    return render(config, model_name, ServingState(frozenset({version}), {STABLE: version}), path)
+
+
 def default_config_path(base_path: Path) -> Path:
     """Where the config lives: beside the model's directory, on the same volume."""
     return base_path.parent / CONFIG_FILE_NAME

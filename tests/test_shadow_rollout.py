@@ -33,6 +33,7 @@ from stream_fixtures import (
     write_dataset,
 )
 
+from app import demo_report
 from core import contract as c
 from core.metadata import ModelMetadata, Thresholds
 from core.settings import Topics
@@ -46,8 +47,10 @@ from monitoring.canary import (
     shadow_scoring,
 )
 from monitoring.promotion import PROMOTE, ROLLBACK, PromotionConfig
+from monitoring.retrain_history import PUSHED, STARTED
 from serving._launch import ServerProcess
 from serving.rollout import CANARY, STABLE, Rollout
+from streaming import messages as m
 from streaming.consumer import ConsumerConfig, ConsumerSummary, StreamConsumer
 from streaming.messages import DecisionFields, ShadowFields
 from streaming.metrics import StreamMetrics
@@ -278,9 +281,17 @@ def test_a_drift_triggered_canary_is_promoted_under_load(
 ) -> None:
     control = canary_of(OTHER)
     policy = PromotionConfig(drift_min_transactions=1500, max_alert_rate=1.0)
+    triggered = m.now_iso()
     run = consume_with_shadow(broker, server, models, stream, tmp_path, policy, drift=True)
     assert_no_failed_request(run, stream[1])
     assert run.steps() == [SHADOW_STARTED, VERDICT, PROMOTED]
+    # The demo's figures from these records, as if a retrain started before the consumer.
+    history = [
+        {"status": STARTED, "run_id": "r", "started_at": triggered},
+        {"status": PUSHED, "run_id": "r", "version": OTHER},
+    ]
+    figures = demo_report.rollout_figures(history, run.shadow, run.events)
+    assert 0 < figures["trigger_to_canary_s"] <= figures["trigger_to_promoted_s"], figures
     assert run.events[1]["action"] == PROMOTE and run.events[1]["drift_triggered"] is True
     versions = served_versions(run)
     # Stable 1 decided everything until the promotion, the promoted version everything after.
