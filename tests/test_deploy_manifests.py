@@ -821,8 +821,10 @@ def test_only_the_consumer_reaches_serving_and_kafka() -> None:
     same_namespace_callers = {
         name for name, lbl in labels.items() for sel in pod_peers if selects(sel, lbl)
     }
-    assert same_namespace_callers == {"fraud-consumer"}
-    # The operator's rollout pod (docs/deployment.md, 6) reaches the REST port and nothing else.
+    # The retrain's push makes its version canary, following the steps through the status API.
+    assert same_namespace_callers == {"fraud-consumer", "fraud-retrain"}
+    assert labels["fraud-retrain"].items() >= ROLLOUT_POD_LABELS.items()
+    # The rollout pods (and docs/deployment.md, 6's) reach the REST port and nothing else.
     rollout_rules = [
         rule
         for spec in serving
