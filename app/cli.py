@@ -283,14 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("server_args", nargs=argparse.REMAINDER)
     serve.set_defaults(func=_serve)
 
-    # Streaming (broker, topics, stream), labels, deployment and retraining register their own
-    # commands; their modules import nothing heavy at load time.
-    from app import label_cli, retrain_cli, stream_cli
+    # Streaming (broker, topics, stream), labels, models, deployment and retraining register their
+    # own commands; their modules import nothing heavy at load time.
+    from app import label_cli, model_cli, retrain_cli, stream_cli
     from serving import deploy_status
 
     stream_cli.add_subcommands(sub)
     label_cli.add_subcommands(sub)
     retrain_cli.add_subcommands(sub)
+    model_cli.add_subcommands(sub)
     deploy_status.add_subcommands(sub)
 
     demo = sub.add_parser(

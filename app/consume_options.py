@@ -137,6 +137,13 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
     )
     con.add_argument("--serving-timeout-seconds", type=float, default=10.0)
     con.add_argument(
+        "--serving-label",
+        default="stable",
+        help="decide with the version the server labels so ('none': always the highest "
+        "AVAILABLE version); while the server knows no such label (no model config file, or "
+        "the seed config) the highest AVAILABLE version decides (default %(default)s)",
+    )
+    con.add_argument(
         "--session-timeout-ms",
         type=int,
         default=10_000,
@@ -171,6 +178,46 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
     con.add_argument("--no-dataset", action="store_true", help="do not record consumed data")
     con.add_argument("-v", "--verbose", action="store_true")
     add_kafka_arguments(con, default_bootstrap=None)
+    rollout = con.add_argument_group("shadow scoring and automatic rollout")
+    rollout.add_argument(
+        "--shadow",
+        choices=("on", "off"),
+        default="on",
+        help="score each decided batch again with the 'canary' label when one exists, never "
+        "acting on it (default %(default)s)",
+    )
+    rollout.add_argument(
+        "--shadow-timeout-seconds",
+        type=float,
+        default=1.0,
+        help="one shadow call's timeout; a slower canary counts an error (default %(default)s)",
+    )
+    rollout.add_argument(
+        "--shadow-max-queued",
+        type=int,
+        default=2,
+        help="decided batches waiting for the shadow worker; a batch that finds the queue "
+        "full is not shadowed (default %(default)s)",
+    )
+    rollout.add_argument(
+        "--auto-rollout",
+        choices=("on", "off"),
+        default="on",
+        help="promote or roll back the canary by the promotion rule (docs/serving.md); only "
+        "the consumer owning partition 0 of the transactions topic acts (default %(default)s)",
+    )
+    rollout.add_argument(
+        "--model-config-file",
+        help="the server's model config file the rollout edits (default: models.config beside "
+        "the model base path)",
+    )
+    rollout.add_argument(
+        "--rollout-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a threshold of the promotion rule (monitoring.promotion.PromotionConfig)",
+    )
     drift = con.add_argument_group("drift monitoring and retraining")
     drift.add_argument(
         "--drift-window", type=int, default=0, help="transactions per drift window (0: off)"

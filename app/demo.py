@@ -2,7 +2,8 @@
 
 simulate (with a drift scenario) -> `dvc repro` -> first model through the KFP pipeline -> broker
 + model server -> replay the stream while the consumer scores it -> the new fraud pattern appears
--> drift detected -> retraining -> the new version serves -> summary table + HTML report.
+-> drift detected -> retraining -> the new version is shadow-scored as canary -> the consumer
+promotes it -> summary table + HTML report.
 
 Every process this starts is stopped on the way out, whatever happens.
 """
@@ -99,6 +100,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from core.windows import history_warmup
     from pipelines.runners import run_local
     from serving._launch import ServerProcess
+    from serving.rollout import default_config_path, stable_config, write_atomically
     from streaming.broker import EmbeddedBroker, create_topics
     from streaming.replay import Pacing, load_replay_frame, replay_frame
 
@@ -136,6 +138,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     if not first.get("pushed"):
         raise RuntimeError(f"the first model was not pushed: {first}")
     first_version = str(first["version"])
+    # The server reads a model config file from the start, so that the retrained version is
+    # loaded beside the first one as canary and promoted only by the consumer's rule.
+    model_config = default_config_path(models)
+    write_atomically(model_config, stable_config("fraud", models, int(first_version), model_config))
 
     print("== 3/5 services: Kafka-protocol broker, model server, consumer", flush=True)
     procs: list = []
@@ -146,8 +152,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         create_topics(broker.bootstrap_servers, cfg.topics, partitions=cfg.partitions)
         server = ServerProcess(
             [
-                "--model_name=fraud",
-                f"--model_base_path={models}",
+                f"--model_config_file={model_config}",
+                "--model_config_file_poll_wait_seconds=1",
                 "--file_system_poll_wait_seconds=1",
             ],
             log_path=run_dir / "logs" / "model_server.log",
@@ -213,6 +219,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         consumer_log.close()
         decisions = pd.DataFrame(read_topic(broker.bootstrap_servers, cfg.topics.decisions))
         drift_events = read_topic(broker.bootstrap_servers, cfg.topics.drift_events)
+        shadow = read_topic(broker.bootstrap_servers, cfg.topics.shadow_scores)
     finally:
         if consumer_proc is not None and consumer_proc.poll() is None:
             consumer_proc.terminate()
@@ -226,7 +233,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     print("== 5/5 summary and report", flush=True)
     summary = summarize(
-        cfg, run_dir, df, decisions, drift_events, onset, first_version, models, replayed
+        cfg, run_dir, df, decisions, drift_events, onset, first_version, models, replayed, shadow
     )
     summary["timings"] = {**timings, "total_s": time.time() - t_begin}
     summary["finished_at"] = pd.Timestamp.now(tz="UTC").strftime(c.TIMESTAMP_FORMAT)
@@ -278,7 +285,9 @@ def _free_port() -> int:
     return free_port()
 
 
-def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version, models, replayed):
+def summarize(
+    cfg, run_dir, truth, decisions, drift_events, onset, first_version, models, replayed, shadow
+):
     from app import demo_report as r
 
     decisions["model_version"] = decisions["model_version"].astype(str)
@@ -303,11 +312,7 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
     retrain_window = None
     started = [h for h in history if h.get("status") == "started"]
     if started and new_versions:
-        t0 = (
-            pd.Timestamp(started[0]["started_at"], tz="UTC")
-            if pd.Timestamp(started[0]["started_at"]).tzinfo is None
-            else pd.Timestamp(started[0]["started_at"])
-        )
+        t0 = r.utc(started[0]["started_at"])
         first_new = decided_at[decisions["model_version"] == new_versions[0]].min()
         trigger_to_serving = (first_new - t0).total_seconds()
         retrain_window = (t0, first_new)
@@ -347,6 +352,8 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
         else None,
         "detection_delay_h": (detected_ts - onset).total_seconds() / 3600 if detected_ts else None,
         "trigger_to_serving_s": trigger_to_serving,
+        **r.rollout_figures(history, shadow, drift_events),
+        "shadow": r.shadow_comparison(shadow, truth),
         "recovery_ratio": recovery,
         "versions": [first_version, *new_versions],
         "retrains": history,
@@ -364,6 +371,9 @@ def summarize(cfg, run_dir, truth, decisions, drift_events, onset, first_version
         f"run directory: {run_dir}",
         "AP phases use live decisions joined with the simulator's labels; PR curves score the "
         "post-retrain traffic offline with both versions.",
+        "Shadow rows: stable's live decisions vs the canary's shadow decisions on the same "
+        "transactions, judged on the simulator's labels; canary serving = its first shadow "
+        "record, promoted = the consumer's 'promoted' rollout event (drift-events topic).",
     ]
     report = r.write_html(run_dir / "report.html", rows, figs, notes)
     summary["table"] = r.format_table(rows)

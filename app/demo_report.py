@@ -213,6 +213,101 @@ def analyst_plot(figures: pd.DataFrame) -> str:
     return png
 
 
+def utc(value: str) -> pd.Timestamp:
+    t = pd.Timestamp(value)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _rates(alerts: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+    caught = int((alerts & (y == 1)).sum())
+    return {
+        "precision": caught / alerts.sum() if alerts.sum() else None,
+        "recall": caught / y.sum() if y.sum() else None,
+        "alert_rate": float(alerts.mean()) if len(alerts) else None,
+    }
+
+
+def shadow_comparison(shadow: list[dict], truth: pd.DataFrame) -> list[dict]:
+    """Stable vs canary on the transactions both scored (the shadow-scores records), judged
+    on the simulator's labels: one entry per canary version."""
+    from streaming.messages import ShadowFields as f
+
+    rows = [
+        (r[f.STABLE_VERSION], r[f.CANARY_VERSION], tx, s != c.APPROVE, k != c.APPROVE)
+        for r in shadow
+        for tx, s, k in zip(
+            r[f.TRANSACTION_IDS], r[f.STABLE_DECISIONS], r[f.CANARY_DECISIONS], strict=True
+        )
+    ]
+    columns = ["stable_version", "canary_version", c.TRANSACTION_ID, "stable", "canary"]
+    paired = pd.DataFrame(rows, columns=columns).drop_duplicates(c.TRANSACTION_ID)
+    paired = paired.merge(truth[[c.TRANSACTION_ID, c.LABEL]], on=c.TRANSACTION_ID)
+    out = []
+    for (stable, canary), part in paired.groupby(["stable_version", "canary_version"]):
+        y = part[c.LABEL].to_numpy()
+        out.append(
+            {
+                "stable_version": int(stable),
+                "canary_version": int(canary),
+                "transactions": len(part),
+                "frauds": int(y.sum()),
+                "stable": _rates(part["stable"].to_numpy(), y),
+                "canary": _rates(part["canary"].to_numpy(), y),
+            }
+        )
+    return out
+
+
+def rollout_figures(history: list[dict], shadow: list[dict], events: list[dict]) -> dict:
+    """When the first retrain's version was canary serving (its first shadow record) and when
+    it was promoted (its ``promoted`` rollout event), in seconds from the retrain trigger."""
+    from monitoring.canary import EVENT, PROMOTED
+    from monitoring.retrain_history import PUSHED
+    from streaming.messages import ShadowFields as f
+
+    started = [h for h in history if h.get("status") == "started"]
+    pushed = [h for h in history if h.get("status") == PUSHED]
+    steps = [e for e in events if e.get("event") == EVENT]
+    figures: dict = {"rollout_steps": steps}
+    if not started or not pushed:
+        return figures
+    t0 = utc(started[0]["started_at"])
+    version = int(pushed[0]["version"])
+    shadowed = [utc(r[f.SHADOWED_AT]) for r in shadow if r[f.CANARY_VERSION] == version]
+    promoted = [
+        utc(e["detected_at"])
+        for e in steps
+        if e.get("kind") == PROMOTED and e.get("canary_version") == version
+    ]
+    figures.update(
+        canary_version=version,
+        trigger_to_canary_s=(min(shadowed) - t0).total_seconds() if shadowed else None,
+        trigger_to_promoted_s=(promoted[0] - t0).total_seconds() if promoted else None,
+        promoted_at=promoted[0].strftime(c.TIMESTAMP_FORMAT) if promoted else None,
+    )
+    return figures
+
+
+def _shadow_rows(summary: dict) -> list[tuple[str, str]]:
+    def pct(x):
+        return "n/a" if x is None else f"{x:.1%}"
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    rows = []
+    for s in summary.get("shadow", []):
+        pair = f"shadow: canary v{s['canary_version']} vs stable v{s['stable_version']}"
+        stable, canary = s["stable"], s["canary"]
+        rows += [
+            (f"{pair}, paired transactions (frauds)", f"{s['transactions']:,} ({s['frauds']:,})"),
+            (f"{pair}, precision", f"{num(stable['precision'])} vs {num(canary['precision'])}"),
+            (f"{pair}, recall", f"{num(stable['recall'])} vs {num(canary['recall'])}"),
+            (f"{pair}, alert rate", f"{pct(stable['alert_rate'])} vs {pct(canary['alert_rate'])}"),
+        ]
+    return rows
+
+
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
     def num(x, fmt):
         return "n/a" if x is None else format(x, fmt)
@@ -239,10 +334,16 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("drift detected (event time)", summary["detected_at"] or "not detected"),
         ("drift alarms before the onset", str(summary["false_alarms_before_onset"])),
         ("detection delay (simulated hours)", num(summary["detection_delay_h"], ".1f")),
-        ("retrain trigger -> new model serving (s)", num(summary["trigger_to_serving_s"], ".0f")),
+        (
+            "retrain trigger -> canary serving (shadow) (s)",
+            num(summary.get("trigger_to_canary_s"), ".0f"),
+        ),
+        ("retrain trigger -> promoted (s)", num(summary.get("trigger_to_promoted_s"), ".0f")),
+        ("canary promoted at (wall clock)", summary.get("promoted_at") or "not promoted"),
+        ("retrain trigger -> new model deciding (s)", num(summary["trigger_to_serving_s"], ".0f")),
         ("AP after retrain / AP before drift", num(summary["recovery_ratio"], ".2f")),
     ]
-    return rows
+    return rows + _shadow_rows(summary)
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:

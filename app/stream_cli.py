@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -168,17 +169,27 @@ def stream_consume(args: argparse.Namespace, settings: Settings | None = None) -
         dead_letter_max_payload_bytes=args.dead_letter_max_payload_bytes,
         security=_security(args),
     )
+    label = None if args.serving_label.strip().lower() == "none" else args.serving_label
     client = build_model_client(
         serving_url,
         model_name,
         timeout_s=args.serving_timeout_seconds,
         protocol=args.serving_protocol,
+        label=label,
     )
-    scorer = Scorer(client, ThresholdStore(Path(args.model_base_path or settings.model_base_path)))
+    thresholds = ThresholdStore(Path(args.model_base_path or settings.model_base_path))
+    scorer = Scorer(client, thresholds)
     metrics = StreamMetrics()
     drift_on = args.drift_window or args.drift_window_time
     drift_loop = _drift_loop(args, settings, config, metrics) if drift_on else None
-    consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop)
+    shadow, controller = None, None
+    if args.shadow == "on":
+        shadow, controller = _shadow(
+            args, settings, config, serving_url, metrics, thresholds, drift_loop
+        )
+    consumer = StreamConsumer(config, scorer, metrics, drift=drift_loop, shadow=shadow)
+    if controller is not None:
+        controller.is_decider = consumer.rollout_decider.is_set
     reviews = _review_publisher(args, config)
     server = (
         metrics.serve(
@@ -259,7 +270,7 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     trigger = None
     if args.retrain != "off":
         from app.retrain_cli import runner_for
-        from monitoring.retrain import RetrainConfig, RetrainTrigger
+        from monitoring.retrain import LOCAL, RetrainConfig, RetrainTrigger
         from pipelines.params import parse_params
 
         params = parse_params(args.retrain_set, "--retrain-set")
@@ -285,6 +296,8 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
         trigger = RetrainTrigger(
             retrain_config, runner_for(retrain_config), metrics=RetrainMetrics(metrics.registry)
         )
+        if args.retrain == LOCAL:
+            _share_serving_settings(args, settings)
     wait_days = args.retrain_label_wait_days
     if wait_days is None:
         wait_days = config.label_delay_days + args.retrain_eval_days + 7
@@ -302,6 +315,62 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     return DriftLoop(
         loop_config, drift_config, DriftMetrics(metrics.registry), trigger, quality=quality
     )
+
+
+def _share_serving_settings(args: argparse.Namespace, settings: Settings) -> None:
+    """A local retrain's push step runs in a child process and reads its settings from the
+    environment: hand it this consumer's server and model config file, so the version it pushes
+    is deployed (as canary, by FRAUD_ROLLOUT_MODE) where this consumer shadow-scores it."""
+    os.environ["FRAUD_SERVING_URL"] = _rest_url(args, settings)
+    if args.model_config_file:
+        os.environ["FRAUD_MODEL_CONFIG_FILE"] = str(Path(args.model_config_file).resolve())
+
+
+def _shadow(
+    args: argparse.Namespace,
+    settings: Settings,
+    config: Any,
+    serving_url: str,
+    metrics: Any,
+    thresholds: Any,
+    drift_loop: Any,
+) -> tuple[Any, Any]:
+    """The shadow scorer and its canary controller (which acts only with --auto-rollout on)."""
+    from monitoring.canary import drift_pushed, shadow_scoring
+    from monitoring.promotion import PromotionConfig
+    from serving.rollout import Rollout, default_config_path
+
+    base_path = Path(args.model_base_path or settings.model_base_path)
+    rollout = None
+    if args.auto_rollout == "on":
+        config_file = args.model_config_file
+        rollout = Rollout(
+            config_path=Path(config_file) if config_file else default_config_path(base_path),
+            model_name=config.model_name,
+            base_path=base_path,
+            serving_url=_rest_url(args, settings),
+        )
+    trigger = drift_loop.trigger if drift_loop is not None else None
+    return shadow_scoring(
+        config,
+        serving_url,
+        thresholds,
+        metrics,
+        PromotionConfig.parse(args.rollout_set),
+        rollout,
+        drift_triggered=drift_pushed(trigger) if trigger is not None else lambda v: False,
+        timeout_s=args.shadow_timeout_seconds,
+        max_queued=args.shadow_max_queued,
+        protocol=args.serving_protocol,
+    )
+
+
+def _rest_url(args: argparse.Namespace, settings: Settings) -> str:
+    """The model server's REST base URL, which deployment and the rollout's status checks use
+    whatever protocol the consumer scores with."""
+    if args.serving_protocol == "rest" and args.serving_url:
+        return args.serving_url
+    return settings.serving_url
 
 
 def _kafka_args(parser: argparse.ArgumentParser) -> None:

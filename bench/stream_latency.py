@@ -146,10 +146,12 @@ def latency_run(
     batch_size: int,
     snapshot_interval_s: float,
     tag: str,
+    extra: tuple[str, ...] = (),
 ) -> tuple[list[tuple[float, float]], int]:
     """(decided at, end-to-end ms) of each transaction replayed at ``rate`` to a consumer
-    subprocess, on topics (and with a group and state) of its own named by ``tag``, in time
-    order; and how many labels were published among the paced transactions."""
+    subprocess (given the ``extra`` options), on topics (and with a group and state) of its own
+    named by ``tag``, in time order; and how many labels were published among the paced
+    transactions."""
     from core import contract as c
     from streaming.messages import DecisionFields
 
@@ -164,6 +166,7 @@ def latency_run(
         str(batch_size),
         "--snapshot-interval-seconds",
         str(snapshot_interval_s),
+        *extra,
     )
     cmd.remove("--include-features")
     decisions, labels = _paced_through(

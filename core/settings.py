@@ -20,6 +20,16 @@ class Topics:
     alerts: str = "alerts"
     dead_letter: str = "transactions-dlq"
     drift_events: str = "drift-events"
+    # What the canary made of decided batches (streaming.shadow); never acted on.
+    shadow_scores: str = "shadow-scores"
+
+
+# How a newly pushed, blessed version reaches traffic when the server reads a model config file
+# (serving.rollout.Rollout.deploy): as the canary beside stable, promoted only by the promotion
+# rule, or as stable at once. The first version of a model is stable either way.
+ROLLOUT_CANARY = "canary"
+ROLLOUT_DIRECT = "direct"
+ROLLOUT_MODES = (ROLLOUT_CANARY, ROLLOUT_DIRECT)
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,18 @@ class Settings:
     bootstrap_servers: str = "127.0.0.1:9092"
     serving_url: str = "http://127.0.0.1:8501"
     serving_grpc_target: str = "127.0.0.1:8500"  # the consumer's with --serving-protocol grpc
+    rollout_mode: str = ROLLOUT_CANARY
+    # The server's --model_config_file as seen here; empty: models.config beside the base path.
+    model_config_file: str = ""
     run_dir: Path = Path("runs")
     topics: Topics = field(default_factory=Topics)
+
+    def __post_init__(self) -> None:
+        if self.rollout_mode not in ROLLOUT_MODES:
+            raise ValueError(
+                f"rollout mode (FRAUD_ROLLOUT_MODE) must be one of {ROLLOUT_MODES}, "
+                f"got {self.rollout_mode!r}"
+            )
 
     @classmethod
     def from_env(cls, env: os._Environ | dict | None = None) -> Settings:

@@ -45,6 +45,8 @@ _STATE_FORMAT = "fraud-drift-state"
 # Bumped whenever the document's fields change: a file of another version is refused.
 _STATE_VERSION = 3
 _REMEDY = "move it away to start the monitor afresh"
+# How the reason of a drift-triggered retrain starts (monitoring.canary tells such versions by it).
+DRIFT_REASON = "sustained drift"
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ class DriftLoop:
         ):
             onset = self._streak_start if self._streak_start is not None else float(times.max())
             reason = (
-                f"sustained drift: {self.drift_config.sustained_windows} windows in a row since "
+                f"{DRIFT_REASON}: {self.drift_config.sustained_windows} windows in a row since "
                 f"event time {iso_utc(onset)} (last window {report.window if report else '?'})"
             )
             self._pending = (reason, onset + self.config.label_wait_s)

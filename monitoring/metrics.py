@@ -42,6 +42,24 @@ RETRAIN_LAST_DURATION = RETRAIN_PREFIX + "last_duration_seconds"
 RETRAIN_LAST_PUSHED_VERSION = RETRAIN_PREFIX + "last_pushed_version"
 RETRAIN_OUTCOMES: tuple[str, ...] = ("started", "pushed", "not_blessed", "failed", "submitted")
 
+ROLLOUT_PREFIX = "fraud_rollout_"
+ROLLOUT_STEPS = ROLLOUT_PREFIX + "steps"  # counter, label: step (monitoring.canary STEPS)
+ROLLOUT_CANARY_VERSION = ROLLOUT_PREFIX + "canary_version"  # 0: no canary being judged
+ROLLOUT_FIGURE = ROLLOUT_PREFIX + "figure"  # gauge, label: figure (PromotionPolicy.figures)
+ROLLOUT_FIGURES: tuple[str, ...] = (
+    "error_rate",
+    "transactions",
+    "stable_alert_rate",
+    "canary_alert_rate",
+    "score_psi",
+    "labelled_frauds",
+    "stable_recall",
+    "canary_recall",
+    "stable_precision",
+    "canary_precision",
+    "elapsed_s",
+)
+
 
 class DriftMetrics:
     """The drift monitor's instruments, in their own registry unless one is given (pass the
@@ -244,3 +262,35 @@ class QualityMetrics:
 
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         return server
+
+
+class RolloutMetrics:
+    """Instruments of ``monitoring.canary.CanaryController``: its steps and the figures the
+    promotion rule (monitoring.promotion) judges the current canary by."""
+
+    def __init__(self, registry: Any | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.steps = Counter(
+            ROLLOUT_STEPS,
+            "Rollout steps: shadow_started, promote/rollback verdicts, promoted, rolled_back, "
+            "apply_failed, canary_gone",
+            ["step"],
+            registry=r,
+        )
+        self.canary_version = Gauge(
+            ROLLOUT_CANARY_VERSION, "Canary version being judged (0: none)", registry=r
+        )
+        self.figure = Gauge(
+            ROLLOUT_FIGURE,
+            "What the promotion rule judges the canary by (NaN: nothing to measure yet)",
+            ["figure"],
+            registry=r,
+        )
+
+    def show(self, figures: Any) -> None:
+        for name in ROLLOUT_FIGURES:
+            value = figures.get(name)
+            self.figure.labels(name).set(math.nan if value is None else float(value))

@@ -365,6 +365,7 @@ def _record_result(record: RunRecord, result: Mapping[str, Any]) -> None:
     """What the runner reported (pushed version, gate reasons, KFP run), on the record."""
     version = result.get("version")
     record.version = None if version is None else int(version)
+    record.serving = result.get("serving")
     reasons = result.get("reasons")
     record.gate_reasons = list(reasons) if reasons else None
     record.kfp_run_id = result.get("kfp_run_id")

@@ -60,6 +60,8 @@ class RunRecord:
     ended_at: str | None = None
     duration_s: float | None = None
     version: int | None = None
+    # The label the push put the version under (canary, stable; unmanaged: no model config).
+    serving: str | None = None
     gate_reasons: list[str] | None = None
     error: str | None = None
     cause: str | None = None

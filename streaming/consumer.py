@@ -16,6 +16,11 @@ One loop iteration handles one batch:
    acknowledgements, append the batch to the consumed dataset, and only then commit the offsets;
 6. snapshot the feature state (every commit, or every ``snapshot_interval_s``).
 
+With a ``shadow`` scorer (streaming.shadow), each decided batch is also handed to it, to be
+scored by the ``canary`` version on its own thread; nothing waits for that, and only the
+consumer owning partition 0 of the transactions topic (``rollout_decider``) may act on what it
+shows (monitoring.canary).
+
 A restart restores each partition's snapshot and seeks to its offset; messages between the
 snapshot and the committed offset were decided already and are replayed through the feature
 engine only, so the features after a restart equal those of an uninterrupted run and at most one
@@ -35,7 +40,7 @@ import gc
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import contract as c
 from streaming.commit_stage import Commits
@@ -52,6 +57,9 @@ from streaming.produce_stage import Output
 from streaming.score_stage import FallbackBacklog, Outcome, ScoreStage
 from streaming.scoring import Scored, Scorer
 from streaming.state import LabelRouter, SnapshotStore, SnapshotWriter
+
+if TYPE_CHECKING:
+    from streaming.shadow import ShadowScorer
 
 __all__ = ["ConsumerConfig", "ConsumerSummary", "StreamConsumer"]
 
@@ -91,12 +99,18 @@ class StreamConsumer:
         scorer: Scorer,
         metrics: StreamMetrics | None = None,
         drift: Any | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.config = config
         self.scorer = scorer
         # monitoring.loop.DriftLoop: drift checks and the retrain trigger, fed with
         # every decided batch (None: no monitoring).
         self.drift = drift
+        # Shadow scoring of every decided batch with the canary (None: off).
+        self.shadow = shadow
+        # Set while this consumer owns partition 0 of the transactions topic: the one replica
+        # of the group that acts on rollout verdicts (monitoring.canary).
+        self.rollout_decider = threading.Event()
         self.metrics = metrics or StreamMetrics()
         self.summary = ConsumerSummary()
         self.router = LabelRouter()
@@ -168,9 +182,12 @@ class StreamConsumer:
             self._dataset,
             fetch_max_wait_ms=cfg.labels_fetch_max_wait_ms,
         )
-        if self.drift is not None:
-            self._labels.on_labels = self.drift.add_labels
+        listeners = [x.add_labels for x in (self.drift, self.shadow) if x is not None]
+        if listeners:
+            self._labels.on_labels = lambda labels: [listen(labels) for listen in listeners]
         self._labels.start()
+        if self.shadow is not None:
+            self.shadow.start(self._producer)
         self._consumer = KafkaConsumer(
             **common,
             group_id=cfg.group_id,
@@ -225,6 +242,8 @@ class StreamConsumer:
 
     def _close(self) -> None:
         errors: list[BaseException] = []
+        if self.shadow is not None:
+            self.shadow.close()
         if self._commits is not None:
             try:
                 self._commits.await_commit()  # the last offsets must land before the group is left
@@ -255,6 +274,8 @@ class StreamConsumer:
     def _on_revoked(self, revoked: Any) -> None:
         """Runs on kafka-python's IO thread: file IO only, no blocking Kafka calls."""
         self._assigned_at = None  # a rebalance in progress is not idleness
+        if any(tp.partition == 0 for tp in revoked):
+            self.rollout_decider.clear()
         self._commits.hand_over()
         self._backlog.drop(tp.partition for tp in revoked)
         self._partitions.forget(revoked)
@@ -275,6 +296,10 @@ class StreamConsumer:
             # is: the first batch's barrier then reads only the labels appended since.
             self._labels.drain()
         self.metrics.assigned_partitions.set(len(assigned))
+        if any(tp.partition == 0 for tp in assigned):
+            self.rollout_decider.set()
+        else:
+            self.rollout_decider.clear()
         # Everything alive now (modules, clients, restored engines) lives as long as the process:
         # collected once and frozen, see GcPolicy.
         self._gc.full()
@@ -368,6 +393,8 @@ class StreamConsumer:
                 dead,
             )
             stages.mark("produce")
+            if self.shadow is not None and outcome is not None and outcome.scored is not None:
+                self.shadow.submit(decided, outcome.features, outcome.scored)
             if self.drift is not None and outcome is not None and outcome.scored is not None:
                 futures += self._observe_drift(decided, outcome.features, outcome.scored)
                 stages.mark("drift")

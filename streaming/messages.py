@@ -52,6 +52,20 @@ class DecisionFields:
     CORRECTION = "correction"
 
 
+class ShadowFields:
+    """Keys of a shadow-scores message: one per shadow-scored batch, the lists aligned."""
+
+    STABLE_VERSION = "stable_version"
+    CANARY_VERSION = "canary_version"
+    TRANSACTION_IDS = "transaction_ids"
+    STABLE_SCORES = "stable_scores"
+    CANARY_SCORES = "canary_scores"
+    STABLE_DECISIONS = "stable_decisions"
+    CANARY_DECISIONS = "canary_decisions"
+    CANARY_MS = "canary_ms"
+    SHADOWED_AT = "shadowed_at"
+
+
 class DeadLetterFields:
     REASON = "reason"
     REASON_KIND = "reason_kind"

@@ -45,6 +45,14 @@ ASSIGNED_PARTITIONS = PREFIX + "assigned_partitions"
 SNAPSHOT_BYTES = PREFIX + "snapshot_bytes"
 LAST_COMMIT_TIMESTAMP = PREFIX + "last_commit_timestamp_seconds"
 FALLBACK_BACKLOG = PREFIX + "fallback_backlog"
+# Shadow scoring with the canary (streaming.shadow).
+SHADOW_BATCHES = PREFIX + "shadow_batches"  # counter, label: outcome (SHADOW_OUTCOMES)
+SHADOW_TRANSACTIONS = PREFIX + "shadow_transactions"  # counter: scored by the canary
+SHADOW_DISAGREEMENTS = PREFIX + "shadow_disagreements"  # counter: canary decided otherwise
+SHADOW_LATENCY = PREFIX + "shadow_latency_seconds"
+SHADOW_SCORE = PREFIX + "shadow_score"
+SHADOW_CANARY_VERSION = PREFIX + "shadow_canary_version"  # 0: no canary
+SHADOW_OUTCOMES = ("scored", "error", "skipped")
 
 LATENCY_BUCKETS = (
     0.001,
@@ -244,6 +252,33 @@ class StreamMetrics:
         )
         self.fallback_backlog = Gauge(
             FALLBACK_BACKLOG, "Fallback-decided transactions awaiting their re-score", registry=r
+        )
+        self.shadow_batches = Counter(
+            SHADOW_BATCHES,
+            "Decided batches given to the canary: scored, error (the canary failed or timed "
+            "out), skipped (the shadow worker was still busy)",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_transactions = Counter(
+            SHADOW_TRANSACTIONS, "Transactions shadow-scored by the canary", registry=r
+        )
+        self.shadow_disagreements = Counter(
+            SHADOW_DISAGREEMENTS,
+            "Shadow-scored transactions the canary would have decided otherwise",
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            SHADOW_LATENCY,
+            "One shadow :predict call on the canary",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_score = BatchHistogram(
+            SHADOW_SCORE, "Fraud probabilities of the canary (never acted on)", SCORE_BUCKETS, r
+        )
+        self.shadow_canary_version = Gauge(
+            SHADOW_CANARY_VERSION, "Version labelled canary (0: none)", registry=r
         )
 
     def serve(

@@ -114,6 +114,17 @@ class FallbackBacklog:
         self.metrics.fallback_backlog.set(self.size)
 
 
+def model_inputs(entries: list[Entry], features: list[dict[str, float]]) -> dict[str, list[Any]]:
+    """The :predict inputs of ``entries`` (raw fields) with their computed ``features``."""
+    inputs: dict[str, list[Any]] = {}
+    for name in c.MODEL_INPUTS:
+        if name in c.RAW_MODEL_INPUTS:
+            inputs[name] = [e.row[name] for e in entries]  # type: ignore[index]
+        else:
+            inputs[name] = [f[name] for f in features]
+    return inputs
+
+
 class ScoreStage:
     """Calls the model server for a batch or for the backlog's re-score.
 
@@ -274,13 +285,7 @@ class ScoreStage:
     def _model_inputs(
         self, entries: list[Entry], features: list[dict[str, float]]
     ) -> dict[str, list[Any]]:
-        inputs: dict[str, list[Any]] = {}
-        for name in c.MODEL_INPUTS:
-            if name in c.RAW_MODEL_INPUTS:
-                inputs[name] = [e.row[name] for e in entries]  # type: ignore[index]
-            else:
-                inputs[name] = [f[name] for f in features]
-        return inputs
+        return model_inputs(entries, features)
 
     def _check_delay(self, scored: Scored) -> None:
         model_delay = scored.thresholds.label_delay_days

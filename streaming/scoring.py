@@ -309,11 +309,88 @@ def _flat(values: Any) -> list[Any]:
 PROTOCOLS = ("rest", "grpc")
 
 
+def model_client(protocol: str, serving_url: str, model_name: str, **options: Any) -> Any:
+    """TF Serving's REST (``ModelClient``) or gRPC (``GrpcModelClient``) client; both take the
+    same options and raise the same errors."""
+    if protocol == "grpc":
+        from serving.grpc_client import GrpcModelClient
+
+        return GrpcModelClient(serving_url, model_name, **options)
+    if protocol != "rest":
+        raise ValueError(f"serving protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    from serving.client import ModelClient
+
+    return ModelClient(serving_url, model_name, **options)
+
+
+class LabelOrLatest:
+    """Scores with the version the server's ``label`` names; while the server knows no such
+    label, with the model's highest AVAILABLE version, as an unpinned client does.
+
+    The fallback keeps a server without a model config file (``--model_name`` /
+    ``--model_base_path``, the embedded defaults) or with the seed config (no labels) working.
+    It cannot hand live traffic to a canary: ``fraud model`` (serving.rollout) labels the
+    stable version in the same config write that loads a second version, and TF Serving never
+    removes that label again while a canary exists. The label is looked up through the status
+    API (``GET .../labels/<label>``, cached by the client for ``version_refresh_s``); a 4xx
+    there means the label is unknown and is asked again after ``recheck_s``.
+    """
+
+    def __init__(self, labelled: Any, latest: Any, recheck_s: float = 1.0) -> None:
+        self.labelled = labelled
+        self.latest = latest
+        self.label = labelled.label
+        self.recheck_s = recheck_s
+        self._unlabelled_until = float("-inf")
+        self._using_label: bool | None = None
+
+    def _client(self) -> Any:
+        from serving.client import ServingHTTPError
+
+        if time.monotonic() < self._unlabelled_until:
+            return self.latest
+        try:
+            self.labelled.current_version()
+        except ServingHTTPError as err:
+            if not 400 <= err.status_code < 500:
+                raise
+            self._unlabelled_until = time.monotonic() + self.recheck_s
+            self._note(False, err.message)
+            return self.latest
+        self._note(True, "")
+        return self.labelled
+
+    def _note(self, using_label: bool, why: str) -> None:
+        if using_label == self._using_label:
+            return
+        self._using_label = using_label
+        if using_label:
+            log.info("scoring with the version labelled %r", self.label)
+        else:
+            log.warning(
+                "the model server knows no %r label (%s): scoring with the highest AVAILABLE "
+                "version until it does",
+                self.label,
+                why,
+            )
+
+    def predict(self, inputs: Mapping[str, Sequence[Any]]) -> PredictAnswer:
+        return self._client().predict(inputs)
+
+    def metadata(self) -> dict[str, Any]:
+        return self._client().metadata()
+
+
 def build_model_client(
-    serving_url: str, model_name: str, timeout_s: float = 10.0, protocol: str = "rest"
+    serving_url: str,
+    model_name: str,
+    timeout_s: float = 10.0,
+    protocol: str = "rest",
+    label: str | None = None,
 ) -> Predictor:
     """The shared model server client (retries, backoff and circuit breaker live there):
-    ``rest`` takes a base URL (``http://host:8501``), ``grpc`` a target (``host:8500``).
+    ``rest`` takes a base URL (``http://host:8501``), ``grpc`` a target (``host:8500``). With
+    ``label``, a ``LabelOrLatest`` over two such clients.
 
     The breaker's reset is short because the consumer holds and retries the batch itself: once
     the server is back, decisions should resume within a couple of seconds.
@@ -325,12 +402,10 @@ def build_model_client(
         "breaker_reset_s": 2.0,
         "output_key": c.SCORE_OUTPUT,
     }
-    if protocol == "grpc":
-        from serving.grpc_client import GrpcModelClient
 
-        return GrpcModelClient(serving_url, model_name, **options)
-    if protocol != "rest":
-        raise ValueError(f"serving protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    from serving.client import ModelClient
+    def client(pin: str | None) -> Any:
+        return model_client(protocol, serving_url, model_name, label=pin, **options)
 
-    return ModelClient(serving_url, model_name, **options)
+    if label is None:
+        return client(None)
+    return LabelOrLatest(client(label), client(None))

@@ -425,9 +425,11 @@ def consume(
     base: Path,
     state_dir: Path,
     metrics: Any = None,
+    label: str | None = None,
     **overrides: Any,
 ) -> Any:
-    """Run the scoring consumer in this process until it is idle (or ``max_messages``)."""
+    """Run the scoring consumer in this process until it is idle (or ``max_messages``);
+    ``label``: decide with the version the server labels so (streaming.scoring.LabelOrLatest)."""
     from streaming.consumer import ConsumerConfig, StreamConsumer
     from streaming.scoring import Scorer, ThresholdStore, build_model_client
 
@@ -441,7 +443,7 @@ def consume(
         fsync_snapshots=False,
         **overrides,
     )
-    scorer = Scorer(build_model_client(server.url, MODEL_NAME), ThresholdStore(base))
+    scorer = Scorer(build_model_client(server.url, MODEL_NAME, label=label), ThresholdStore(base))
     return StreamConsumer(config, scorer, metrics).run()
 
 

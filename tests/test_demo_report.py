@@ -1,5 +1,7 @@
-"""The analyst's figures of `make run`'s report (app.demo_report) on seeded decisions: exact
-per-day precision, recall, fraud money by decision and alert budget, and their plot."""
+"""`make run`'s report (app.demo_report): the analyst's figures on seeded decisions (exact per-day
+precision, recall, fraud money by decision and alert budget, and their plot), and the rollout
+part of the summary (the shadow comparison, "trigger -> canary serving" and "trigger ->
+promoted") from records shaped as the consumer and the retrain trigger write them."""
 
 from __future__ import annotations
 
@@ -7,10 +9,14 @@ import base64
 import math
 
 import pandas as pd
+import pytest
 
 from app import demo_report as r
 from core import contract as c
+from monitoring.canary import EVENT, PROMOTED, SHADOW_STARTED, VERDICT
+from monitoring.retrain_history import PUSHED, STARTED
 from streaming.messages import DecisionFields as D
+from streaming.messages import ShadowFields as f
 
 # day, version, decision, fraud, amount
 ROWS = [
@@ -74,3 +80,109 @@ def test_join_truth_takes_the_amount_from_the_truth() -> None:
     truth = joined().assign(**{c.TRANSACTION_ID: [f"t{i}" for i in range(len(ROWS))]})
     decisions = truth.drop(columns=[c.LABEL, c.AMOUNT])
     assert r.join_truth(decisions, truth)[c.AMOUNT].tolist() == [a for *_, a in ROWS]
+
+
+T0 = "2026-12-06T03:10:00"  # the retrain history's naive UTC start
+
+
+def shadow_record(ids: list[str], stable: list[str], canary: list[str], at: str) -> dict:
+    return {
+        f.STABLE_VERSION: 1,
+        f.CANARY_VERSION: 2,
+        f.TRANSACTION_IDS: ids,
+        f.STABLE_SCORES: [0.5] * len(ids),
+        f.CANARY_SCORES: [0.5] * len(ids),
+        f.STABLE_DECISIONS: stable,
+        f.CANARY_DECISIONS: canary,
+        f.CANARY_MS: 3.0,
+        f.SHADOWED_AT: at,
+    }
+
+
+def rollout_event(kind: str, at: str) -> dict:
+    return {"event": EVENT, "kind": kind, "canary_version": 2, "detected_at": at}
+
+
+HISTORY = [
+    {"status": STARTED, "run_id": "r1", "started_at": T0},
+    {"status": PUSHED, "run_id": "r1", "version": 2, "serving": "canary"},
+]
+A, R = c.APPROVE, c.REVIEW
+SHADOW = [
+    # t4 is shadowed twice (at-least-once): counted once.
+    shadow_record(["t1", "t2", "t3", "t4"], [R, A, A, R], [R, R, A, A], "2026-12-06T03:11:30Z"),
+    shadow_record(["t4", "t5"], [R, A], [A, R], "2026-12-06T03:11:31.5Z"),
+]
+EVENTS = [
+    {"event": "drift", "sustained": True, "window_end": "2025-03-01T00:00:00Z"},
+    rollout_event(SHADOW_STARTED, "2026-12-06T03:11:30.2Z"),
+    rollout_event(VERDICT, "2026-12-06T03:11:40Z"),
+    rollout_event(PROMOTED, "2026-12-06T03:11:42Z"),
+]
+TRUTH = pd.DataFrame({c.TRANSACTION_ID: ["t1", "t2", "t3", "t4", "t5"], c.LABEL: [1, 1, 0, 0, 1]})
+
+
+def test_both_figures_are_reported_and_canary_serving_comes_first() -> None:
+    figures = r.rollout_figures(HISTORY, SHADOW, EVENTS)
+    assert figures["canary_version"] == 2
+    assert figures["trigger_to_canary_s"] == pytest.approx(90.0)
+    assert figures["trigger_to_promoted_s"] == pytest.approx(102.0)
+    assert figures["trigger_to_canary_s"] <= figures["trigger_to_promoted_s"]
+    assert figures["promoted_at"] == "2026-12-06T03:11:42Z"
+    assert [e["kind"] for e in figures["rollout_steps"]] == [SHADOW_STARTED, VERDICT, PROMOTED]
+
+
+def test_without_a_promotion_the_figure_says_so() -> None:
+    figures = r.rollout_figures(HISTORY, SHADOW, EVENTS[:3])
+    assert figures["trigger_to_canary_s"] is not None and figures["trigger_to_promoted_s"] is None
+    rows = dict(r.summary_rows({**base_summary(), **figures}))
+    assert rows["retrain trigger -> promoted (s)"] == "n/a"
+    assert rows["canary promoted at (wall clock)"] == "not promoted"
+
+
+def test_shadow_comparison_pairs_both_versions_on_the_same_labelled_transactions() -> None:
+    (pair,) = r.shadow_comparison(SHADOW, TRUTH)
+    assert (pair["stable_version"], pair["canary_version"]) == (1, 2)
+    assert (pair["transactions"], pair["frauds"]) == (5, 3)
+    # Stable alerts on t1 and t4 (t1 a fraud), the canary on t1, t2 and t5 (all frauds).
+    assert pair["stable"] == pytest.approx({"precision": 0.5, "recall": 1 / 3, "alert_rate": 0.4})
+    assert pair["canary"] == pytest.approx({"precision": 1.0, "recall": 1.0, "alert_rate": 0.6})
+
+
+def base_summary() -> dict:
+    return {
+        "scored": 5,
+        "duplicates": 0,
+        "throughput": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "alerts": 2,
+        "phases": [],
+        "onset": "2025-03-01T00:00:00Z",
+        "detected_at": None,
+        "false_alarms_before_onset": 0,
+        "detection_delay_h": None,
+        "trigger_to_serving_s": 110.0,
+        "recovery_ratio": None,
+    }
+
+
+def test_the_table_shows_the_figures_in_order_and_the_shadow_comparison() -> None:
+    summary = {
+        **base_summary(),
+        **r.rollout_figures(HISTORY, SHADOW, EVENTS),
+        "shadow": r.shadow_comparison(SHADOW, TRUTH),
+    }
+    rows = r.summary_rows(summary)
+    names = [k for k, _ in rows]
+    canary = names.index("retrain trigger -> canary serving (shadow) (s)")
+    promoted = names.index("retrain trigger -> promoted (s)")
+    deciding = names.index("retrain trigger -> new model deciding (s)")
+    assert canary < promoted < deciding
+    assert [rows[i][1] for i in (canary, promoted, deciding)] == ["90", "102", "110"]
+    table = dict(rows)
+    pair = "shadow: canary v2 vs stable v1"
+    assert table[f"{pair}, paired transactions (frauds)"] == "5 (3)"
+    assert table[f"{pair}, precision"] == "0.500 vs 1.000"
+    assert table[f"{pair}, recall"] == "0.333 vs 1.000"
+    assert table[f"{pair}, alert rate"] == "40.0% vs 60.0%"

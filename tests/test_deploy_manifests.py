@@ -757,12 +757,69 @@ def test_serving_readiness_asks_the_model_status_api() -> None:
     dep = by_kind(rendered("base"), "Deployment")["fraud-serving"]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/fraud"
-    assert "--model_name=fraud" in container["args"]
     assert "--monitoring_config_file=/etc/tfserving/monitoring.config" in container["args"]
     volumes = dep["spec"]["template"]["spec"]["volumes"]
-    assert {"claimName": "fraud-models", "readOnly": True} in [
-        v.get("persistentVolumeClaim") for v in volumes
-    ]
+    assert {"claimName": "fraud-models"} in [v.get("persistentVolumeClaim") for v in volumes]
+    # The server itself only reads the models volume.
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+
+
+MODEL_CONFIG_SEED = K8S / "base/serving/models.config"
+ROLLOUT_POD_LABELS = {"fraud.platform/model-rollout": "true"}
+ROLLOUT_POD_LABELS_DOC = 'labels: {fraud.platform/model-rollout: "true"}'
+MODEL_CONFIG = "/models/models.config"
+SERVING_CONFIG_FLAGS = {
+    f"--model_config_file={MODEL_CONFIG}",
+    "--model_config_file_poll_wait_seconds=10",
+}
+
+
+def mount_of(path: str, mounts: list[dict]) -> dict:
+    """The volume mount holding ``path`` (longest mountPath that is a prefix of it)."""
+    holding = [m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert holding, f"{path} is on no mounted volume"
+    return max(holding, key=lambda m: len(m["mountPath"]))
+
+
+def test_model_config_seed_is_a_model_server_config_for_the_models_volume() -> None:
+    from core.settings import Settings
+    from serving.config import load_model_server_config
+    from serving.rollout import CONFIG_FILE_NAME
+
+    config = load_model_server_config(str(MODEL_CONFIG_SEED))
+    (model,) = config.model_config_list.config
+    assert (model.name, model.base_path) == ("fraud", "/models/fraud")
+    # `fraud model` finds the file beside the base path the consumer and the retrain job use.
+    objs = rendered("base")
+    settings = next(c for n, c in by_kind(objs, "ConfigMap").items() if n.startswith("fraud-c"))
+    base_path = Path(settings["data"]["FRAUD_MODEL_BASE_PATH"])
+    assert base_path == Path(model.base_path) and base_path.parent / CONFIG_FILE_NAME == Path(
+        MODEL_CONFIG
+    )
+    assert Settings().model_base_path.parent / CONFIG_FILE_NAME == Path("models/models.config")
+
+
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_serving_reads_a_polled_model_config_on_the_models_volume(name: str) -> None:
+    objs = rendered(name)
+    spec = by_kind(objs, "Deployment")["fraud-serving"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    container = spec["containers"][0]
+    assert set(container["args"]) >= SERVING_CONFIG_FLAGS
+    assert not [a for a in container["args"] if a.startswith(("--model_name", "--model_base"))]
+    # On the PVC (writable by `fraud model` elsewhere), not in a read-only, late ConfigMap.
+    mount = mount_of(MODEL_CONFIG, container["volumeMounts"])
+    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == "fraud-models"
+    # The init container seeds the same file on the same volume, from the seed's ConfigMap.
+    (init,) = spec["initContainers"]
+    init_mount = mount_of(MODEL_CONFIG, init["volumeMounts"])
+    assert init_mount["name"] == mount["name"] and not init_mount.get("readOnly")
+    script = init["args"][0]
+    assert f"test -e {MODEL_CONFIG} ||" in script and f"{MODEL_CONFIG};" in script
+    seed_mount = mount_of("/etc/tfserving-seed/models.config", init["volumeMounts"])
+    seed = volumes[seed_mount["name"]]["configMap"]["name"]
+    seed_map = by_kind(objs, "ConfigMap")[seed]
+    assert seed_map["data"]["models.config"] == MODEL_CONFIG_SEED.read_text()
 
 
 def selects(selector: dict, labels: dict) -> bool:
@@ -806,7 +863,18 @@ def test_only_the_consumer_reaches_serving_and_kafka() -> None:
     same_namespace_callers = {
         name for name, lbl in labels.items() for sel in pod_peers if selects(sel, lbl)
     }
-    assert same_namespace_callers == {"fraud-consumer"}
+    # The retrain's push makes its version canary, following the steps through the status API.
+    assert same_namespace_callers == {"fraud-consumer", "fraud-retrain"}
+    assert labels["fraud-retrain"].items() >= ROLLOUT_POD_LABELS.items()
+    # The rollout pods (and docs/deployment.md, 6's) reach the REST port and nothing else.
+    rollout_rules = [
+        rule
+        for spec in serving
+        for rule in spec.get("ingress", [])
+        if {"podSelector": {"matchLabels": ROLLOUT_POD_LABELS}} in rule["from"]
+    ]
+    assert [r["ports"] for r in rollout_rules] == [[{"port": 8501, "protocol": "TCP"}]]
+    assert ROLLOUT_POD_LABELS_DOC in DOCS.read_text()
 
     # Kafka: Strimzi generates the listener policies from networkPolicyPeers.
     listeners = by_kind(objs, "Kafka")["fraud-kafka"]["spec"]["kafka"]["listeners"]
@@ -1139,6 +1207,15 @@ def test_compose_images_are_pinned_and_settings_are_real() -> None:
                 assert key in known, f"{name}: {key} is read by nothing"
     serving = doc["services"]["serving"]
     assert "--monitoring_config_file=/etc/tfserving/monitoring.config" in serving["command"]
+    assert set(serving["command"]) >= SERVING_CONFIG_FLAGS
+    assert "${FRAUD_MODELS_DIR:-../../models}:/models:ro" in serving["volumes"]
+    seeder = doc["services"]["serving-config"]
+    assert serving["depends_on"]["serving-config"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert "${FRAUD_MODELS_DIR:-../../models}:/models" in seeder["volumes"]
+    assert "../base/serving/models.config:/etc/tfserving-seed/models.config:ro" in seeder["volumes"]
+    assert f"test -e {MODEL_CONFIG} ||" in seeder["command"][0]
     assert doc["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert doc["services"]["topics"]["command"][:2] == ["topics", "create"]
 

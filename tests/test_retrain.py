@@ -504,6 +504,41 @@ def test_consumer_cli_configures_drift_triggered_cluster_runs(tmp_path: Path) ->
     assert loop.drift_config.window_seconds == 86_400
 
 
+def test_local_drift_retrains_deploy_to_the_consumers_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local pipeline's push step (a child process) reads its settings from the
+    environment: the consumer hands it its own server and model config file."""
+    from app import stream_cli as cli
+    from core.settings import Settings
+    from streaming.consumer import ConsumerConfig
+    from streaming.metrics import StreamMetrics
+
+    # Set here so that the environment is restored after the test.
+    monkeypatch.setenv("FRAUD_SERVING_URL", "http://elsewhere:8501")
+    monkeypatch.setenv("FRAUD_MODEL_CONFIG_FILE", "elsewhere.config")
+    args = cli.build_parser().parse_args(
+        ["stream", "consume", "--bootstrap-servers", "kafka:9092", "--drift-window-time", "24h"]
+        + ["--retrain", "local", "--retrain-run-dir", str(tmp_path / "retrain")]
+        + ["--serving-url", "http://serving.example:8501"]
+        + ["--model-config-file", str(tmp_path / "models.config")]
+    )
+    config = ConsumerConfig(bootstrap_servers="kafka:9092", state_dir=tmp_path / "stream")
+    cli._drift_loop(args, Settings(run_dir=tmp_path), config, StreamMetrics())
+    pushed_with = Settings.from_env()
+    assert pushed_with.serving_url == "http://serving.example:8501"
+    assert pushed_with.model_config_file == str(tmp_path / "models.config")
+
+
+def test_push_outcome_is_recorded(tmp_path: Path, base_file: Path) -> None:
+    runner = lambda job: {"pushed": True, "version": 3, "serving": "canary"}  # noqa: E731
+    t = trigger(config(tmp_path, base_file), runner=runner)
+    t.trigger("drift")
+    record = t.wait(timeout=60)
+    assert record is not None and (record.version, record.serving) == (3, "canary")
+    assert t.history()[-1]["serving"] == "canary"
+
+
 def test_history_is_json_lines(tmp_path: Path, base_file: Path) -> None:
     t = trigger(config(tmp_path, base_file), runner=lambda job: {"pushed": False})
     t.trigger("drift")

@@ -39,6 +39,8 @@ def push_step(
     """
     from components.push.pusher import push, training_profile
     from core.metadata import ModelMetadata, Thresholds, input_specs
+    from core.settings import Settings
+    from serving.rollout import RolloutError, settings_rollout
 
     if not str(model_base_path).strip():
         raise ValueError("model_base_path is empty: nowhere to push the model")
@@ -63,6 +65,42 @@ def push_step(
         data_version=split_info.get("data_version", "unknown"),
         windows={k: v for k, v in split_info.items() if k.endswith(("_start", "_end"))},
     )
+    settings = Settings.from_env()
+    rollout = settings_rollout(settings, Path(model_base_path), model_name)
+    if rollout is not None:
+        # A server serving the newest version on disk would take the push live on its own.
+        try:
+            rollout.pin()
+        except RolloutError as err:
+            raise RolloutError(f"push: nothing pushed: {err}") from err
     version, target = push(model_dir, model_base_path, metadata, stats_path)
     log.info("push: model %s version %d -> %s", model_name, version, target)
-    return {"pushed": True, "version": version, "path": str(target)}
+    serving = deploy(rollout, version, model_name, settings.rollout_mode)
+    return {"pushed": True, "version": version, "path": str(target), "serving": serving}
+
+
+def deploy(rollout: Any, version: int, model_name: str, mode: str) -> str:
+    """The label a pushed version serves under (``canary`` or ``stable``, by the rollout
+    ``mode``), or ``unmanaged`` without a model config file (``rollout`` None: the server's
+    own version policy serves the newest version)."""
+    from serving.rollout import RolloutError
+
+    if rollout is None:
+        log.warning(
+            "push: no model config file for %s: the server's version policy decides what "
+            "serves version %d (no canary phase)",
+            model_name,
+            version,
+        )
+        return "unmanaged"
+    try:
+        label, _ = rollout.deploy(version, mode)
+    except RolloutError as err:
+        raise RolloutError(
+            f"push: version {version} of {model_name} is on disk but not in service: {err}; "
+            f"`fraud model canary {version}` (or `rollback --to {version}`) puts it there"
+        ) from err
+    log.info(
+        "push: version %d of %s serves as %s (%s)", version, model_name, label, rollout.config_path
+    )
+    return label
