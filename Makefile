@@ -1,11 +1,16 @@
 # Quickstart: `make run` (the main job on the embedded defaults) and `make test` (the whole suite).
 # Both bootstrap .venv from the committed lock when it is missing or stale, and skip that when current.
+# `make image` builds the platform image (.ci/image.sh: docker or podman; IMAGE_BASE=local, the
+# default, builds on a debootstrap base and needs no registry; IMAGE_BASE=default uses the
+# Dockerfile's official python image).
 PYTHON ?= python3.11
 VENV := .venv
 LOCK := requirements.lock
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
+IMAGE ?= fraud-platform:dev
+IMAGE_BASE ?= local
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
@@ -14,7 +19,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # dvc.yaml stages and the pipeline components call `fraud` and `python3`: use the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint format lock bench clean-venv
+.PHONY: run test tools image lint format lock bench clean-venv
 
 # The stamp records the lock and pyproject it was built from, so a changed lock reinstalls.
 $(STAMP): $(LOCK) pyproject.toml
@@ -30,10 +35,17 @@ run: $(STAMP)
 	  $(BIN)/fraud demo --run-dir $$run_dir && \
 	  $(BIN)/python -m bench.demo_figures $$run_dir
 
-test: $(STAMP)
+# The container tests and the workflow lint need podman & co. and actionlint: installed when missing.
+tools:
+	.ci/install-tools.sh
+
+test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+image:
+	IMAGE_BASE=$(IMAGE_BASE) .ci/image.sh $(IMAGE)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.all
