@@ -19,7 +19,7 @@ import orjson
 
 _FULL_DIGITS = {4: 9, 8: 17}  # std::numeric_limits<T>::max_digits10 of float and double
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-_BLOCK_ELEMENTS = 65536
+_BLOCK_ELEMENTS = 4096
 
 
 def _short_enough(flat: np.ndarray, values: list[float]) -> list[int]:
@@ -84,11 +84,23 @@ def _row_blocks(arr: np.ndarray) -> Iterator[list[str]]:
             ]
 
 
+def float_json_parts(arr: np.ndarray) -> Iterator[bytes]:
+    """The whole array's JSON text (a scalar for 0-d) in pieces of one block each, so that a
+    response can be joined from them with one copy."""
+    if arr.ndim == 0:
+        yield float_texts(arr)[0].encode()
+        return
+    yield b"["
+    for i, rows in enumerate(_row_blocks(arr)):
+        if i:
+            yield b","
+        yield ",".join(rows).encode()
+    yield b"]"
+
+
 def float_json(arr: np.ndarray) -> orjson.Fragment:
     """The whole array (a scalar for 0-d) as one JSON fragment."""
-    if arr.ndim == 0:
-        return orjson.Fragment(float_texts(arr)[0])
-    return orjson.Fragment("[" + ",".join(",".join(rows) for rows in _row_blocks(arr)) + "]")
+    return orjson.Fragment(b"".join(float_json_parts(arr)))
 
 
 def float_rows_json(arr: np.ndarray) -> list[orjson.Fragment]:

@@ -60,7 +60,7 @@ def _parse_error(exc: json.JSONDecodeError, offset: int) -> ServingError:
     return invalid_argument(f"JSON Parse error: {message} at offset: {exc.pos + offset}")
 
 
-def lenient_loads(body: bytes) -> Any:
+def lenient_loads(body: bytes | bytearray) -> Any:
     """What TF Serving's parser accepts beyond strict JSON: ``NaN``, ``Infinity`` and
     ``-Infinity``, and content after the first complete value (it stops there)."""
     try:

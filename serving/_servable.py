@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from serving._codec import Feature, InputBatch, InputSpecs, TensorInfo
+from serving._codec import InputBatch, InputSpecs
 from serving._errors import CODE_NAME, ServingError, invalid_argument
+from serving._json_examples import Feature
+from serving._json_tensor import TensorInfo
 
 log = logging.getLogger("serving")
 

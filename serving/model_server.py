@@ -33,8 +33,9 @@ import orjson
 from aiohttp import ClientPayloadError, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from serving import _codec
+from serving import _codec, _json_examples
 from serving._errors import CODE_NUMBER, ServingError, invalid_argument
+from serving._json_dense import DENSE_MIN_BYTES
 from serving._manager import ModelManager, VersionState
 from serving.config import ConfigError, ServerOptions, parse_flags
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
@@ -62,7 +63,7 @@ class _ClientGone(Exception):
 class _Outcome:
     """What a request produced, for the response and for metrics."""
 
-    body: bytes = b""
+    body: bytes | bytearray = b""
     http_status: int = 200
     code: str = "OK"
     version: str = ""
@@ -207,10 +208,10 @@ class ModelServer:
             response.force_close()
         return response
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request) -> bytes | bytearray:
         """The whole body, within the body timeout and the size cap."""
         try:
-            return await asyncio.wait_for(request.read(), self.options.body_timeout_s)
+            return await asyncio.wait_for(self._receive(request), self.options.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             raise ServingError(
                 "INVALID_ARGUMENT",
@@ -227,6 +228,26 @@ class ModelServer:
             ) from None
         except (ConnectionError, ClientPayloadError) as exc:
             raise _ClientGone(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _receive(self, request: web.Request) -> bytes | bytearray:
+        """A large body with a Content-Length lands in one buffer of that size: joining chunks
+        at the end would hold it twice."""
+        length = request.content_length
+        if length is None or length < DENSE_MIN_BYTES:
+            return await request.read()  # aiohttp applies client_max_size
+        if length > self.options.max_request_bytes:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=self.options.max_request_bytes, actual_size=length
+            )
+        body = bytearray(length)
+        filled = 0
+        with memoryview(body) as view:
+            async for chunk in request.content.iter_any():
+                view[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+        if filled != length:
+            raise ConnectionResetError(f"the body ended after {filled} of {length} bytes")
+        return body
 
     @staticmethod
     def _error(status: int, message: str) -> web.Response:
@@ -246,7 +267,7 @@ class ModelServer:
             model, outcome.version, api, outcome.code, seconds, outcome.rows, outcome.runtime_s
         )
 
-    async def _in_thread(self, route: _Route, body: bytes) -> _Outcome:
+    async def _in_thread(self, route: _Route, body: bytes | bytearray) -> _Outcome:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, self._run_model_request, route, body)
         timeout = self.options.rest_api_timeout_s
@@ -256,11 +277,11 @@ class ModelServer:
             # The worker cannot be interrupted; it finishes (and releases its version) later.
             return _Outcome().fail(ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded"))
 
-    def _run_model_request(self, route: _Route, body: bytes) -> _Outcome:
+    def _run_model_request(self, route: _Route, body: bytes | bytearray) -> _Outcome:
         """Runs in the thread pool: JSON decode, input conversion, model call, JSON encode."""
         outcome = _Outcome()
         try:
-            doc = _codec.parse_json_object(body)
+            doc = _codec.parse_json_object(body, dense=route.api == "predict")
             with self.manager.acquire(route.model_name, route.version, route.label) as vs:
                 outcome.version = str(vs.version)
                 servable = vs.servable
@@ -273,17 +294,18 @@ class ModelServer:
                     outputs = sig.run(batch)
                     outcome.runtime_s = time.perf_counter() - t0
                     outcome.rows = batch.rows
+                    del doc, batch  # a large request's inputs go before its answer is written
                     outcome.body = _codec.predict_response(outputs, fmt)
                 elif route.api == "classify":
-                    sig_name, examples = _codec.parse_examples_request(doc, "classify")
+                    sig_name, examples = _json_examples.parse_examples_request(doc, "classify")
                     classes, scores, outcome.runtime_s = servable.classify(sig_name, examples)
                     outcome.rows = len(examples)
-                    outcome.body = _codec.classify_response(classes, scores)
+                    outcome.body = _json_examples.classify_response(classes, scores)
                 else:
-                    sig_name, examples = _codec.parse_examples_request(doc, "regress")
+                    sig_name, examples = _json_examples.parse_examples_request(doc, "regress")
                     values, outcome.runtime_s = servable.regress(sig_name, examples)
                     outcome.rows = len(examples)
-                    outcome.body = _codec.regress_response(values)
+                    outcome.body = _json_examples.regress_response(values)
         except ServingError as exc:
             outcome.fail(exc)
         except Exception as exc:

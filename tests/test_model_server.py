@@ -567,7 +567,7 @@ def test_label_on_unavailable_version_fails_startup(tmp_path: Path, store: Path)
 def _info(kind: str, dtype: str, shape: tuple[int | None, ...] | None = (None,)) -> Any:
     import numpy as np
 
-    from serving._codec import TensorInfo
+    from serving._json_tensor import TensorInfo
 
     dt_name = {"float32": "float", "float64": "double", "object": "string"}.get(dtype, dtype)
     return TensorInfo("x", dt_name, kind, np.dtype(dtype), shape)
@@ -576,8 +576,9 @@ def _info(kind: str, dtype: str, shape: tuple[int | None, ...] | None = (None,))
 def test_conversion_rules() -> None:
     import numpy as np
 
-    from serving._codec import inputs_from_columns, inputs_from_instances, to_array
+    from serving._codec import inputs_from_columns, inputs_from_instances
     from serving._errors import ServingError
+    from serving._json_tensor import to_array
 
     f32, i32 = _info("float", "float32"), _info("int", "int32")
     assert to_array([1, 2.5], f32).dtype == np.float32
