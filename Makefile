@@ -35,7 +35,8 @@ run: $(STAMP)
 	  $(BIN)/fraud demo --run-dir $$run_dir && \
 	  $(BIN)/python -m bench.demo_figures $$run_dir
 
-# The container tests and the workflow lint need podman & co. and actionlint: installed when missing.
+# The container tests, the workflow lint and the alerting tests need podman & co., actionlint,
+# Prometheus and Alertmanager: installed when missing (.ci/install-tools.sh).
 tools:
 	.ci/install-tools.sh
 

