@@ -187,9 +187,11 @@ def consume_with_shadow(
     work: Path,
     policy: PromotionConfig,
     drift: bool = False,
+    protocol: str = "rest",
 ) -> Run:
     """Publish the stream at ``RATE`` while one consumer (stable label, shadow scoring, auto
-    rollout) decides it; returns when the consumer has been idle for a few seconds."""
+    rollout) decides it, scoring and shadow-scoring through ``protocol``; returns when the
+    consumer has been idle for a few seconds."""
     path, n = stream
     bootstrap = broker.bootstrap_servers
     topics = make_topics(bootstrap)
@@ -204,17 +206,20 @@ def consume_with_shadow(
     )
     metrics = StreamMetrics()
     thresholds = ThresholdStore(models / MODEL_NAME)
-    scorer = Scorer(build_model_client(server.url, MODEL_NAME, label=STABLE), thresholds)
+    url = server.grpc_target if protocol == "grpc" else server.url
+    client = build_model_client(url, MODEL_NAME, protocol=protocol, label=STABLE)
     shadow, controller = shadow_scoring(
         config,
-        server.url,
+        url,
         thresholds,
         metrics,
         policy,
         rollout(models, server),
         drift_triggered=lambda version: drift,
         max_queued=QUEUE,
+        protocol=protocol,
     )
+    scorer = Scorer(client, thresholds)
     consumer = StreamConsumer(config, scorer, metrics, shadow=shadow)
     controller.is_decider = consumer.rollout_decider.is_set
     done: list[ConsumerSummary] = []
@@ -247,15 +252,16 @@ def served_versions(run: Run) -> list[int]:
     return [d["value"][DecisionFields.MODEL_VERSION] for d in ordered]
 
 
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_decisions_follow_stable_and_shadow_scores_are_recorded(
-    broker, server, models, stream, canary_of, tmp_path
+    broker, server, models, stream, canary_of, tmp_path, protocol
 ) -> None:
     canary_of(OTHER)
     # A rule that never decides within the stream: only shadow scoring is looked at.
     patient = PromotionConfig(
         min_transactions=10**9, min_labelled_frauds=10**9, max_shadow_s=10.0**9
     )
-    run = consume_with_shadow(broker, server, models, stream, tmp_path, patient)
+    run = consume_with_shadow(broker, server, models, stream, tmp_path, patient, protocol=protocol)
     n = stream[1]
     assert_no_failed_request(run, n)
     assert set(served_versions(run)) == {1}, "the canary took live traffic"
