@@ -10,6 +10,7 @@ from core import contract as c
 from monitoring.drift import DriftConfig
 from streaming.consumer import ConsumerConfig
 from streaming.kafka_config import add_kafka_arguments
+from streaming.scoring import PROTOCOLS
 
 
 def _deadline(text: str) -> float | None:
@@ -29,7 +30,7 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
     """Every option of the consume command, on its parser."""
     con.add_argument(
         "--serving-protocol",
-        choices=("rest", "grpc"),
+        choices=PROTOCOLS,
         default="rest",
         help="how to call the model server: TF Serving's REST or gRPC API",
     )

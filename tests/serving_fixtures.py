@@ -7,7 +7,7 @@ subprocesses, so the test process stays light and the server is tested as it is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +81,19 @@ __all__ = [
     "version_states",
     "write_atomically",
 ]
+
+
+def serve_model_config(root: Path) -> Iterator[ServerProcess]:
+    """A model server driven by ``root/models.config``, polled fast enough for rollout tests
+    to see each edit within a second; fails the module if the server died during it."""
+    proc = ServerProcess(
+        [
+            f"--model_config_file={root / 'models.config'}",
+            "--model_config_file_poll_wait_seconds=0.3",
+            "--file_system_poll_wait_seconds=0.5",
+        ],
+        log_path=root / "server.log",
+    )
+    with proc:
+        yield proc
+        assert proc.proc is not None and proc.proc.poll() is None, "server died during tests"

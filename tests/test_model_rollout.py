@@ -12,11 +12,12 @@ import io
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from serving_fixtures import install_broken_version, model_config
+from serving_fixtures import install_broken_version, model_config, serve_model_config
 from stream_fixtures import MODEL_NAME, ModelStore, install_version, metadata, wait_for
 
 from app.cli import main as fraud_main
@@ -52,18 +53,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) ->
 
 
 @pytest.fixture(scope="module")
-def server(models: Path):
-    proc = ServerProcess(
-        [
-            f"--model_config_file={models / 'models.config'}",
-            "--model_config_file_poll_wait_seconds=0.3",
-            "--file_system_poll_wait_seconds=0.5",
-        ],
-        log_path=models / "server.log",
-    )
-    with proc:
-        yield proc
-        assert proc.proc is not None and proc.proc.poll() is None, "server died during tests"
+def server(models: Path) -> Iterator[ServerProcess]:
+    yield from serve_model_config(models)
 
 
 def rollout(models: Path, server: ServerProcess, timeout_s: float = 60.0) -> Rollout:

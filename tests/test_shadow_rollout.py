@@ -15,11 +15,12 @@ import dataclasses
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from serving_fixtures import model_config
+from serving_fixtures import model_config, serve_model_config
 from stream_fixtures import (
     MODEL_NAME,
     ModelStore,
@@ -104,18 +105,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, model_store: ModelStore) ->
 
 
 @pytest.fixture(scope="module")
-def server(models: Path):
-    proc = ServerProcess(
-        [
-            f"--model_config_file={models / 'models.config'}",
-            "--model_config_file_poll_wait_seconds=0.3",
-            "--file_system_poll_wait_seconds=0.5",
-        ],
-        log_path=models / "server.log",
-    )
-    with proc:
-        yield proc
-        assert proc.proc is not None and proc.proc.poll() is None, "server died during tests"
+def server(models: Path) -> Iterator[ServerProcess]:
+    yield from serve_model_config(models)
 
 
 @pytest.fixture(scope="module")
