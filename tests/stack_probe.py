@@ -18,30 +18,71 @@ from collections import Counter
 from typing import Any
 
 
+def _read_all(consumer: Any, topic: str) -> list[Any]:
+    """Every record of ``topic`` from its beginning to its end as of now."""
+    from kafka import TopicPartition
+
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    end = consumer.end_offsets(parts)
+    out: list[Any] = []
+    while any(consumer.position(tp) < end[tp] for tp in parts):
+        for records in consumer.poll(timeout_ms=500).values():
+            out.extend(records)
+    return out
+
+
 def decisions(bootstrap: str, data: str) -> dict[str, Any]:
+    """Decided ids; for up to 5 replayed ids without a decision, where they are on the
+    transactions topic and what the dead-letter topic says of them (a failure then explains
+    itself)."""
     import orjson
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     from core import contract as c
     from core.dataio import read_transactions
     from core.settings import Topics
+    from streaming.messages import DeadLetterFields as F
 
-    topic = Topics().decisions
+    topics = Topics()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        parts = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        ids: Counter[str] = Counter()
-        while any(consumer.position(tp) < end[tp] for tp in parts):
-            for records in consumer.poll(timeout_ms=500).values():
-                ids.update(orjson.loads(r.value)[c.TRANSACTION_ID] for r in records)
+        ids = Counter(
+            orjson.loads(r.value)[c.TRANSACTION_ID] for r in _read_all(consumer, topics.decisions)
+        )
+        frame = read_transactions(data)
+        known = set(frame[c.TRANSACTION_ID])
+        result: dict[str, Any] = {
+            "distinct": len(ids),
+            "total": sum(ids.values()),
+            "unknown": len(set(ids) - known),
+        }
+        published = _read_all(consumer, topics.transactions)
+        replayed = {orjson.loads(r.value)[c.TRANSACTION_ID] for r in published}
+        missing = sorted(replayed - set(ids))[:5]
+        if missing:
+            where = {
+                (r.partition, r.offset): orjson.loads(r.value)[c.TRANSACTION_ID]
+                for r in published
+                if orjson.loads(r.value)[c.TRANSACTION_ID] in missing
+            }
+            dead = {}
+            for r in _read_all(consumer, topics.dead_letter):
+                letter = orjson.loads(r.value)
+                at = (letter[F.SOURCE_PARTITION], letter[F.SOURCE_OFFSET])
+                if at in where:
+                    dead[where[at]] = f"{letter[F.REASON_KIND]}: {letter[F.REASON]}"
+            result["undecided"] = {
+                tx: {
+                    "at": [f"{p}@{o}" for (p, o), t in where.items() if t == tx],
+                    "dead_letter": dead.get(tx),
+                }
+                for tx in missing
+            }
     finally:
         consumer.close(autocommit=False)
-    known = set(read_transactions(data)[c.TRANSACTION_ID])
-    return {"distinct": len(ids), "total": sum(ids.values()), "unknown": len(set(ids) - known)}
+    return result
 
 
 def metrics(url: str) -> dict[str, float]:

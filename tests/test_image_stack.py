@@ -302,6 +302,10 @@ def replayed(stack: Stack) -> dict[str, Any]:
         time.sleep(2)
         summary = decided(stack)
     print(f"\nconsumer killed at {killed_at} of {limit} decisions; then {summary}")
+    if summary["distinct"] < limit:
+        print(
+            "consumer log (tail):\n" + "\n".join(containers.logs(consumer, tail=300).splitlines())
+        )
     return {"summary": summary, "limit": limit, "replay_logs": replay_logs}
 
 
