@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -186,3 +187,44 @@ def test_fraud_pipeline_schedule_refuses_a_fixed_window(capsys):
     argv = ["pipeline", "schedule", "--host", "http://kfp.invalid", "--cron", "0 30 2 * * *"]
     assert main([*argv, "--as-of", "2026-01-01", "--train-days", "28", "--eval-days", "7"]) == 2
     assert "as_of would fix the window of every recurring run" in capsys.readouterr().err
+
+
+def test_ir_runner_reads_the_compiled_yaml_as_the_launcher_would(tmp_path):
+    from pipelines.ir_runner import (
+        Artifact,
+        Engine,
+        arguments,
+        claim_mounts,
+        container_command,
+        executor_input,
+        load,
+        order,
+        task_parameters,
+    )
+
+    when = datetime(2026, 12, 6, 2, 30, tzinfo=UTC)
+    spec, platform = load(COMPILED_PATH, when)
+    assert order(spec) == ["ingest", "validate", "transform", "train", "evaluate", "push"]
+    values = arguments(spec, {"epochs": "3", "data_path": "/data/t.parquet"})
+    assert values["epochs"] == 3 and values["batch_size"] == 512 and values["dropout"] == 0.1
+    with pytest.raises(ValueError, match=r"unknown pipeline parameter\(s\) \['epoch'\]"):
+        arguments(spec, {"epoch": 3})
+    ingest = task_parameters("ingest", spec["root"]["dag"]["tasks"]["ingest"], values)
+    assert ingest["schedule_time"] == "2026-12-06T02:30:00Z"
+    assert ingest["data_path"] == "/data/t.parquet"
+    volumes = {"fraud-data": tmp_path / "d", "fraud-models": tmp_path / "m"}
+    assert claim_mounts(platform, "exec-push", values, volumes) == [(tmp_path / "m", "/models")]
+    with pytest.raises(ValueError, match=r"exec-ingest: mounts claim 'other' at /data"):
+        claim_mounts(platform, "exec-ingest", {**values, "data_pvc": "other"}, volumes)
+    container = spec["deploymentSpec"]["executors"]["exec-push"]["container"]
+    model = Artifact("model", "system.Model", tmp_path / "train" / "model", "/kfp/train/model")
+    executor = executor_input({"model_name": "fraud"}, {"model": model}, {}, "/kfp/push/out.json")
+    binds = [(model.host, model.uri, True)]
+    argv = container_command(Engine("podman"), "img", container, executor, binds)
+    assert argv[argv.index("img") - 1] == "--entrypoint=sh"
+    assert "--read-only" in argv and "--network=none" in argv
+    assert [a for a in argv if a.startswith("--volume")] == [
+        f"--volume={model.host}:/kfp/train/model:ro"
+    ]
+    passed = json.loads(argv[argv.index("--executor_input") + 1])
+    assert passed["inputs"]["artifacts"]["model"]["artifacts"][0]["uri"] == "/kfp/train/model"
