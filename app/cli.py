@@ -136,12 +136,14 @@ def _pipeline_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _pipeline_schedule(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.runners import COMPILED_PATH, kfp_client, schedule
+    from pipelines.runners import COMPILED_PATH, check_recurring, kfp_client, schedule
 
+    params = _pipeline_params(args, settings)
+    check_recurring(params)  # before connecting: a fixed window is refused either way
     job = schedule(
         kfp_client(args.host),
         args.cron,
-        _pipeline_params(args, settings),
+        params,
         args.experiment,
         package=args.package or COMPILED_PATH,
     )
@@ -256,7 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.set_defaults(func=_pipeline_compile)
     for name, helptext, func in (
         ("submit", "start a run on a Kubeflow Pipelines cluster", _pipeline_submit),
-        ("schedule", "create a recurring run (scheduled retraining)", _pipeline_schedule),
+        (
+            "schedule",
+            "create a recurring run (scheduled retraining): give --train-days and --eval-days; "
+            "each run's windows end at its own schedule time",
+            _pipeline_schedule,
+        ),
     ):
         p = pipe_sub.add_parser(name, help=helptext)
         _add_pipeline_params(p)

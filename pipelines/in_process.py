@@ -3,14 +3,18 @@
 Tasks, their order, and what each receives (pipeline parameters, other tasks' output artifacts)
 are read from ``create_pipeline().pipeline_spec``, the IR Kubeflow runs; each task calls the very
 component function its executor would (``--function_to_execute``), with KFP artifact objects
-under ``<work_dir>/<task>/<output>``, the layout kfp.local uses. An IR feature this runner
-cannot honour (a condition, a loop, a constant or output parameter) is an error that names it.
+under ``<work_dir>/<task>/<output>``, the layout kfp.local uses. Constant task inputs are
+passed as the IR holds them, with the run's time in place of the schedule-time placeholder. An
+IR feature this runner cannot honour (a condition, a loop, an output parameter) is an error that
+names it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from kfp import dsl
 
 from components.kfp_components import STEPS
 from pipelines.params import typed_params
+from pipelines.run_time import bind_schedule_time
 
 ARTIFACT_TYPES = {
     cls.schema_title: cls
@@ -46,6 +51,7 @@ class Step:
     task: str
     function: str  # the component function the task's executor calls
     parameters: Mapping[str, str]  # component input -> pipeline parameter
+    constants: Mapping[str, Any]  # component input -> its constant value
     artifacts: Mapping[str, tuple[str, str]]  # component input -> (producer task, output key)
     outputs: Mapping[str, str]  # output artifact -> its schema title
 
@@ -73,13 +79,16 @@ def _step(ir: Mapping, name: str, task: Mapping) -> Step:
     inputs = task.get("inputs", {})
     if extra := set(inputs) - {"parameters", "artifacts"}:
         raise ValueError(f"{where}: inputs {sorted(extra)} cannot run in process")
-    parameters, artifacts = {}, {}
+    parameters, constants, artifacts = {}, {}, {}
     for key, binding in inputs.get("parameters", {}).items():
-        if "componentInputParameter" not in binding:
+        if "componentInputParameter" in binding:
+            parameters[key] = binding["componentInputParameter"]
+        elif "constant" in binding.get("runtimeValue", {}):
+            constants[key] = binding["runtimeValue"]["constant"]
+        else:
             raise ValueError(
                 f"{where}: parameter {key} bound as {binding}, not to a pipeline input"
             )
-        parameters[key] = binding["componentInputParameter"]
     for key, binding in inputs.get("artifacts", {}).items():
         if "taskOutputArtifact" not in binding:
             raise ValueError(f"{where}: artifact {key} bound as {binding}, not to a task output")
@@ -95,6 +104,7 @@ def _step(ir: Mapping, name: str, task: Mapping) -> Step:
         task=name,
         function=args[args.index("--function_to_execute") + 1],
         parameters=parameters,
+        constants=constants,
         artifacts=artifacts,
         outputs=titles,
     )
@@ -110,9 +120,12 @@ def arguments(pipeline, params: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def run(pipeline, params: Mapping[str, Any], work_dir: str | Path) -> Path:
-    """Every task of ``pipeline`` in this process; the path of the pipeline's output artifact."""
-    ir = pipeline_ir(pipeline)
+def run(
+    pipeline, params: Mapping[str, Any], work_dir: str | Path, run_time: datetime | None = None
+) -> Path:
+    """Every task of ``pipeline`` in this process, ``run_time`` (default: now) as the run's
+    schedule time; the path of the pipeline's output artifact."""
+    ir = json.loads(bind_schedule_time(json.dumps(pipeline_ir(pipeline)), run_time))
     functions: dict[str, Callable] = {fn.__name__: fn for fn in STEPS}
     values = arguments(pipeline, params)
     work = Path(work_dir).resolve()
@@ -122,6 +135,7 @@ def run(pipeline, params: Mapping[str, Any], work_dir: str | Path) -> Path:
         raise ValueError(f"run_steps: no component function {unknown} in {sorted(functions)}")
     for step in steps:
         kwargs: dict[str, Any] = {key: values[name] for key, name in step.parameters.items()}
+        kwargs.update(step.constants)
         kwargs.update({key: produced[source] for key, source in step.artifacts.items()})
         (work / step.task).mkdir(parents=True, exist_ok=True)
         for key, title in step.outputs.items():

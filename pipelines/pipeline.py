@@ -1,10 +1,17 @@
 """The training pipeline: ingest -> validate (TFDV) -> transform (TFT) -> train -> evaluate -> push.
 
 ``create_pipeline()`` builds it; thin runners (pipelines/runners.py) run it locally with
-kfp.local, compile it to IR YAML, submit it, or schedule it on a Kubeflow cluster.
+kfp.local, compile it to IR YAML, submit it, or schedule it on a Kubeflow cluster;
+pipelines/ir_runner.py runs the compiled IR in containers, as a cluster does.
+
+On a cluster each step runs in a pod of its own: the data comes from the ``data_pvc`` claim
+mounted at ``DATA_MOUNT`` in the ingest pod (``data_path`` names the file there), and the models
+live on the ``models_pvc`` claim mounted at ``MODELS_MOUNT`` in the pods that read or write them
+(``model_base_path`` under it). Ingest receives the run's schedule time: a run given no
+``as_of`` and no training dates trains on the relative windows that end at that time.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Artifact
 
 from components.evaluate.evaluator import GateConfig
@@ -13,6 +20,11 @@ from components.train.trainer import HParams
 from core.settings import Settings
 
 PIPELINE_NAME = "fraud-training"
+# Where the claims are mounted: the image's mount points, as in the Kubernetes manifests.
+DATA_MOUNT = "/data"
+MODELS_MOUNT = "/models"
+DATA_PVC = "fraud-data"
+MODELS_PVC = "fraud-models"
 
 
 def create_pipeline(image: str | None = None):
@@ -55,6 +67,8 @@ def create_pipeline(image: str | None = None):
         block_budget: float = gate.block_budget,
         model_base_path: str = str(settings.model_base_path),
         model_name: str = settings.model_name,
+        data_pvc: str = DATA_PVC,
+        models_pvc: str = MODELS_PVC,
     ) -> Artifact:
         ingest = ops["ingest"](
             data_path=data_path,
@@ -66,7 +80,9 @@ def create_pipeline(image: str | None = None):
             train_days=train_days,
             eval_days=eval_days,
             label_delay_days=label_delay_days,
+            schedule_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER,
         ).set_display_name("ingest + features")
+        kubernetes.mount_pvc(ingest, pvc_name=data_pvc, mount_path=DATA_MOUNT)
         validate = ops["validate"](
             train_data=ingest.outputs["train_data"],
             schema_path=schema_path,
@@ -108,6 +124,9 @@ def create_pipeline(image: str | None = None):
             model_name=model_name,
             label_delay_days=label_delay_days,
         ).set_display_name("push (if blessed)")
+        # The steps that read or write model_base_path: the baseline, the previous schema, push.
+        for task in (validate, evaluate, push):
+            kubernetes.mount_pvc(task, pvc_name=models_pvc, mount_path=MODELS_MOUNT)
         return push.outputs["pushed"]
 
     return fraud_training

@@ -1,4 +1,8 @@
-"""Thin runners around create_pipeline(): local (kfp.local), compile, submit, schedule."""
+"""Thin runners around create_pipeline(): local (kfp.local), compile, submit, schedule.
+
+Every local runner runs the compiled IR with the run's time in place of the schedule-time
+placeholder (pipelines/run_time.py); a run on Kubeflow Pipelines gets its own schedule time.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import json
 import os
 import sys
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 from pipelines.pipeline import PIPELINE_NAME, create_pipeline
+from pipelines.run_time import bind_schedule_time
 
 COMPILED_PATH = Path(__file__).resolve().parent / "compiled" / "fraud_training.yaml"
 # Parameters that name local files: made absolute for the component subprocesses.
@@ -24,12 +30,15 @@ def _absolute_paths(params: dict) -> dict:
     return out
 
 
-def run_local(params: dict, pipeline_root: str | Path) -> dict:
+def run_local(params: dict, pipeline_root: str | Path, run_time: datetime | None = None) -> dict:
     """Run the real pipeline on this machine: each component in a subprocess, no network.
 
-    Returns the push step's result ({"pushed": bool, "version": ..., ...}).
+    What runs is the compiled IR (``<pipeline_root>/fraud_training.yaml``) with ``run_time``
+    (default: now, UTC) as the run's schedule time. The volume mounts of its platform spec do
+    not apply here: paths are this machine's. Returns the push step's result
+    ({"pushed": bool, "version": ..., ...}).
     """
-    from kfp import local
+    from kfp import components, local
 
     params = _absolute_paths(params)
     if not str(params.get("model_base_path", "")).strip():
@@ -49,11 +58,15 @@ def run_local(params: dict, pipeline_root: str | Path) -> dict:
         pipeline_root=str(pipeline_root),
         raise_on_error=True,
     )
+    compiled = compile_pipeline(pipeline_root / COMPILED_PATH.name)
+    pipeline = components.load_component_from_text(
+        bind_schedule_time(compiled.read_text(), run_time)
+    )
     with warnings.catch_warnings():
         # kfp.local warns that the components name a container image; here they run in this
         # very environment on purpose (the image is built from the same lock file).
         warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
-        task = create_pipeline()(**params)
+        task = pipeline(**params)
     return _push_result(getattr(task.output, "path", None), pipeline_root)
 
 
@@ -96,7 +109,12 @@ def schedule(
     job_name: str = f"{PIPELINE_NAME}-scheduled",
     package: str | Path = COMPILED_PATH,
 ) -> str:
-    """A KFP recurring run through ``client`` (a ``kfp.Client``): scheduled retraining."""
+    """A KFP recurring run through ``client`` (a ``kfp.Client``): scheduled retraining.
+
+    Each run trains on the relative windows (``train_days``, ``eval_days``) that end at its own
+    schedule time, so ``params`` must fix no window: an ``as_of`` or a date is an error.
+    """
+    check_recurring(params)
     exp = client.create_experiment(experiment)
     job = client.create_recurring_run(
         experiment_id=exp.experiment_id,
@@ -110,13 +128,29 @@ def schedule(
     return job.recurring_run_id
 
 
-def run_steps(params: dict, work_dir: str | Path) -> dict:
+def check_recurring(params: dict) -> None:
+    """Refuse parameters that would make every recurring run train on the same window."""
+    fixed = [
+        k for k in ("as_of", "train_start", "train_end", "eval_start", "eval_end") if params.get(k)
+    ]
+    if fixed:
+        raise ValueError(
+            f"schedule: {', '.join(fixed)} would fix the window of every recurring run; "
+            "give train_days and eval_days: each run's windows end at its schedule time"
+        )
+    if not (params.get("train_days", 0) > 0 and params.get("eval_days", 0) > 0):
+        raise ValueError("schedule: give train_days > 0 and eval_days > 0 (relative windows)")
+
+
+def run_steps(params: dict, work_dir: str | Path, run_time: datetime | None = None) -> dict:
     """The pipeline's tasks in this process, in the order and with the bindings of its IR.
 
     Same component functions, same artifacts on disk (``<work_dir>/<task>/<output>``); what it
     skips is KFP's per-step subprocess (and TensorFlow import). For tests and quick local
-    iterations; ``run_local`` is the pipeline as Kubeflow runs it. Returns the push result.
+    iterations; ``run_local`` is the pipeline as Kubeflow runs it. ``run_time`` (default: now)
+    is the run's schedule time. Returns the push result.
     """
     from pipelines.in_process import run
 
-    return _push_result(run(create_pipeline(), _absolute_paths(params), work_dir), work_dir)
+    output = run(create_pipeline(), _absolute_paths(params), work_dir, run_time)
+    return _push_result(output, work_dir)

@@ -1127,6 +1127,7 @@ def test_stream_and_topic_command_lines_parse() -> None:
 
 def test_retraining_command_line_parses() -> None:
     from app.cli import build_parser
+    from app.retrain_cli import config_from_args
 
     lines = [(label, argv) for label, argv in fraud_command_lines() if argv[0] == "retrain"]
     assert {label for label, _ in lines} == {f"{n}:fraud-retrain" for n in ("base", "dev", "prod")}
@@ -1137,6 +1138,30 @@ def test_retraining_command_line_parses() -> None:
         args = build_parser().parse_args(argv)
         assert args.once and args.state_dir == "/var/lib/fraud/stream"
         assert args.base_data.startswith("/data/")
+        # What the job would run with, settings from its ConfigMap and env: it writes only
+        # where it mounts a writable volume (models, and /tmp for the run directory).
+        config = config_from_args(args, Settings.from_env(retrain_env(label.split(":")[0])))
+        mounts = {m["mountPath"]: m for m in retrain_container(label.split(":")[0])["volumeMounts"]}
+        for path in (config.model_base_path, config.run_dir):
+            (mount,) = [m for m in mounts if Path(path).is_relative_to(m)]
+            assert not mounts[mount].get("readOnly"), f"{label}: {path} is on a read-only mount"
+        assert config.model_base_path == Path("/models/fraud")
+
+
+def retrain_container(name: str) -> dict:
+    (container,) = pod_templates(rendered(name))["fraud-retrain"]["spec"]["containers"]
+    return container
+
+
+def retrain_env(name: str) -> dict[str, str]:
+    """The retraining container's environment: its ConfigMap, then its own env."""
+    container = retrain_container(name)
+    configs = by_kind(rendered(name), "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env |= configs[source["configMapRef"]["name"]]["data"]
+    return env | {e["name"]: e["value"] for e in container.get("env", [])}
 
 
 # --- docker-compose -------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def executor_input(component: dict, parameters: dict[str, Any], out_dir: str) ->
 def test_a_pipeline_step_runs_as_its_compiled_spec_says(
     platform_image: Containers, tmp_path: Path
 ) -> None:
-    spec = yaml.safe_load(COMPILED.read_text())
+    spec, _platform = yaml.safe_load_all(COMPILED.read_text())
     component = spec["components"]["comp-ingest"]
     container = spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
     data, out = tmp_path / "data", tmp_path / "out"
@@ -109,6 +109,7 @@ def test_a_pipeline_step_runs_as_its_compiled_spec_says(
         "train_days": 0,
         "eval_days": 0,
         "label_delay_days": c.DEFAULT_LABEL_DELAY_DAYS,
+        "schedule_time": "2025-02-21T00:00:00Z",
     }
     executor = json.dumps(executor_input(component, parameters, "/out"))
     # Kubernetes semantics: the spec's command replaces the entrypoint, its args the command.

@@ -91,6 +91,41 @@ def test_pipeline_artifacts(pipeline_run):
     assert "artifacts" in executor
 
 
+def _executor_metadata(root: Path, step: str, output: str) -> dict:
+    """What the step's executor wrote about one output artifact: what the Kubeflow UI shows."""
+    executor = json.loads(_artifact(root, step, "executor_output.json").read_text())
+    (artifact,) = executor["artifacts"][output]["artifacts"]
+    return artifact["metadata"]
+
+
+def test_evaluate_ui_metrics_hold_the_roc_curve_and_confusion_matrix(pipeline_run):
+    _, params, root = pipeline_run
+    eval_rows = _executor_metadata(root, "ingest", "counts")["eval_rows"]
+    eval_frauds = _executor_metadata(root, "ingest", "counts")["eval_frauds"]
+    curves = _executor_metadata(root, "evaluate", "curves")
+    roc = curves["confidenceMetrics"]
+    assert len(roc) >= 3
+    fpr = [p["falsePositiveRate"] for p in roc]
+    tpr = [p["recall"] for p in roc]
+    thresholds = [p["confidenceThreshold"] for p in roc]
+    for values in (fpr, tpr, thresholds):
+        assert all(0.0 <= v <= 1.0 for v in values), values
+    # One curve from (0, 0) to (1, 1), thresholds falling as the rates rise.
+    assert fpr == sorted(fpr) and tpr == sorted(tpr)
+    assert thresholds == sorted(thresholds, reverse=True)
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    matrix = curves["confusionMatrix"]
+    assert [a["displayName"] for a in matrix["annotationSpecs"]] == ["legit", "fraud"]
+    rows = [r["row"] for r in matrix["rows"]]
+    assert sum(map(sum, rows)) == eval_rows and sum(rows[1]) == eval_frauds
+    assert rows[1][1] > 0, "the review threshold catches no fraud"
+    metrics = _executor_metadata(root, "evaluate", "metrics")
+    assert metrics["blessed"] == 1.0 and metrics["auc_roc"] >= params["min_auc"]
+    assert 0 < metrics["threshold_review"] <= metrics["threshold_block"] <= 1
+    pushed = ModelMetadata.read(Path(params["model_base_path"]) / "1")
+    assert metrics["auc_roc"] == pytest.approx(pushed.metrics["auc_roc"])
+
+
 def test_pushed_model_scores_raw_fields_like_batch_scoring(pipeline_run, data_file):
     _, params, _ = pipeline_run
     model_dir = Path(params["model_base_path"]) / "1"

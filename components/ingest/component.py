@@ -17,6 +17,7 @@ def ingest(
     train_days: int,
     eval_days: int,
     label_delay_days: int,
+    schedule_time: str,
     train_data: Output[Dataset],
     eval_data: Output[Dataset],
     counts: Output[Metrics],
@@ -38,6 +39,7 @@ def ingest(
         as_of=as_of,
         train_days=train_days,
         eval_days=eval_days,
+        schedule_time=schedule_time,
     )
     for key, value in info.items():
         if isinstance(value, int | float):
