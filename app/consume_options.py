@@ -271,3 +271,22 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
     drift.add_argument(
         "--retrain-set", action="append", metavar="NAME=VALUE", help="pipeline parameter"
     )
+    drift.add_argument(
+        "--retrain-kfp-token",
+        help="cluster mode: the ServiceAccount token projected for the KFP API (audience "
+        "pipelines.kubeflow.org), e.g. /var/run/secrets/kubeflow/pipelines/token",
+    )
+    drift.add_argument(
+        "--retrain-lease",
+        help="cluster mode with several replicas: claim each drift event on this Kubernetes "
+        "Lease (in-cluster credentials) so that one replica submits its run",
+    )
+    drift.add_argument(
+        "--retrain-lease-namespace", help="the Lease's namespace (default: the pod's own)"
+    )
+    drift.add_argument(
+        "--retrain-claim-span",
+        default="7d",
+        help="with --retrain-lease: drift events whose retrain is due less than this (event "
+        "time) after a claimed one are that same event (default 7d)",
+    )

@@ -253,7 +253,7 @@ def test_a_run_trains_on_the_latest_windows_pushes_and_is_recorded(
     assert history[1]["reason"] == "drift: sustained for 3 windows" and history[1]["version"] == 1
     assert history[1]["duration_s"] >= 0 and "ended_at" in history[1]
     assert t.runs() == history[1:]
-    for outcome, expected in ((r.STARTED, 1), (r.PUSHED, 1), (r.FAILED, None)):
+    for outcome, expected in ((r.STARTED, 1), (r.PUSHED, 1), (r.FAILED, 0)):
         assert sample(t, "fraud_retrain_runs_total", outcome=outcome) == expected
     assert sample(t, "fraud_retrain_in_progress") == 0
     assert sample(t, "fraud_retrain_last_pushed_version") == 1
