@@ -244,6 +244,17 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
         help="alert rate / expected rate outside LOW,HIGH is drift",
     )
     drift.add_argument(
+        "--drift-state-dir",
+        help="one drift state file per replica in this directory, named after the pod, for "
+        "replicas sharing a volume (a new pod adopts the file of one that is gone); default: "
+        "<state-dir>/drift_state.json",
+    )
+    drift.add_argument(
+        "--drift-state-orphaned-after",
+        default="15m",
+        help="with --drift-state-dir: a state file not written for this long is a gone pod's",
+    )
+    drift.add_argument(
         "--retrain", choices=("off", "local", "cluster"), default="off", help="on sustained drift"
     )
     drift.add_argument("--retrain-run-dir", help="history, lock and run artifacts")

@@ -253,6 +253,7 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     metrics registry."""
     from core.durations import parse_duration
     from monitoring.drift import DriftConfig
+    from monitoring.drift_replicas import drift_files
     from monitoring.loop import DriftLoop, DriftLoopConfig
     from monitoring.metrics import DriftMetrics, QualityMetrics
     from monitoring.quality import QualityMonitor
@@ -281,12 +282,18 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     wait_days = args.retrain_label_wait_days
     if wait_days is None:
         wait_days = config.label_delay_days + args.retrain_eval_days + 7
+    state_path, windows_log = drift_files(
+        config.state_dir,
+        Path(args.drift_state_dir) if args.drift_state_dir else None,
+        socket.gethostname(),
+        parse_duration(args.drift_state_orphaned_after),
+    )
     loop_config = DriftLoopConfig(
         model_base_path=model_base_path,
-        windows_log=config.state_dir / "drift_windows.jsonl",
+        windows_log=windows_log,
         warmup_s=config.label_delay_days * c.SECONDS_PER_DAY + max(c.TERMINAL_WINDOWS.values()),
         label_wait_s=wait_days * c.SECONDS_PER_DAY,
-        state_path=config.state_dir / "drift_state.json",
+        state_path=state_path,
     )
     quality = QualityMonitor(
         QualityMetrics(metrics.registry),

@@ -1375,8 +1375,10 @@ def test_consumer_submits_drift_retrains_to_kfp_with_a_projected_token_and_a_lea
         assert not (writable and mount.get("readOnly")), f"{path} is read-only"
         return volumes[mount["name"]]
 
-    # drift_state.json and the retrain history survive a restart; the export is written.
-    for path in (args.state_dir + "/drift_state.json", args.retrain_run_dir + "/history.jsonl"):
+    # Each replica's drift state and the retrain history survive a restart; the export is
+    # written.
+    assert args.drift_state_dir
+    for path in (args.drift_state_dir + "/pod.json", args.retrain_run_dir + "/history.jsonl"):
         assert "persistentVolumeClaim" in volume(path, writable=True), path
     assert "persistentVolumeClaim" in volume(args.retrain_export_path, writable=True)
     assert args.retrain_cluster_data_path == args.retrain_export_path
