@@ -113,7 +113,13 @@ class LeaseClaim:
         """With the pod's ServiceAccount token (``kubernetes.config.load_incluster_config``)."""
         from kubernetes import client, config
 
-        config.load_incluster_config()
+        try:
+            config.load_incluster_config()
+        except config.ConfigException as err:
+            raise RuntimeError(
+                f"retrain claim on Lease {name}: no in-cluster Kubernetes API credentials "
+                f"({err}); mount the ServiceAccount token, CA and namespace (docs/deployment.md)"
+            ) from err
         return cls(
             client.CoordinationV1Api(),
             namespace or in_cluster_namespace(),

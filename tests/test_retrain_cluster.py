@@ -199,3 +199,32 @@ def test_a_claim_needs_an_as_of_and_a_sane_span(cluster: ClusterApiServer, token
     job = r.RetrainJob("run-1", "drift", Path("."), {"train_start": "2025-01-01"})
     with pytest.raises(ValueError, match="as_of"):
         ClaimedRunner(lambda j: {"pushed": None}, claim)(job)
+
+
+def test_the_consumer_cli_wires_the_claim_and_per_replica_drift_state(tmp_path: Path) -> None:
+    import socket
+
+    from app import stream_cli as cli
+    from core.settings import Settings
+    from streaming.consumer import ConsumerConfig
+    from streaming.metrics import StreamMetrics
+
+    common = ["stream", "consume", "--bootstrap-servers", "kafka:9092"]
+    common += ["--drift-window-time", "24h", "--drift-state-dir", str(tmp_path / "drift")]
+    common += ["--retrain-host", "http://ml-pipeline.kubeflow:8888"]
+    common += ["--retrain-cluster-data-path", DATA, "--retrain-lease", LEASE]
+    config = ConsumerConfig(bootstrap_servers="kafka:9092", state_dir=tmp_path / "stream")
+    settings = Settings(run_dir=tmp_path)
+
+    local = cli.build_parser().parse_args([*common, "--retrain", "local"])
+    with pytest.raises(ValueError, match="--retrain cluster"):
+        cli._drift_loop(local, settings, config, StreamMetrics())
+    # Outside a pod there are no API credentials to claim with: a clear error at start.
+    cluster = cli.build_parser().parse_args([*common, "--retrain", "cluster"])
+    with pytest.raises(RuntimeError, match="in-cluster Kubernetes API credentials"):
+        cli._drift_loop(cluster, settings, config, StreamMetrics())
+
+    monitor_only = cli.build_parser().parse_args(common[:8])
+    loop = cli._drift_loop(monitor_only, settings, config, StreamMetrics())
+    own = tmp_path / "drift" / f"{socket.gethostname()}.json"
+    assert loop.config.state_path == own and loop.trigger is None
