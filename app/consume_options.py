@@ -245,6 +245,17 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
         help="alert rate / expected rate outside LOW,HIGH is drift",
     )
     drift.add_argument(
+        "--drift-state-dir",
+        help="one drift state file per replica in this directory, named after the pod, for "
+        "replicas sharing a volume (a new pod adopts the file of one that is gone); default: "
+        "<state-dir>/drift_state.json",
+    )
+    drift.add_argument(
+        "--drift-state-orphaned-after",
+        default="15m",
+        help="with --drift-state-dir: a state file not written for this long is a gone pod's",
+    )
+    drift.add_argument(
         "--retrain", choices=("off", "local", "cluster"), default="off", help="on sustained drift"
     )
     drift.add_argument("--retrain-run-dir", help="history, lock and run artifacts")
@@ -271,4 +282,23 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
     )
     drift.add_argument(
         "--retrain-set", action="append", metavar="NAME=VALUE", help="pipeline parameter"
+    )
+    drift.add_argument(
+        "--retrain-kfp-token",
+        help="cluster mode: the ServiceAccount token projected for the KFP API (audience "
+        "pipelines.kubeflow.org), e.g. /var/run/secrets/kubeflow/pipelines/token",
+    )
+    drift.add_argument(
+        "--retrain-lease",
+        help="cluster mode with several replicas: claim each drift event on this Kubernetes "
+        "Lease (in-cluster credentials) so that one replica submits its run",
+    )
+    drift.add_argument(
+        "--retrain-lease-namespace", help="the Lease's namespace (default: the pod's own)"
+    )
+    drift.add_argument(
+        "--retrain-claim-span",
+        default="7d",
+        help="with --retrain-lease: drift events whose retrain is due less than this (event "
+        "time) after a claimed one are that same event (default 7d)",
     )

@@ -8,6 +8,7 @@ compiled pipeline to Kubeflow Pipelines. ``runner_for`` picks one from the confi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import threading
@@ -20,6 +21,7 @@ from core.settings import Settings
 from monitoring.metrics import RetrainMetrics
 from monitoring.retrain import (
     CLUSTER,
+    DUPLICATE,
     FAILED,
     LOCAL,
     NOT_BLESSED,
@@ -32,6 +34,7 @@ from monitoring.retrain import (
     parse_duration,
     run_schedule,
 )
+from monitoring.retrain_claim import drift_run_name
 from pipelines.params import parse_params
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,13 @@ def local_runner(job: RetrainJob) -> Mapping[str, Any]:
 class ClusterRunner:
     """Submits to Kubeflow Pipelines; with ``wait_timeout_s`` waits for the run's end and tells
     pushed from not blessed by the versions under ``model_base_path`` when it is visible here
-    (otherwise the outcome stays ``submitted``)."""
+    (otherwise the outcome stays ``submitted``).
+
+    ``token_path``: authenticate with the audience-bound ServiceAccount token the kubelet
+    projects there (``ServiceAccountTokenVolumeCredentials``, re-read before each call, so its
+    rotation is followed). ``dedupe``: name the run after its windows (``drift_run_name``) and
+    submit nothing when a run of that name exists (the result's ``duplicate_of``).
+    """
 
     def __init__(
         self,
@@ -56,29 +65,62 @@ class ClusterRunner:
         package: str | Path | None = None,
         wait_timeout_s: float | None = None,
         client: Any = None,
+        token_path: str | Path | None = None,
+        dedupe: bool = False,
     ) -> None:
         self.host = host
         self.experiment = experiment
         self.package = package
         self.wait_timeout_s = wait_timeout_s
+        self.token_path = token_path
+        self.dedupe = dedupe
         # A kfp.Client, made on first use so that building the CLI needs no cluster.
         self.client = client
 
-    def __call__(self, job: RetrainJob) -> Mapping[str, Any]:
-        from pipelines.runners import COMPILED_PATH, kfp_client, submit
-
+    def _client(self) -> Any:
         if self.client is None:
-            self.client = kfp_client(self.host)
+            if self.token_path is None:
+                from pipelines.runners import kfp_client
 
+                self.client = kfp_client(self.host)
+            else:
+                import kfp
+                from kfp.client.set_volume_credentials import (
+                    ServiceAccountTokenVolumeCredentials,
+                )
+
+                credentials = ServiceAccountTokenVolumeCredentials(path=str(self.token_path))
+                self.client = kfp.Client(host=self.host, credentials=credentials)
+        return self.client
+
+    def __call__(self, job: RetrainJob) -> Mapping[str, Any]:
+        from pipelines.runners import COMPILED_PATH, submit
+
+        client = self._client()
         base = str(job.params.get("model_base_path", ""))
         visible = bool(base) and "://" not in base and Path(base).is_dir()
         before = set(model_versions(base)) if visible else set()
-        run_id = submit(self.client, job.params, self.experiment, self.package or COMPILED_PATH)
+        package = self.package or COMPILED_PATH
+        if self.dedupe:
+            name = _run_name(job)
+            existing = _runs_named(client, name)
+            if existing:
+                log.info("retrain %s: KFP run %s exists (%s)", job.run_id, name, existing[0])
+                return {"pushed": None, "duplicate_of": name, "kfp_run_id": existing[0]}
+            run = client.create_run_from_pipeline_package(
+                str(package),
+                arguments=job.params,
+                experiment_name=self.experiment,
+                run_name=name,
+            )
+            run_id = run.run_id
+        else:
+            run_id = submit(client, job.params, self.experiment, package)
         log.info("retrain %s: submitted KFP run %s to %s", job.run_id, run_id, self.host)
         result: dict[str, Any] = {"pushed": None, "kfp_run_id": run_id}
         if not self.wait_timeout_s:
             return result
-        run = self.client.wait_for_run_completion(run_id, timeout=int(self.wait_timeout_s))
+        run = client.wait_for_run_completion(run_id, timeout=int(self.wait_timeout_s))
         state = str(getattr(run, "state", "UNKNOWN")).upper()
         if state != "SUCCEEDED":
             raise RuntimeError(f"KFP run {run_id} on {self.host} ended in state {state}")
@@ -88,12 +130,34 @@ class ClusterRunner:
         return result
 
 
-def runner_for(config: RetrainConfig) -> Runner:
-    """The pipeline runner for the config's mode."""
+def _run_name(job: RetrainJob) -> str:
+    as_of = job.params.get("as_of")
+    if not as_of:
+        raise ValueError(
+            f"retrain {job.run_id}: naming the run after its windows needs an as_of "
+            "(relative windows)"
+        )
+    return drift_run_name(str(as_of))
+
+
+def _runs_named(client: Any, name: str) -> list[str]:
+    """Ids of the KFP runs (any state, any experiment) whose display name is ``name``."""
+    query = {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
+    response = client.list_runs(filter=json.dumps(query), page_size=10)
+    return [run.run_id for run in (response.runs or [])]
+
+
+def runner_for(config: RetrainConfig, dedupe: bool = False) -> Runner:
+    """The pipeline runner for the config's mode (``dedupe``: see ``ClusterRunner``)."""
     if config.mode == LOCAL:
         return local_runner
     return ClusterRunner(
-        config.host or "", config.experiment, config.package, config.wait_timeout_s
+        config.host or "",
+        config.experiment,
+        config.package,
+        config.wait_timeout_s,
+        token_path=config.kfp_token_path,
+        dedupe=dedupe,
     )
 
 
@@ -123,6 +187,7 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> RetrainCon
         cluster_data_path=args.cluster_data_path,
         export_path=Path(args.export_path) if args.export_path else None,
         wait_timeout_s=parse_duration(args.wait) if args.wait else None,
+        kfp_token_path=Path(args.kfp_token) if args.kfp_token else None,
     )
 
 
@@ -167,6 +232,7 @@ def retrain_command(args: argparse.Namespace, settings: Settings | None = None) 
                 NOT_BLESSED: "; ".join(record.gate_reasons or []),
                 FAILED: record.error or "",
                 SUBMITTED: f"KFP run {record.kfp_run_id}",
+                DUPLICATE: f"covered by KFP run {record.duplicate_of}",
             }.get(record.status, "")
             print(f"retrain {record.run_id}: {record.status} {detail}".rstrip())
             failed |= record.status == FAILED
@@ -214,6 +280,11 @@ def add_subcommands(subparsers: Any) -> None:
     model.add_argument("--cluster-data-path", help="cluster mode: dataset path seen by the pods")
     model.add_argument("--export-path", help="cluster mode: write the merged dataset here first")
     model.add_argument("--wait", help="cluster mode: wait up to DURATION for the run to end")
+    model.add_argument(
+        "--kfp-token",
+        help="cluster mode: ServiceAccount token file projected for the KFP API "
+        "(audience pipelines.kubeflow.org)",
+    )
     p.add_argument("--metrics-port", type=int, help="serve fraud_retrain_* on this port")
     p.add_argument(
         "--metrics-host",

@@ -12,6 +12,7 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -252,8 +253,9 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     metrics registry."""
     from core.durations import parse_duration
     from monitoring.drift import DriftConfig
+    from monitoring.drift_replicas import drift_files
     from monitoring.loop import DriftLoop, DriftLoopConfig
-    from monitoring.metrics import DriftMetrics, QualityMetrics, RetrainMetrics
+    from monitoring.metrics import DriftMetrics, QualityMetrics
     from monitoring.quality import QualityMonitor
 
     low, high = (float(x) for x in args.drift_alert_bounds.split(","))
@@ -276,44 +278,22 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     model_base_path = Path(args.model_base_path or settings.model_base_path)
     trigger = None
     if args.retrain != "off":
-        from app.retrain_cli import runner_for
-        from monitoring.retrain import LOCAL, RetrainConfig, RetrainTrigger
-        from pipelines.params import parse_params
-
-        params = parse_params(args.retrain_set, "--retrain-set")
-        run_dir = (
-            Path(args.retrain_run_dir) if args.retrain_run_dir else settings.run_dir / "retrain"
-        )
-        retrain_config = RetrainConfig(
-            run_dir=run_dir,
-            mode=args.retrain,
-            cooldown_s=args.retrain_cooldown,
-            state_dir=config.state_dir,
-            base_data=Path(args.retrain_base_data) if args.retrain_base_data else None,
-            train_days=args.retrain_train_days,
-            eval_days=args.retrain_eval_days,
-            label_delay_days=config.label_delay_days,
-            model_base_path=model_base_path,
-            model_name=config.model_name,
-            pipeline_params=params,
-            host=args.retrain_host,
-            cluster_data_path=args.retrain_cluster_data_path,
-            export_path=Path(args.retrain_export_path) if args.retrain_export_path else None,
-        )
-        trigger = RetrainTrigger(
-            retrain_config, runner_for(retrain_config), metrics=RetrainMetrics(metrics.registry)
-        )
-        if args.retrain == LOCAL:
-            _share_serving_settings(args, settings)
+        trigger = _retrain_trigger(args, settings, config, model_base_path, metrics)
     wait_days = args.retrain_label_wait_days
     if wait_days is None:
         wait_days = config.label_delay_days + args.retrain_eval_days + 7
+    state_path, windows_log = drift_files(
+        config.state_dir,
+        Path(args.drift_state_dir) if args.drift_state_dir else None,
+        socket.gethostname(),
+        parse_duration(args.drift_state_orphaned_after),
+    )
     loop_config = DriftLoopConfig(
         model_base_path=model_base_path,
-        windows_log=config.state_dir / "drift_windows.jsonl",
+        windows_log=windows_log,
         warmup_s=config.label_delay_days * c.SECONDS_PER_DAY + max(c.TERMINAL_WINDOWS.values()),
         label_wait_s=wait_days * c.SECONDS_PER_DAY,
-        state_path=config.state_dir / "drift_state.json",
+        state_path=state_path,
     )
     quality = QualityMonitor(
         QualityMetrics(metrics.registry),
@@ -322,6 +302,56 @@ def _drift_loop(args: argparse.Namespace, settings: Settings, config: Any, metri
     return DriftLoop(
         loop_config, drift_config, DriftMetrics(metrics.registry), trigger, quality=quality
     )
+
+
+def _retrain_trigger(
+    args: argparse.Namespace,
+    settings: Settings,
+    config: Any,
+    model_base_path: Path,
+    metrics: Any,
+) -> Any:
+    """The drift-triggered retrain: local, or a KFP run (named after its windows, claimed on a
+    Lease with ``--retrain-lease``) in cluster mode."""
+    from app.retrain_cli import runner_for
+    from core.durations import parse_duration
+    from monitoring.metrics import RetrainMetrics
+    from monitoring.retrain import CLUSTER, LOCAL, RetrainConfig, RetrainTrigger
+    from monitoring.retrain_claim import ClaimedRunner, LeaseClaim
+    from pipelines.params import parse_params
+
+    run_dir = Path(args.retrain_run_dir) if args.retrain_run_dir else settings.run_dir / "retrain"
+    retrain_config = RetrainConfig(
+        run_dir=run_dir,
+        mode=args.retrain,
+        cooldown_s=args.retrain_cooldown,
+        state_dir=config.state_dir,
+        base_data=Path(args.retrain_base_data) if args.retrain_base_data else None,
+        train_days=args.retrain_train_days,
+        eval_days=args.retrain_eval_days,
+        label_delay_days=config.label_delay_days,
+        model_base_path=model_base_path,
+        model_name=config.model_name,
+        pipeline_params=parse_params(args.retrain_set, "--retrain-set"),
+        host=args.retrain_host,
+        cluster_data_path=args.retrain_cluster_data_path,
+        export_path=Path(args.retrain_export_path) if args.retrain_export_path else None,
+        kfp_token_path=Path(args.retrain_kfp_token) if args.retrain_kfp_token else None,
+    )
+    runner = runner_for(retrain_config, dedupe=args.retrain == CLUSTER)
+    if args.retrain_lease:
+        if args.retrain != CLUSTER:
+            raise ValueError("--retrain-lease claims KFP runs: it needs --retrain cluster")
+        claim = LeaseClaim.in_cluster(
+            args.retrain_lease,
+            holder=socket.gethostname(),
+            span_s=parse_duration(args.retrain_claim_span),
+            namespace=args.retrain_lease_namespace,
+        )
+        runner = ClaimedRunner(runner, claim)
+    if args.retrain == LOCAL:
+        _share_serving_settings(args, settings)
+    return RetrainTrigger(retrain_config, runner, metrics=RetrainMetrics(metrics.registry))
 
 
 def _share_serving_settings(args: argparse.Namespace, settings: Settings) -> None:

@@ -234,9 +234,11 @@ class DriftLoop:
                 "drift: retrain scheduled for event time %s: %s", iso_utc(self._pending[1]), reason
             )
         if self._pending is not None and float(times.max()) >= self._pending[1]:
-            reason, _ = self._pending
+            reason, due = self._pending
             self._pending = None
-            result = self.trigger.trigger(reason)
+            # The windows end where the retrain was due, not at whatever event time this batch
+            # reached: the same event gives the same run parameters on every replica and restart.
+            result = self.trigger.trigger(reason, as_of=iso_utc(due))
             record = {
                 "reason": reason,
                 "event_time": iso_utc(float(times.max())),

@@ -40,7 +40,14 @@ RETRAIN_REFUSED = RETRAIN_PREFIX + "refused"  # counter, label: cause
 RETRAIN_IN_PROGRESS = RETRAIN_PREFIX + "in_progress"
 RETRAIN_LAST_DURATION = RETRAIN_PREFIX + "last_duration_seconds"
 RETRAIN_LAST_PUSHED_VERSION = RETRAIN_PREFIX + "last_pushed_version"
-RETRAIN_OUTCOMES: tuple[str, ...] = ("started", "pushed", "not_blessed", "failed", "submitted")
+RETRAIN_OUTCOMES: tuple[str, ...] = (
+    "started",
+    "pushed",
+    "not_blessed",
+    "failed",
+    "submitted",
+    "duplicate",
+)
 
 ROLLOUT_PREFIX = "fraud_rollout_"
 ROLLOUT_STEPS = ROLLOUT_PREFIX + "steps"  # counter, label: step (monitoring.canary STEPS)
@@ -156,7 +163,7 @@ class RetrainMetrics:
         r = self.registry
         self.runs = Counter(
             RETRAIN_RUNS,
-            "Retraining runs by outcome (started, then pushed/not_blessed/failed/submitted)",
+            "Retraining runs by outcome (started, then how each ended)",
             ["outcome"],
             registry=r,
         )

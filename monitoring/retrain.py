@@ -1,6 +1,6 @@
 """Retraining on fresh data: a single-flight trigger with a cooldown, and scheduled retraining.
 
-``RetrainTrigger.trigger(reason)`` starts one retraining run in a background thread, or refuses
+``RetrainTrigger.trigger(reason, as_of=None)`` starts one retraining run in a background thread, or refuses
 (returned, logged, counted, and recorded) when a run is already going, in this process or in
 another one sharing the run directory (a file lock), or when the last run *started* less than
 ``cooldown_s`` ago (the history file makes that hold across restarts too). Either way the call
@@ -14,15 +14,21 @@ A run:
   time), writes the result to ``<run_dir>/<run_id>/dataset.parquet`` and runs the real pipeline
   on it with ``pipelines.runners.run_local`` (relative windows by default: the last
   ``train_days`` + ``eval_days`` days whose labels were complete at ``as_of``);
-* cluster mode: submits the compiled pipeline through ``pipelines.runners.submit`` (kfp.Client),
-  with the dataset exported first to a path the cluster reads, when one is configured.
+* cluster mode: submits the compiled pipeline with ``kfp.Client`` (``app.retrain_cli``), with
+  the dataset exported first to a path the cluster reads, when one is configured; with several
+  consumer replicas, ``monitoring.retrain_claim`` keeps it to one run per drift event.
+
+A trigger's ``as_of`` (a drift event gives the event time its retrain is due at) is where the
+relative windows end; without one, the configured ``as_of``, else the latest event time in the
+data (or, with nothing read here, the submission time).
 
 The runner is a plain callable ``runner(job) -> {"pushed": bool, "version": ..., ...}`` (the
 pipeline's push result), given by whoever builds the trigger: the ``fraud`` CLI gives the local
 or the cluster pipeline runner (``app.retrain_cli``), tests a real, small training function.
 
 Every trigger is appended to ``<run_dir>/history.jsonl``: a ``started`` line, then one with the
-outcome (``pushed``, ``not_blessed``, ``failed``, ``submitted``), or a single ``refused`` line.
+outcome (``pushed``, ``not_blessed``, ``failed``, ``submitted``, ``duplicate``), or a single
+``refused`` line.
 Metrics: ``monitoring.metrics.RetrainMetrics``.
 
 ``run_schedule`` runs the trigger on a schedule (``fraud retrain --every 6h``).
@@ -62,6 +68,7 @@ from monitoring.retrain_data import (
 )
 from monitoring.retrain_history import (
     COOLDOWN,
+    DUPLICATE,
     FAILED,
     HISTORY_FILE,
     IN_PROGRESS,
@@ -84,6 +91,7 @@ __all__ = [
     "CLUSTER",
     "COOLDOWN",
     "DATASET_FILE",
+    "DUPLICATE",
     "FAILED",
     "HISTORY_FILE",
     "IN_PROGRESS",
@@ -120,6 +128,8 @@ def _outcome(result: Mapping[str, Any]) -> str:
         return PUSHED
     if pushed is False:
         return NOT_BLESSED
+    if result.get("duplicate_of"):
+        return DUPLICATE
     if result.get("kfp_run_id"):
         return SUBMITTED
     raise ValueError(f"runner result says neither pushed nor submitted: {dict(result)}")
@@ -191,8 +201,9 @@ class RetrainTrigger:
         }
 
     # -- triggering --------------------------------------------------------------------------------
-    def trigger(self, reason: str) -> TriggerResult:
-        """Start a run in the background, or refuse; never blocks on training."""
+    def trigger(self, reason: str, as_of: str | None = None) -> TriggerResult:
+        """Start a run in the background, or refuse; never blocks on training. ``as_of``: where
+        the run's relative windows end (default: the config's, else the data's latest event)."""
         now = self.clock()
         with self._lock:
             if self.in_progress:
@@ -205,7 +216,7 @@ class RetrainTrigger:
                 return self._refuse(reason, IN_PROGRESS, busy, now)
             try:
                 cooling = self._cooldown_message(now)
-                record = None if cooling else self._record_start(reason, now)
+                record = None if cooling else self._record_start(reason, now, as_of)
             except BaseException:
                 RunLock.release(lock_file)
                 raise
@@ -234,7 +245,7 @@ class RetrainTrigger:
             f"{iso(last + self.config.cooldown_s)}"
         )
 
-    def _record_start(self, reason: str, now: float) -> RunRecord:
+    def _record_start(self, reason: str, now: float, as_of: str | None) -> RunRecord:
         run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
         record = RunRecord(
             status=STARTED,
@@ -245,6 +256,7 @@ class RetrainTrigger:
             requested_at_unix=now,
             started_at=iso(now),
             started_at_unix=now,
+            as_of=as_of,
         )
         self._history.append(record)
         return record
@@ -283,7 +295,7 @@ class RetrainTrigger:
         started = time.monotonic()
         outcome = FAILED
         try:
-            job = self.prepare_job(record.run_id or "", record.reason)
+            job = self.prepare_job(record.run_id or "", record.reason, record.as_of)
             record.params, record.dataset = job.params, job.dataset
             result = self.runner(job)
             outcome = _outcome(result)
@@ -329,27 +341,29 @@ class RetrainTrigger:
                 RunLock.release(lock_file)
             self._done.set()
 
-    def prepare_job(self, run_id: str, reason: str) -> RetrainJob:
-        """Build the dataset (when this side has to) and the pipeline parameters."""
+    def prepare_job(self, run_id: str, reason: str, as_of: str | None = None) -> RetrainJob:
+        """Build the dataset (when this side has to) and the pipeline parameters; ``as_of``
+        overrides the config's."""
         import pandas as pd
 
         cfg = self.config
+        as_of = as_of or cfg.as_of
         job_dir = self.run_dir / run_id
         job_dir.mkdir(parents=True, exist_ok=True)
         dataset: dict[str, Any] | None = None
         if cfg.builds_dataset:
             target = Path(cfg.export_path) if cfg.mode == CLUSTER else job_dir / DATASET_FILE
             frame, dataset = write_training_dataset(
-                cfg.state_dir, cfg.base_data, cfg.as_of, cfg.label_delay_days, target
+                cfg.state_dir, cfg.base_data, as_of, cfg.label_delay_days, target
             )
-            windows = _window_params(cfg, cfg.as_of or dataset["as_of"])
+            windows = _window_params(cfg, as_of or dataset["as_of"])
             source = f"retrain {run_id}"
             dataset.update(checked_windows(frame, windows, cfg.label_delay_days, source))
             data_path = cfg.cluster_data_path if cfg.mode == CLUSTER else str(target)
         else:
             data_path = cfg.cluster_data_path
             # Nothing read here: relative windows end at the submission time.
-            windows = _window_params(cfg, cfg.as_of or pd.Timestamp.now(tz="UTC").isoformat())
+            windows = _window_params(cfg, as_of or pd.Timestamp.now(tz="UTC").isoformat())
         params = {
             "data_path": data_path,
             **windows,
@@ -369,6 +383,7 @@ def _record_result(record: RunRecord, result: Mapping[str, Any]) -> None:
     reasons = result.get("reasons")
     record.gate_reasons = list(reasons) if reasons else None
     record.kfp_run_id = result.get("kfp_run_id")
+    record.duplicate_of = result.get("duplicate_of")
 
 
 def _window_params(cfg: RetrainConfig, as_of: str) -> dict[str, Any]:

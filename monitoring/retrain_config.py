@@ -48,6 +48,9 @@ class RetrainConfig:
     cluster_data_path: str | None = None
     export_path: Path | None = None
     wait_timeout_s: float | None = None
+    # In a pod: the projected ServiceAccount token the KFP API accepts (None: kfp.Client's own
+    # defaults, e.g. a port-forward without auth).
+    kfp_token_path: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in (LOCAL, CLUSTER):

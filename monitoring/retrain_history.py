@@ -31,9 +31,11 @@ __all__ = [
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = ".retrain.lock"
 
-# Record statuses; the last four are run outcomes (``fraud_retrain_runs_total{outcome}``).
+# Record statuses; the last five are run outcomes (``fraud_retrain_runs_total{outcome}``).
+# DUPLICATE: another replica (or an earlier attempt) already submitted the run for this event.
 STARTED, REFUSED = "started", "refused"
 PUSHED, NOT_BLESSED, FAILED, SUBMITTED = "pushed", "not_blessed", "failed", "submitted"
+DUPLICATE = "duplicate"
 # Refusal causes (``fraud_retrain_refused_total{cause}``).
 IN_PROGRESS, COOLDOWN = "in_progress", "cooldown"
 
@@ -69,6 +71,10 @@ class RunRecord:
     params: dict[str, Any] | None = None
     dataset: dict[str, Any] | None = None
     kfp_run_id: str | None = None
+    # The event time the run's windows end at, when the trigger gave one (a drift event's).
+    as_of: str | None = None
+    # DUPLICATE: the run (KFP display name) that already covers this event.
+    duplicate_of: str | None = None
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
 

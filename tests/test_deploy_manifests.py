@@ -1370,3 +1370,100 @@ def test_hadolint() -> None:
         [binary, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
+def test_consumer_submits_drift_retrains_to_kfp_with_a_projected_token_and_a_lease(
+    name: str,
+) -> None:
+    """Drift monitoring on, its state on the PVC, cluster retrains authenticated with the
+    audience-bound token the KFP SDK reads, the Lease the replicas claim events on granted, and
+    the way out to ml-pipeline and the API server open."""
+    from urllib.parse import urlsplit
+
+    from kfp.client import KF_PIPELINES_SA_TOKEN_PATH
+
+    from app.cli import build_parser
+    from monitoring.retrain_claim import NAMESPACE_FILE
+
+    objs = rendered(name)
+    pod = by_kind(objs, "Deployment")["fraud-consumer"]["spec"]["template"]
+    spec = pod["spec"]
+    (container,) = [c for c in spec["containers"] if c["name"] == "consumer"]
+    args = build_parser().parse_args(container["args"])
+    assert args.drift_window_time and args.retrain == "cluster" and args.retrain_lease
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = container["volumeMounts"]
+
+    def volume(path: str, writable: bool = False) -> dict:
+        mount = mount_of(path, mounts)
+        assert not (writable and mount.get("readOnly")), f"{path} is read-only"
+        return volumes[mount["name"]]
+
+    # Each replica's drift state and the retrain history survive a restart; the export is
+    # written.
+    assert args.drift_state_dir
+    for path in (args.drift_state_dir + "/pod.json", args.retrain_run_dir + "/history.jsonl"):
+        assert "persistentVolumeClaim" in volume(path, writable=True), path
+    assert "persistentVolumeClaim" in volume(args.retrain_export_path, writable=True)
+    assert args.retrain_cluster_data_path == args.retrain_export_path
+
+    assert args.retrain_kfp_token == KF_PIPELINES_SA_TOKEN_PATH
+    (source,) = volume(args.retrain_kfp_token)["projected"]["sources"]
+    token = source["serviceAccountToken"]
+    assert token["audience"] == "pipelines.kubeflow.org"
+    assert mount_of(args.retrain_kfp_token, mounts)["mountPath"] + "/" + token["path"] == (
+        args.retrain_kfp_token
+    )
+    # What kubernetes.config.load_incluster_config reads, though the token is not automounted.
+    api_dir = str(NAMESPACE_FILE.parent)
+    projected = volume(str(NAMESPACE_FILE))["projected"]["sources"]
+    paths = {item["path"] for s in projected for item in s.get("configMap", {}).get("items", [])}
+    paths |= {item["path"] for s in projected for item in s.get("downwardAPI", {}).get("items", [])}
+    paths |= {s["serviceAccountToken"]["path"] for s in projected if "serviceAccountToken" in s}
+    assert mount_of(str(NAMESPACE_FILE), mounts)["mountPath"] == api_dir
+    assert paths == {"token", "ca.crt", "namespace"}
+
+    bindings = [
+        b
+        for b in by_kind(objs, "RoleBinding").values()
+        if any(
+            (s["kind"], s["name"]) == ("ServiceAccount", spec["serviceAccountName"])
+            for s in b["subjects"]
+        )
+    ]
+    rules = [
+        rule for b in bindings for rule in by_kind(objs, "Role")[b["roleRef"]["name"]]["rules"]
+    ]
+    lease_rules = [rule for rule in rules if "leases" in rule["resources"]]
+    assert all(rule["apiGroups"] == ["coordination.k8s.io"] for rule in lease_rules)
+    named = {
+        v
+        for rule in lease_rules
+        if args.retrain_lease in rule.get("resourceNames", [])
+        for v in rule["verbs"]
+    }
+    assert {"get", "update"} <= named
+    assert any("create" in rule["verbs"] for rule in lease_rules)
+
+    kfp_port = urlsplit(args.retrain_host).port
+    kfp_namespace = urlsplit(args.retrain_host).hostname.split(".")[1]
+    egress = [
+        rule
+        for policy in by_kind(objs, "NetworkPolicy").values()
+        if "Egress" in policy["spec"]["policyTypes"]
+        and selects(policy["spec"]["podSelector"], pod["metadata"]["labels"])
+        for rule in policy["spec"]["egress"]
+    ]
+    to_kfp = [
+        rule
+        for rule in egress
+        if any(
+            peer.get("namespaceSelector", {})
+            .get("matchLabels", {})
+            .get("kubernetes.io/metadata.name")
+            == kfp_namespace
+            for peer in rule["to"]
+        )
+    ]
+    assert to_kfp and any(p["port"] == kfp_port for rule in to_kfp for p in rule["ports"])

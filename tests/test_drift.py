@@ -798,3 +798,127 @@ def test_a_few_night_rows_in_one_bin_drift_where_psi_does_not(
     off = day_monitor(night_metadata, night_z_threshold=None)
     assert feed(off, cols, scores, times, batch=500) == []
     assert all(r.night_excess_z == {} for r in off.reports)
+
+
+def _replica_loop(base, directory, owner: str, orphaned_after_s: float = 600.0, trigger=None):
+    """A consumer replica's drift loop with its own state file (``--drift-state-dir``)."""
+    from monitoring.drift_replicas import drift_files
+    from monitoring.loop import DriftLoop, DriftLoopConfig
+
+    state, windows = drift_files(directory, directory / "drift", owner, orphaned_after_s)
+    config = DriftLoopConfig(
+        model_base_path=base,
+        windows_log=windows,
+        warmup_s=0.0,
+        label_wait_s=2 * HOUR,
+        state_path=state,
+        save_interval_s=3_600,
+    )
+    drift = d.DriftConfig(window_seconds=6 * HOUR, hop_seconds=HOUR, min_samples=2_000)
+    return DriftLoop(config, drift, d.DriftMetrics(CollectorRegistry()), trigger)
+
+
+def test_replicas_keep_their_own_drift_state_and_a_new_pod_adopts_a_gone_ones(
+    metadata: ModelMetadata, tmp_path
+) -> None:
+    import os
+
+    base = tmp_path / "models"
+    _install(metadata, base, 3)
+    cols, scores, times = stream(seed=16, windows=1, size=20 * HOUR // SECONDS_PER_TX)
+    half = len(scores) // 2
+    a, b = _replica_loop(base, tmp_path, "consumer-a"), _replica_loop(base, tmp_path, "consumer-b")
+    _observe(a, 3, cols, scores, times, 0, half)
+    _observe(b, 3, cols, scores, times, 0, half // 2)
+    a.save()
+    b.save()
+    assert a.config.state_path != b.config.state_path
+    assert a.config.windows_log != b.config.windows_log
+
+    # consumer-a's container restarts: same pod name, its own windows.
+    assert _replica_loop(base, tmp_path, "consumer-a").config.state_path == a.config.state_path
+    # consumer-a's pod is replaced by consumer-c: once a's file is orphaned, c takes it over;
+    # b's, written recently, stays b's.
+    old = times[0] - 3_600
+    os.utime(a.config.state_path, (old, old))
+    c_loop = _replica_loop(base, tmp_path, "consumer-c")
+    assert not a.config.state_path.exists() and c_loop.config.state_path.exists()
+    _observe(c_loop, 3, cols, scores, times, half, len(scores))
+    straight = _replica_loop(base, tmp_path / "straight", "consumer-x")
+    _observe(straight, 3, cols, scores, times, 0, len(scores))
+    assert c_loop.monitor.window_index == straight.monitor.window_index
+    assert [r.window for r in a.monitor.reports + c_loop.monitor.reports] == [
+        r.window for r in straight.monitor.reports
+    ]
+    assert b.config.state_path.exists()
+    assert _replica_loop(base, tmp_path, "consumer-b").config.state_path == b.config.state_path
+
+
+def test_two_new_pods_racing_for_one_orphan_get_it_once(tmp_path) -> None:
+    import os
+    import threading
+
+    from monitoring.drift_replicas import replica_state_path
+
+    for round_ in range(30):
+        directory = tmp_path / str(round_)
+        directory.mkdir()
+        orphan = directory / "gone.json"
+        orphan.write_text("the gone pod's state")
+        os.utime(orphan, (0, 0))
+        gate = threading.Barrier(2)
+        got: dict[str, pathlib.Path] = {}
+
+        def start(owner: str, directory=directory, gate=gate, got=got) -> None:
+            gate.wait()
+            got[owner] = replica_state_path(directory, owner, orphaned_after_s=60)
+
+        threads = [threading.Thread(target=start, args=(o,)) for o in ("new-1", "new-2")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        adopted = [p for p in got.values() if p.exists()]
+        assert len(adopted) == 1 and adopted[0].read_text() == "the gone pod's state"
+        assert not orphan.exists()
+    with pytest.raises(ValueError, match="pod name"):
+        replica_state_path(tmp_path, "../escape", orphaned_after_s=60)
+
+
+def test_a_drift_retrain_ends_its_windows_where_it_was_due(
+    metadata: ModelMetadata, tmp_path
+) -> None:
+    """The trigger gets the event time the retrain was due at (drift onset + label wait) as
+    as_of, not whatever time the batch that fired it reached."""
+    from monitoring.loop import DRIFT_REASON
+    from monitoring.retrain import CLUSTER, SUBMITTED, RetrainConfig, RetrainTrigger
+
+    base = tmp_path / "models"
+    _install(metadata, base, 3)
+    cols, scores, times = stream(seed=14, windows=1, size=40 * HOUR // SECONDS_PER_TX)
+    cols[SHIFTED[0]][times >= T0 + 20 * HOUR] *= 2.0
+    jobs: list = []
+
+    def runner(job):
+        jobs.append(job)
+        return {"pushed": None, "kfp_run_id": "run-1"}
+
+    trigger = RetrainTrigger(
+        RetrainConfig(
+            run_dir=tmp_path / "retrain",
+            mode=CLUSTER,
+            host="http://ml-pipeline.kubeflow:8888",
+            cluster_data_path="/data/retrain.parquet",
+        ),
+        runner,
+    )
+    loop = _replica_loop(base, tmp_path, "consumer-a", trigger=trigger)
+    _observe(loop, 3, cols, scores, times, 0, len(scores))
+    assert trigger.wait(timeout=30).status == SUBMITTED
+    (fired,) = loop.triggers
+    assert fired["reason"].startswith(DRIFT_REASON)
+    onset = re.search(r"since event time (\S+)", fired["reason"]).group(1)
+    due = pd.Timestamp(onset) + pd.Timedelta(seconds=loop.config.label_wait_s)
+    (job,) = jobs
+    assert pd.Timestamp(job.params["as_of"]) == due <= pd.Timestamp(fired["event_time"])
+    assert trigger.history()[0]["as_of"] == job.params["as_of"]
