@@ -267,7 +267,7 @@ def figures(
                     f"mean over the 4 prequential folds of the {METRIC_TEXT[m]} on the test days",
                     command,
                     results.Target(">=", TARGETS[m]),
-                    f"± {std:.3f}; random forest reference {ref[m][0]:.3f}",
+                    f"{mean:.3f} ± {std:.3f}; random forest reference {ref[m][0]:.3f}",
                 )
             )
     rf, lr = rows["random forest"], rows["logistic regression"]
