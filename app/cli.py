@@ -5,30 +5,70 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # The path defaults of the commands, from the one place that defines them.
 DEFAULTS = Settings()
 
 
+def _handbook_simulate(args: argparse.Namespace, output: Path) -> pd.DataFrame:
+    from core.dataio import write_transactions
+    from core.handbook import HandbookConfig, simulate_handbook
+
+    foreign = [
+        flag
+        for flag, value in (
+            ("--params", args.params),
+            ("--drift-day", args.drift_day),
+            ("--drift-kind", args.drift_kind),
+        )
+        if value is not None
+    ]
+    if foreign:
+        raise ValueError(
+            f"--profile handbook: {', '.join(foreign)} belong to the platform profile; "
+            "the handbook profile takes --customers --terminals --days --start-date --seed "
+            "--label-delay-days"
+        )
+    given = {
+        "n_customers": args.customers,
+        "n_terminals": args.terminals,
+        "n_days": args.days,
+        "start_date": args.start_date,
+        "seed": args.seed,
+        "label_delay_days": args.label_delay_days,
+    }
+    cfg = HandbookConfig(**{k: v for k, v in given.items() if v is not None})
+    df = simulate_handbook(cfg)
+    write_transactions(df, output)
+    return df
+
+
 def _data_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from core.datajobs import load_params, run_simulate, simulation_config
 
-    params = load_params(args.params) if args.params else {}
-    cfg = simulation_config(
-        params,
-        n_customers=args.customers,
-        n_terminals=args.terminals,
-        n_days=args.days,
-        start_date=args.start_date,
-        seed=args.seed,
-        label_delay_days=args.label_delay_days,
-        drift_day=args.drift_day,
-        drift_kind=args.drift_kind,
-    )
     output = args.output or settings.raw_data
-    df = run_simulate(cfg, output)
+    if args.profile == "handbook":
+        df = _handbook_simulate(args, output)
+    else:
+        params = load_params(args.params) if args.params else {}
+        cfg = simulation_config(
+            params,
+            n_customers=args.customers,
+            n_terminals=args.terminals,
+            n_days=args.days,
+            start_date=args.start_date,
+            seed=args.seed,
+            label_delay_days=args.label_delay_days,
+            drift_day=args.drift_day,
+            drift_kind=args.drift_kind,
+        )
+        df = run_simulate(cfg, output)
     print(f"wrote {len(df):,} transactions ({100 * df['is_fraud'].mean():.3f} % fraud) to {output}")
     return 0
 
@@ -200,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="simulate, validate and summarise raw transaction data")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     sim = data_sub.add_parser("simulate", help="generate a seeded synthetic transaction dataset")
+    sim.add_argument(
+        "--profile",
+        choices=("platform", "handbook"),
+        default="platform",
+        help="platform: the project's own generator; handbook: the Fraud Detection Handbook's",
+    )
     sim.add_argument("--params", type=Path, help="params.yaml whose 'simulate' section to use")
     sim.add_argument("--customers", type=int)
     sim.add_argument("--terminals", type=int)

@@ -1,12 +1,12 @@
 """Every benchmark in turn, each as its own process (``make bench``).
 
-    python -m bench.all [--only data,serving,stream,pipeline] [--results FILE | --no-record]
+    python -m bench.all [--only data,serving,stream,pipeline,accuracy] [--results FILE | --no-record]
 
 Each bench prints its own table of ratios measured side by side and records its figures in
 bench/results.json and README.md's table (``bench.results``); this runs them one after the
 other (never in parallel: they would share the two cores and skew each other), records the wall
 time of the whole run, and ends with one line per bench saying whether it exited cleanly. The
-pipeline bench takes about ten minutes, the others a few minutes each.
+pipeline and accuracy benches take about ten and seven minutes, the others a few minutes each.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 from bench import results
 
-BENCHES = ("data", "serving", "stream", "pipeline")
+BENCHES = ("data", "serving", "stream", "pipeline", "accuracy")
 
 
 def figure(timings: list[tuple[str, int, float]], command: str) -> results.Figure:

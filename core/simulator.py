@@ -106,7 +106,7 @@ class _Rows:
         )
 
 
-def _nearby_terminals(cust_xy, term_xy, radius) -> tuple[np.ndarray, np.ndarray]:
+def nearby_terminals(cust_xy, term_xy, radius) -> tuple[np.ndarray, np.ndarray]:
     """Flat array of each customer's terminals within ``radius`` (nearest one if none), + offsets."""
     lists = []
     for lo in range(0, len(cust_xy), 512):
@@ -140,7 +140,7 @@ def simulate(cfg: SimulationConfig) -> pd.DataFrame:
     mean_amt = rng.uniform(5, 100, C)
     std_amt = mean_amt / 2
     rate = rng.uniform(0.5, 3.2, C)
-    near, near_idx = _nearby_terminals(cust_xy, term_xy, cfg.radius)
+    near, near_idx = nearby_terminals(cust_xy, term_xy, cfg.radius)
 
     def pick_near(cust: np.ndarray) -> np.ndarray:
         off, length = near_idx[cust, 0], near_idx[cust, 1]
@@ -271,14 +271,34 @@ def simulate(cfg: SimulationConfig) -> pd.DataFrame:
         marked & (rows.pattern == 0), code["compromised_terminal"], rows.pattern
     )
 
-    amount = np.round(rows.amount, 2)
-    order = np.lexsort((amount, rows.terminal, rows.customer, rows.ts))
+    return raw_frame(
+        rows.ts,
+        rows.customer,
+        rows.terminal,
+        rows.amount,
+        rows.pattern,
+        (LEGIT, *PATTERNS),
+        cfg.label_delay_days,
+    )
+
+
+def raw_frame(
+    ts: np.ndarray,
+    customer: np.ndarray,
+    terminal: np.ndarray,
+    amount: np.ndarray,
+    pattern: np.ndarray,
+    pattern_names: tuple[str, ...],
+    label_delay_days: int,
+) -> pd.DataFrame:
+    """Generated columns (epoch seconds, customer and terminal indices, amounts, index into
+    ``pattern_names`` whose entry 0 is legitimate) as a frame in the raw schema plus the
+    simulator's extra columns, sorted in stream order; every simulator profile writes this."""
+    amount = np.round(amount, 2)
+    order = np.lexsort((amount, terminal, customer, ts))
     n = len(order)
-    ts = pd.to_datetime(rows.ts[order], unit="s", utc=True)
-    cust_names = np.array([f"C{i:06d}" for i in range(C)], dtype=object)
-    term_names = np.array([f"M{i:06d}" for i in range(T)], dtype=object)
-    pattern_names = np.array((LEGIT, *PATTERNS), dtype=object)
-    pattern = rows.pattern[order]
+    when = pd.to_datetime(ts[order], unit="s", utc=True)
+    pattern = pattern[order]
     return pd.DataFrame(
         {
             c.TRANSACTION_ID: pd.Series(np.arange(n))
@@ -286,15 +306,21 @@ def simulate(cfg: SimulationConfig) -> pd.DataFrame:
             .str.zfill(10)
             .radd("T")
             .to_numpy(),
-            c.TIMESTAMP: ts,
-            c.CUSTOMER_ID: cust_names[rows.customer[order]],
-            c.TERMINAL_ID: term_names[rows.terminal[order]],
+            c.TIMESTAMP: when,
+            c.CUSTOMER_ID: _names("C", customer[order]),
+            c.TERMINAL_ID: _names("M", terminal[order]),
             c.AMOUNT: amount[order],
             c.LABEL: (pattern > 0).astype(np.int8),
-            c.FRAUD_PATTERN: pattern_names[pattern],
-            c.LABEL_AVAILABLE_AT: ts + pd.Timedelta(days=cfg.label_delay_days),
+            c.FRAUD_PATTERN: np.array(pattern_names, dtype=object)[pattern],
+            c.LABEL_AVAILABLE_AT: when + pd.Timedelta(days=label_delay_days),
         }
     )
+
+
+def _names(prefix: str, index: np.ndarray) -> np.ndarray:
+    """Ids ``<prefix>000042`` for entity indices."""
+    top = int(index.max()) + 1 if len(index) else 0
+    return np.array([f"{prefix}{i:06d}" for i in range(top)], dtype=object)[index]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import all as bench_all
-from bench import bench_data, bench_pipeline, bench_serving, bench_stream, results
+from bench import bench_accuracy, bench_data, bench_pipeline, bench_serving, bench_stream, results
 from core import statefile
 from core.simulator import SimulationConfig
 
@@ -76,12 +76,18 @@ def _names_each_bench_records() -> dict[str, set[str]]:
         "recall_at_1pct_fpr": 0.8,
     }
     steps = dict.fromkeys(bench_pipeline.STEPS, 1.0)
+    stats = dict.fromkeys(bench_accuracy.METRICS, (0.5, 0.1))
+    accuracy_rows = dict.fromkeys(("platform (x)", "logistic regression", "random forest"), stats)
+    handbook_data = {"transactions": 1.0, "fraud_rate": 0.01, "share_amount_over_220": 0.1}
     produced = {
         "python -m bench.bench_data": bench_data.figures(data, SimulationConfig(), 10, "cmd"),
         "python -m bench.bench_serving": bench_serving.figures(report, "cmd"),
         "python -m bench.bench_stream": bench_stream.figures(_dummy_stream_result(), "cmd"),
         "python -m bench.bench_pipeline": bench_pipeline.figures(
             10.0, steps, metrics, metrics, "label", "cmd"
+        ),
+        "python -m bench.bench_accuracy": bench_accuracy.figures(
+            accuracy_rows, {"default": "platform (x)"}, handbook_data, 1.0, "cmd"
         ),
         "python -m bench.all": [bench_all.figure([("data", 0, 1.0)], "cmd")],
     }

@@ -1,0 +1,119 @@
+"""The accuracy bench's protocol mechanics (the full bench is not part of the suite): the folds'
+dates, the removal of cards known compromised, the book's card precision@k, the baseline features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.bench_accuracy import (
+    BOOK_FEATURES,
+    NIGHT,
+    WEEKEND,
+    book_features,
+    card_precision_at_k,
+    fold_test_rows,
+    folds,
+    metrics,
+)
+from core import contract as c
+
+
+def _frame(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
+    """(transaction id, time, card, label) rows as raw transactions."""
+    tx, ts, card, label = zip(*rows, strict=True)
+    return pd.DataFrame(
+        {
+            c.TRANSACTION_ID: list(tx),
+            c.TIMESTAMP: pd.to_datetime(list(ts), utc=True),
+            c.CUSTOMER_ID: list(card),
+            c.TERMINAL_ID: "M000001",
+            c.AMOUNT: 10.0,
+            c.LABEL: np.array(label, dtype=np.int8),
+        }
+    )
+
+
+def test_folds_are_the_books_weeks():
+    got = [
+        tuple(str(t.date()) for t in (f.train_start, f.train_end, f.test_start, f.test_end))
+        for f in folds()
+    ]
+    assert got == [
+        ("2018-07-25", "2018-08-01", "2018-08-08", "2018-08-15"),
+        ("2018-08-01", "2018-08-08", "2018-08-15", "2018-08-22"),
+        ("2018-08-08", "2018-08-15", "2018-08-22", "2018-08-29"),
+        ("2018-08-15", "2018-08-22", "2018-08-29", "2018-09-05"),
+    ]
+
+
+def test_cards_known_compromised_leave_the_test_days():
+    df = _frame(
+        [
+            ("t1", "2018-07-27T10:00:00Z", "X", 1),  # fraud in training: X known all week
+            ("t2", "2018-08-08T10:00:00Z", "X", 0),
+            ("t3", "2018-08-14T23:59:59Z", "X", 1),
+            ("t4", "2018-08-01T10:00:00Z", "Y", 1),  # delay day 0: known from test day 1 on
+            ("t5", "2018-08-08T10:00:00Z", "Y", 0),
+            ("t6", "2018-08-09T00:00:00Z", "Y", 0),
+            ("t7", "2018-08-07T12:00:00Z", "Z", 1),  # delay day 6: would be known on day 7
+            ("t8", "2018-08-14T12:00:00Z", "Z", 1),
+            ("t9", "2018-08-08T09:00:00Z", "W", 1),  # test-day frauds are what is measured
+            ("t10", "2018-08-10T09:00:00Z", "W", 1),
+            ("t11", "2018-08-15T00:00:00Z", "V", 0),  # after the test week
+            ("t12", "2018-08-07T23:59:59Z", "V", 0),  # in the delay week
+        ]
+    )
+    test = fold_test_rows(df, folds()[0])
+    assert sorted(test[c.TRANSACTION_ID]) == sorted(["t5", "t8", "t9", "t10"])
+
+
+def test_card_precision_is_the_books():
+    # k = 2. Day 1: A and B compromised on top: 2/2, both now found.
+    # Day 2: A (found) is left out, so the top 2 are C (fraud) and D: 1/2.
+    # Day 3: one card, compromised: 1/2 (divided by k, not by the cards there are).
+    rows = [
+        ("a1", "2018-08-08T10:00:00Z", "A", 1, 0.9),
+        ("a2", "2018-08-08T11:00:00Z", "A", 0, 0.1),
+        ("b1", "2018-08-08T12:00:00Z", "B", 1, 0.8),
+        ("c1", "2018-08-08T13:00:00Z", "C", 0, 0.05),
+        ("a3", "2018-08-09T10:00:00Z", "A", 1, 0.95),
+        ("c2", "2018-08-09T11:00:00Z", "C", 1, 0.6),
+        ("d1", "2018-08-09T12:00:00Z", "D", 0, 0.3),
+        ("f1", "2018-08-10T12:00:00Z", "F", 1, 0.2),
+    ]
+    df = _frame([r[:4] for r in rows])
+    scores = np.array([r[4] for r in rows])
+    assert card_precision_at_k(df, scores, k=2) == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    # k = 1: A, then C (A is found), then F: all compromised.
+    assert card_precision_at_k(df, scores, k=1) == 1.0
+
+
+def test_metrics_name_auc_ap_and_card_precision():
+    df = _frame(
+        [
+            ("t1", "2018-08-08T10:00:00Z", "A", 1),
+            ("t2", "2018-08-08T11:00:00Z", "B", 0),
+            ("t3", "2018-08-08T12:00:00Z", "C", 0),
+        ]
+    )
+    got = metrics(df, np.array([0.9, 0.2, 0.1]))
+    assert got == {"auc_roc": 1.0, "average_precision": 1.0, "card_precision_at_100": 0.01}
+
+
+def test_book_features_are_fifteen_with_its_calendar_flags():
+    assert len(BOOK_FEATURES) == 15 and len(set(BOOK_FEATURES)) == 15
+    df = _frame(
+        [
+            ("t1", "2018-07-27T06:59:59Z", "A", 0),  # Friday, night
+            ("t2", "2018-07-28T07:00:00Z", "A", 1),  # Saturday, day
+            ("t3", "2018-07-29T23:00:00Z", "B", 0),  # Sunday, day for the book
+        ]
+    )
+    table = book_features(df).set_index(c.TRANSACTION_ID)
+    assert table[WEEKEND].to_dict() == {"t1": 0.0, "t2": 1.0, "t3": 1.0}
+    assert table[NIGHT].to_dict() == {"t1": 1.0, "t2": 0.0, "t3": 0.0}
+    assert table.loc["t2", c.customer_count("7d")] == 2
+    assert table.loc["t2", c.customer_mean_amount("1d")] == 10.0
+    assert set(BOOK_FEATURES) <= set(table.columns) | {c.AMOUNT}
