@@ -125,6 +125,7 @@ def _schema_infer(args: argparse.Namespace, settings: Settings) -> int:
 
 def _pipeline_params(args: argparse.Namespace, settings: Settings) -> dict:
     """Pipeline arguments from the flags, typed by the pipeline's own input spec."""
+    from core.metadata import parse_model_families
     from pipelines.params import parse_assignments, typed_params
 
     given = {
@@ -141,13 +142,18 @@ def _pipeline_params(args: argparse.Namespace, settings: Settings) -> dict:
         "label_delay_days": settings.label_delay_days,
         **parse_assignments(args.set),
     }
-    return typed_params(given)
+    params = typed_params(given)
+    if "model" in params:  # checked before a run spends minutes on the steps before train
+        parse_model_families(params["model"])
+    return params
 
 
 def _pipeline_run(args: argparse.Namespace, settings: Settings) -> int:
+    from components.evaluate.evaluator import comparison_table
     from pipelines.runners import run_local
 
     result = run_local(_pipeline_params(args, settings), args.pipeline_root)
+    print(comparison_table(result["families"], result["model_family"]))
     if result.get("pushed"):
         print(f"model pushed: version {result['version']} at {result['path']}")
     else:

@@ -224,6 +224,7 @@ def _concurrent(
 def run(model_dir: Path | None, seconds: float, concurrency_requests: int) -> dict[str, Any]:
     import tensorflow as tf
 
+    from core.model import register_custom_ops, saved_model_ops
     from serving._launch import ServerProcess
     from serving.client import ModelClient
     from serving.grpc_client import GrpcModelClient
@@ -240,6 +241,7 @@ def run(model_dir: Path | None, seconds: float, concurrency_requests: int) -> di
         )
         print("starting the model server ...", file=sys.stderr)
         with server:
+            register_custom_ops(saved_model_ops(version_dir))
             loaded = tf.saved_model.load(str(version_dir))
             sig = loaded.signatures["serving_default"]
             cols = _random_columns(sig, max(BATCH_SIZES))

@@ -4,7 +4,8 @@ The training pipeline writes it beside every pushed version; the stream consumer
 label delay), the drift monitor (training statistics) and batch scoring read it. The file is a
 JSON object of ``ModelMetadata.to_dict()`` plus ``schema_version``. Any change to its fields
 bumps ``SCHEMA_VERSION``: readers refuse a newer schema rather than guess at it. Files without
-``schema_version`` are schema 1 (the layout before the field existed).
+``schema_version`` are schema 1 (the layout before the field existed); schema 2 added
+``model_family`` (a schema-1 file is an ``mlp``, the only family schema 1 knew).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from core import contract as c
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METADATA_FILE = "assets.extra/fraud_metadata.json"
 SCHEMA_KEY = "schema_version"
 _REQUIRED = ("model_name", "thresholds", "label_delay_days")
@@ -30,6 +31,10 @@ _REQUIRED = ("model_name", "thresholds", "label_delay_days")
 # the model's alerts (score at or above the review threshold) on its evaluation window.
 ALERT_PRECISION = "alert_precision"
 ALERT_RECALL = "alert_recall"
+# The model families the training pipeline builds (``--set model=mlp,gbt``): a Keras network
+# and TF-DF gradient-boosted trees. Every family exports the same serving signature.
+MLP, GBT = "mlp", "gbt"
+MODEL_FAMILIES = (MLP, GBT)
 
 
 class MetadataError(ValueError):
@@ -64,7 +69,8 @@ class ModelMetadata:
     push time (``dataclasses.replace``) and required in a file. The rest describe how the model
     was made and default to empty, so a small test model can record only what readers need.
     ``training_stats`` is ``components.push.pusher.training_profile``'s output (the drift
-    monitor's reference); ``baseline`` the served model it was compared with at evaluation.
+    monitor's reference); ``baseline`` the served model it was compared with at evaluation;
+    ``model_family`` one of ``MODEL_FAMILIES``.
     """
 
     model_name: str
@@ -81,6 +87,11 @@ class ModelMetadata:
     signature: str = c.SERVING_SIGNATURE
     output: str = c.SCORE_OUTPUT
     windows: dict[str, str] = field(default_factory=dict)
+    model_family: str = MLP
+
+    def __post_init__(self) -> None:
+        if self.model_family not in MODEL_FAMILIES:
+            raise _wrong("model_family", f"one of {list(MODEL_FAMILIES)}", self.model_family)
 
     def to_dict(self) -> dict[str, Any]:
         """The file's JSON object, ``schema_version`` first."""
@@ -219,6 +230,20 @@ def _parse(name: str, data: Mapping[str, Any]) -> Any:
     if not isinstance(value, str) or (name == "model_name" and not value):
         raise _wrong(name, "a non-empty string" if name == "model_name" else "a string", value)
     return value
+
+
+def parse_model_families(text: str) -> tuple[str, ...]:
+    """``"mlp,gbt"`` -> ``("mlp", "gbt")``: the families a pipeline run trains, each once, in
+    the order given; an empty list or an unknown family is an error that names it."""
+    families = tuple(dict.fromkeys(f.strip() for f in str(text).split(",") if f.strip()))
+    if not families:
+        raise ValueError(f"model {text!r}: name one or more of {', '.join(MODEL_FAMILIES)}")
+    if unknown := [f for f in families if f not in MODEL_FAMILIES]:
+        raise ValueError(
+            f"model {text!r}: unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+            f"known: {', '.join(MODEL_FAMILIES)}"
+        )
+    return families
 
 
 def input_specs() -> tuple[dict[str, Any], ...]:

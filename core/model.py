@@ -7,6 +7,7 @@ The stream consumer scores through the TF Serving REST API instead; both feed th
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ from core import contract as c
 from core.dataio import format_timestamps
 
 TRAIN_STATS_FILE = "assets.extra/train_stats.pb"
+# The ops of TF-DF's inference library (``SimpleMLCreateModelResource``,
+# ``SimpleMLInferenceOpWithHandle``, ...): not TensorFlow's own, registered by importing
+# tensorflow_decision_forests. TF Serving >= 2.11 links them in.
+TFDF_OP_PREFIX = "SimpleML"
 
 
 def model_versions(base_path: str | Path) -> list[int]:
@@ -41,6 +46,29 @@ def resolve_model_dir(path: str | Path) -> Path:
     return path / str(versions[-1])
 
 
+def saved_model_ops(model_dir: str | Path) -> set[str]:
+    """Names of the ops a SavedModel's graphs and functions use (its meta graphs' op lists)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = Path(model_dir) / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        saved_model.ParseFromString(path.read_bytes())
+    except Exception as err:  # DecodeError, OSError
+        raise ValueError(f"{path}: not a readable SavedModel ({err})") from err
+    return {
+        op.name for meta in saved_model.meta_graphs for op in meta.meta_info_def.stripped_op_list.op
+    }
+
+
+def register_custom_ops(op_names: Iterable[str]) -> None:
+    """Register the ops among ``op_names`` that a library outside TensorFlow provides, before a
+    graph using them is loaded: TF-DF's, only for a model that uses them (the import costs
+    seconds and memory that a network's server does not need to pay)."""
+    if any(name.startswith(TFDF_OP_PREFIX) for name in op_names):
+        import tensorflow_decision_forests  # noqa: F401  (importing it registers the ops)
+
+
 def input_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """The serving signature's named inputs from a frame holding the contract's model inputs."""
     out = {}
@@ -63,6 +91,7 @@ class SavedModelScorer:
         import tensorflow as tf
 
         self.model_dir = Path(model_dir)
+        register_custom_ops(saved_model_ops(self.model_dir))
         self._tf = tf
         self._loaded = tf.saved_model.load(os.fspath(self.model_dir))
         self._fn = self._loaded.signatures[c.SERVING_SIGNATURE]

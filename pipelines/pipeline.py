@@ -16,7 +16,9 @@ from kfp.dsl import Artifact
 
 from components.evaluate.evaluator import GateConfig
 from components.kfp_components import make_components
+from components.train.gbt import GBTParams
 from components.train.trainer import HParams
+from core.metadata import MLP
 from core.settings import Settings
 
 PIPELINE_NAME = "fraud-training"
@@ -35,6 +37,7 @@ def create_pipeline(image: str | None = None):
     """
     ops = make_components(image)
     hp, gate, settings = HParams(), GateConfig(), Settings()
+    gbt = GBTParams()
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -60,6 +63,10 @@ def create_pipeline(image: str | None = None):
         epochs: int = hp.epochs,
         patience: int = hp.patience,
         seed: int = hp.seed,
+        model: str = MLP,
+        gbt_num_trees: int = gbt.num_trees,
+        gbt_max_depth: int = gbt.max_depth,
+        gbt_shrinkage: float = gbt.shrinkage,
         min_auc: float = gate.min_auc,
         min_average_precision: float = gate.min_average_precision,
         regression_tolerance: float = gate.regression_tolerance,
@@ -104,7 +111,11 @@ def create_pipeline(image: str | None = None):
             epochs=epochs,
             patience=patience,
             seed=seed,
-        ).set_display_name("train (Keras)")
+            model_families=model,
+            gbt_num_trees=gbt_num_trees,
+            gbt_max_depth=gbt_max_depth,
+            gbt_shrinkage=gbt_shrinkage,
+        ).set_display_name("train (Keras MLP / TF-DF GBT)")
         evaluate = ops["evaluate"](
             model=train.outputs["model"],
             eval_data=ingest.outputs["eval_data"],
@@ -116,7 +127,7 @@ def create_pipeline(image: str | None = None):
             block_budget=block_budget,
         ).set_display_name("evaluate + bless")
         push = ops["push"](
-            model=train.outputs["model"],
+            model=evaluate.outputs["chosen"],
             blessing=evaluate.outputs["blessing"],
             train_data=ingest.outputs["train_data"],
             statistics=validate.outputs["statistics"],

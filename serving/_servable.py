@@ -171,9 +171,12 @@ class Servable:
         self.warmup_seconds = 0.0
 
     def load(self) -> None:
+        from core.model import register_custom_ops  # lazily: core.model imports pandas
+
         started = time.perf_counter()
         meta = self._read_meta_graph()
         try:
+            register_custom_ops(op.name for op in meta.meta_info_def.stripped_op_list.op)
             self._open_session(meta)
         except Exception as exc:
             status = _status_from_tf_error(exc)

@@ -13,12 +13,15 @@ import pytest
 
 from core import contract as c
 from core.metadata import (
+    GBT,
     METADATA_FILE,
+    MLP,
     SCHEMA_VERSION,
     MetadataError,
     ModelMetadata,
     Thresholds,
     input_specs,
+    parse_model_families,
 )
 from streaming.scoring import ScoringUnavailable, ThresholdStore
 
@@ -35,6 +38,7 @@ FULL = ModelMetadata(
     feature_inputs=input_specs(),
     stateful_features=c.STATEFUL_FEATURES,
     windows={"train_start": "2025-01-01T00:00:00+00:00"},
+    model_family=GBT,
 )
 
 # A file as the training pipeline pushed it before the schema had a version.
@@ -86,8 +90,10 @@ def test_a_file_without_schema_version_reads_as_version_1(tmp_path: Path) -> Non
     meta = ModelMetadata.read(tmp_path)
     assert meta.version == 2 and meta.thresholds == Thresholds(0.1, 0.3)
     assert meta.baseline == {"version": None, "metrics": None}
-    # Written again, the file keeps its keys and values and gains only its schema version.
-    assert meta.to_dict() == {"schema_version": 1, **UNVERSIONED}
+    # Schema 1 knew one model family, the network.
+    assert meta.model_family == MLP
+    # Written again, the file keeps its keys and values and gains the current schema's.
+    assert meta.to_dict() == {"schema_version": SCHEMA_VERSION, **UNVERSIONED, "model_family": MLP}
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -127,6 +133,8 @@ BAD_FILES: dict[str, tuple[Any, str]] = {
     "feature_inputs names": (_with(feature_inputs=list(c.MODEL_INPUTS)), "'feature_inputs'"),
     "stateful_features numbers": (_with(stateful_features=[1]), "'stateful_features'"),
     "signature a number": (_with(signature=1), "'signature'"),
+    "unknown model_family": (_with(model_family="forest"), "'model_family'"),
+    "model_family a number": (_with(model_family=2), "'model_family'"),
     "schema_version as text": (_with(schema_version="1"), "'schema_version'"),
     "misspelt field": (_with(thresold={"review": 0.1}), "'thresold'"),
     "not an object": ([FULL.to_dict()], "JSON object"),
@@ -193,3 +201,14 @@ def test_threshold_store_names_the_file_and_chains_the_error(tmp_path: Path) -> 
     with pytest.raises(ScoringUnavailable) as err:
         ThresholdStore(tmp_path).get(1)
     assert str(path) in str(err.value) and isinstance(err.value.__cause__, MetadataError)
+
+
+def test_model_families_are_parsed_once_each_in_order() -> None:
+    assert parse_model_families("gbt, mlp,gbt") == (GBT, MLP)
+    assert parse_model_families(MLP) == (MLP,)
+    with pytest.raises(ValueError, match=r"unknown family \['forest'\]; known: mlp, gbt"):
+        parse_model_families("mlp,forest")
+    with pytest.raises(ValueError, match="name one or more of mlp, gbt"):
+        parse_model_families(" , ")
+    with pytest.raises(MetadataError, match="'model_family'"):
+        replace(FULL, model_family="forest")

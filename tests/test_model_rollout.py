@@ -220,6 +220,7 @@ def blessed(work: Path, model_dir: Path) -> list[str]:
     import numpy as np
     import pandas as pd
 
+    from components.evaluate.evaluator import Verdict
     from components.evaluate.job import SCORES_FILE, VERDICT_FILE
     from core import contract as c
 
@@ -230,15 +231,10 @@ def blessed(work: Path, model_dir: Path) -> list[str]:
     train[c.LABEL] = (rng.random(rows) < 0.1).astype(int)
     blessing = work / "blessing"
     blessing.mkdir(parents=True)
-    verdict = {
-        "blessed": True,
-        "reasons": [],
-        "candidate": {"auc": 0.9},
-        "baseline_version": None,
-        "baseline": {},
-        "thresholds": {"review": 0.5, "block": 0.9},
-    }
-    (blessing / VERDICT_FILE).write_text(json.dumps(verdict))
+    verdict = Verdict(
+        blessed=True, candidate={"auc": 0.9}, baseline={}, thresholds={"review": 0.5, "block": 0.9}
+    )
+    (blessing / VERDICT_FILE).write_text(json.dumps(verdict.to_dict()))
     np.save(blessing / SCORES_FILE, rng.random(rows))
     train.to_parquet(work / "train.parquet")
     (work / "stats.pb").write_bytes(b"")

@@ -1,27 +1,41 @@
 """The real training pipeline, end to end on small simulated data, through kfp.local.
 
-One pipeline run is shared by the tests of this module (it takes a few minutes on 2 cores).
+One pipeline run, through ``fraud pipeline run`` with both model families, is shared by the tests
+of this module (it takes a few minutes on 2 cores); a second, in process, trains the trees only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from stream_fixtures import MODEL_NAME, start_model_server
 
 from core import contract as c
 from core.dataio import read_transactions, write_transactions
 from core.features.batch import build_feature_table
-from core.metadata import METADATA_FILE, SCHEMA_VERSION, ModelMetadata
-from core.model import TRAIN_STATS_FILE, SavedModelScorer, input_arrays, model_versions
+from core.metadata import GBT, METADATA_FILE, MLP, SCHEMA_VERSION, ModelMetadata
+from core.model import (
+    TFDF_OP_PREFIX,
+    TRAIN_STATS_FILE,
+    SavedModelScorer,
+    input_arrays,
+    model_versions,
+    saved_model_ops,
+)
 from core.simulator import SimulationConfig, simulate
 
 pytestmark = pytest.mark.slow
 
 TRAIN_START, TRAIN_END = "2025-01-01", "2025-03-21"
+GATE = {"min_auc": 0.75, "min_average_precision": 0.1}
+# Few trees keep the trees' training to seconds on this data.
+GBT_TREES = 60
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +49,40 @@ def data_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline_run(data_file, tmp_path_factory):
-    from pipelines.runners import run_local
+    """``fraud pipeline run`` training both families: (push result, parameters, root, stdout)."""
+    from app.cli import main
 
     root = tmp_path_factory.mktemp("run")
+    params = {"model_base_path": str(root / "models" / "fraud")}
+    settings = {"epochs": 6, "model": f"{MLP},{GBT}", "gbt_num_trees": GBT_TREES, **GATE}
+    args = ["pipeline", "run", "--data", str(data_file), "--pipeline-root", str(root / "kfp")]
+    args += ["--train-start", TRAIN_START, "--train-end", TRAIN_END]
+    args += ["--model-base-path", params["model_base_path"]]
+    args += [f"--set={k}={v}" for k, v in settings.items()]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    result = json.loads(_artifact(root, "push", "pushed").read_text())
+    return result, params, root, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def gbt_run(data_file, tmp_path_factory):
+    """The pipeline, in process, with the trees alone: (push result, model base path)."""
+    from pipelines.runners import run_steps
+
+    root = tmp_path_factory.mktemp("gbt")
+    base = root / "models" / "fraud"
     params = {
         "data_path": str(data_file),
         "train_start": TRAIN_START,
         "train_end": TRAIN_END,
-        "model_base_path": str(root / "models" / "fraud"),
-        "epochs": 6,
-        "min_auc": 0.75,
-        "min_average_precision": 0.1,
+        "model_base_path": str(base),
+        "model": GBT,
+        "gbt_num_trees": GBT_TREES,
+        **GATE,
     }
-    result = run_local(params, root / "kfp")
-    return result, params, root
+    return run_steps(params, root / "steps"), base
 
 
 def _artifact(root: Path, step: str, name: str) -> Path:
@@ -57,7 +91,7 @@ def _artifact(root: Path, step: str, name: str) -> Path:
 
 
 def test_pipeline_pushes_a_first_model(pipeline_run):
-    result, params, root = pipeline_run
+    result, params, root, _ = pipeline_run
     assert result["pushed"] is True and result["version"] == 1
     assert model_versions(params["model_base_path"]) == [1]
     version_dir = Path(params["model_base_path"]) / "1"
@@ -75,8 +109,64 @@ def test_pipeline_pushes_a_first_model(pipeline_run):
     assert raw["schema_version"] == SCHEMA_VERSION and raw == meta.to_dict()
 
 
+def test_both_families_are_compared_and_the_best_is_pushed(pipeline_run):
+    from components.evaluate.evaluator import choose_family, comparison_table
+
+    result, params, root, printed = pipeline_run
+    verdict = json.loads((_artifact(root, "evaluate", "blessing") / "verdict.json").read_text())
+    families = verdict["families"]
+    assert list(families) == [MLP, GBT]
+    chosen = choose_family(families)
+    assert verdict["model_family"] == result["model_family"] == chosen
+    assert verdict["candidate"] == families[chosen]["candidate"]
+    assert verdict["thresholds"] == families[chosen]["thresholds"]
+    meta = ModelMetadata.read(Path(params["model_base_path"]) / "1")
+    assert meta.model_family == chosen and meta.metrics == families[chosen]["candidate"]
+    # What was pushed is the chosen family's SavedModel: it scores the window as evaluated.
+    scores = np.load(_artifact(root, "evaluate", "blessing") / "eval_scores.npy")
+    evaluation = pd.read_parquet(_artifact(root, "ingest", "eval_data"))
+    pushed = SavedModelScorer(Path(params["model_base_path"]) / "1").score(evaluation)
+    np.testing.assert_allclose(pushed, scores, rtol=1e-5, atol=1e-7)
+    # `fraud pipeline run` prints the comparison, then what it pushed (after kfp.local's log).
+    assert comparison_table(families, chosen) + "\nmodel pushed: version 1 at" in printed
+    # Each family's figures are KFP metrics of the evaluate step.
+    executor = json.loads(_artifact(root, "evaluate", "executor_output.json").read_text())
+    logged = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    for family, figures in families.items():
+        assert logged[f"{family}_average_precision"] == figures["candidate"]["average_precision"]
+
+
+def test_a_trees_only_run_pushes_a_tf_df_model_the_server_answers(gbt_run, data_file, tmp_path):
+    from serving.client import ModelClient
+
+    result, base = gbt_run
+    assert result["pushed"] and result["model_family"] == GBT and list(result["families"]) == [GBT]
+    version_dir = base / "1"
+    assert ModelMetadata.read(version_dir).model_family == GBT
+    assert any(op.startswith(TFDF_OP_PREFIX) for op in saved_model_ops(version_dir))
+    table = build_feature_table(read_transactions(data_file), c.DEFAULT_LABEL_DELAY_DAYS).tail(300)
+    arrays = input_arrays(table)
+    local = SavedModelScorer(version_dir).score(table)
+    # The raw-field request of the stream consumer, as JSON: strings as text.
+    columns = {
+        k: [b.decode() for b in v] if v.dtype.kind == "S" else v.tolist() for k, v in arrays.items()
+    }
+    assert set(columns) == set(c.MODEL_INPUTS)
+    server = start_model_server(base, tmp_path)
+    try:
+        with ModelClient(server.url, MODEL_NAME) as client:
+            answer = client.predict(columns)
+    finally:
+        server.stop()
+    assert answer.model_version == "1"
+    np.testing.assert_allclose(answer.scores, local, rtol=1e-5, atol=1e-7)
+    fraud = table[c.LABEL].to_numpy() == 1
+    if fraud.any():
+        assert local[fraud].mean() > local[~fraud].mean()
+
+
 def test_pipeline_artifacts(pipeline_run):
-    _, _, root = pipeline_run
+    _, _, root, _ = pipeline_run
     assert json.loads(_artifact(root, "validate", "anomalies").read_text()) == {}
     assert _artifact(root, "validate", "statistics").stat().st_size > 0
     assert (_artifact(root, "transform", "transform_output") / "transform_fn").is_dir()
@@ -127,7 +217,7 @@ def test_evaluate_ui_metrics_hold_the_roc_curve_and_confusion_matrix(pipeline_ru
 
 
 def test_pushed_model_scores_raw_fields_like_batch_scoring(pipeline_run, data_file):
-    _, params, _ = pipeline_run
+    _, params, _, _ = pipeline_run
     model_dir = Path(params["model_base_path"]) / "1"
     table = build_feature_table(read_transactions(data_file), c.DEFAULT_LABEL_DELAY_DAYS).tail(500)
 
@@ -150,7 +240,7 @@ def test_pushed_model_scores_raw_fields_like_batch_scoring(pipeline_run, data_fi
 def test_fraud_score_cli(pipeline_run, data_file, tmp_path):
     from app.cli import main
 
-    _, params, _ = pipeline_run
+    _, params, _, _ = pipeline_run
     out = tmp_path / "scores.csv"
     code = main(
         [
@@ -179,7 +269,7 @@ def test_worse_model_is_not_pushed(pipeline_run):
     from components.push.job import push_step
     from components.train.job import train_step
 
-    _, params, root = pipeline_run
+    _, params, root, _ = pipeline_run
     transform_dir = _artifact(root, "transform", "transform_output")
     work = root / "worse"
     train_step(
@@ -206,7 +296,8 @@ def test_worse_model_is_not_pushed(pipeline_run):
         7,
         {},
     )
-    assert result == {"pushed": False, "reasons": verdict.reasons}
+    assert result["pushed"] is False and result["reasons"] == verdict.reasons
+    assert result["model_family"] == MLP and list(result["families"]) == [MLP]
     assert model_versions(params["model_base_path"]) == [1]
     assert not (Path(params["model_base_path"]) / "2" / METADATA_FILE).exists()
 
@@ -215,7 +306,7 @@ def test_schema_anomaly_fails_validation_and_lists_it(pipeline_run, tmp_path):
     from components.validate.job import validate_step
     from components.validate.validate import SchemaAnomalyError
 
-    _, _, root = pipeline_run
+    _, _, root, _ = pipeline_run
     train = pd.read_parquet(_artifact(root, "ingest", "train_data"))
     train.loc[:10, c.terminal_fraud_ratio("7d")] = 3.0  # a ratio above 1 breaks the schema
     bad = tmp_path / "bad.parquet"

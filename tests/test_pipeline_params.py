@@ -41,7 +41,9 @@ def test_assignments_keep_text_until_typed() -> None:
 def test_pipeline_defaults_come_from_the_dataclasses_and_settings() -> None:
     """The signature restates no default: a retyped one would drift from the dataclasses."""
     from components.evaluate.evaluator import GateConfig
+    from components.train.gbt import GBTParams
     from components.train.trainer import HParams
+    from core.metadata import MLP
     from core.settings import Settings
     from monitoring.retrain import RetrainConfig
     from pipelines.pipeline import create_pipeline
@@ -53,6 +55,11 @@ def test_pipeline_defaults_come_from_the_dataclasses_and_settings() -> None:
         names = {f.name for f in fields(config)} - left_out
         assert names <= set(defaults), f"{type(config).__name__} fields not in the pipeline"
         assert {n: defaults[n] for n in names} == {n: getattr(config, n) for n in names}
+    # The trees share the network's seed; their other parameters are prefixed.
+    gbt = GBTParams()
+    names = {f.name for f in fields(gbt)} - {"seed"}
+    assert {n: defaults[f"gbt_{n}"] for n in names} == {n: getattr(gbt, n) for n in names}
+    assert defaults["model"] == MLP
     settings = Settings()
     assert defaults["data_path"] == str(settings.validated_data)
     assert defaults["model_base_path"] == str(settings.model_base_path)

@@ -15,6 +15,8 @@ from components.evaluate.evaluator import (
     GateConfig,
     bless,
     card_precision_at_k,
+    choose_family,
+    comparison_table,
     confusion,
     recall_at_fpr,
     thresholds_from_budget,
@@ -160,6 +162,35 @@ def test_blessing_floors_and_regression():
     assert bless(good, {"auc_roc": 0.95, "average_precision": 0.66}, gate)[0]
     ok, reasons = bless(good, {"auc_roc": 0.95, "average_precision": 0.7}, gate)
     assert not ok and "regresses" in reasons[0]
+
+
+def _family(blessed: bool, ap: float, auc: float = 0.9) -> dict:
+    metrics = {"auc_roc": auc, "average_precision": ap}
+    metrics |= {"card_precision_at_100": 0.25, "recall_at_1pct_fpr": 0.5}
+    return {"blessed": blessed, "candidate": metrics}
+
+
+def test_the_best_blessed_family_by_average_precision_is_chosen():
+    # The better AP wins, whatever the order or the AUC.
+    assert choose_family({"mlp": _family(True, 0.61), "gbt": _family(True, 0.68, 0.8)}) == "gbt"
+    assert choose_family({"gbt": _family(True, 0.55), "mlp": _family(True, 0.60)}) == "mlp"
+    # An unblessed family is passed over, even with the better AP.
+    assert choose_family({"mlp": _family(True, 0.50), "gbt": _family(False, 0.90)}) == "mlp"
+    # None blessed: the best AP is still the verdict's (and push refuses it).
+    assert choose_family({"mlp": _family(False, 0.30), "gbt": _family(False, 0.40)}) == "gbt"
+    # A tie goes to the family listed first; a lone family is chosen.
+    assert choose_family({"gbt": _family(True, 0.5), "mlp": _family(True, 0.5)}) == "gbt"
+    assert choose_family({"mlp": _family(False, 0.1)}) == "mlp"
+    with pytest.raises(ValueError, match="no model family"):
+        choose_family({})
+
+
+def test_comparison_table_lists_every_family_and_marks_the_chosen():
+    table = comparison_table({"mlp": _family(True, 0.6123), "gbt": _family(False, 0.7)}, "mlp")
+    head, mlp, gbt = table.splitlines()
+    assert head.split() == ["family", "AP", "AUC", "ROC", "CP@100", "recall@1%FPR", "blessed"]
+    assert mlp.split() == ["mlp", "0.6123", "0.9000", "0.2500", "0.5000", "yes", "<-", "chosen"]
+    assert gbt.split() == ["gbt", "0.7000", "0.9000", "0.2500", "0.5000", "no"]
 
 
 def test_feature_profile_bins_cover_everything():

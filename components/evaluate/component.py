@@ -19,10 +19,11 @@ def evaluate(
     metrics: Output[Metrics],
     curves: Output[ClassificationMetrics],
     blessing: Output[Artifact],
+    chosen: Output[Model],
 ):
     import logging
 
-    from components.evaluate.evaluator import confusion, roc_points
+    from components.evaluate.evaluator import comparison_table, confusion, roc_points
     from components.evaluate.job import evaluate_step
 
     logging.basicConfig(level=logging.INFO)
@@ -34,7 +35,17 @@ def evaluate(
         "block_budget": block_budget,
     }
     verdict, labels, scores = evaluate_step(
-        model.path, eval_data.path, model_base_path, blessing.path, gate
+        model.path, eval_data.path, model_base_path, blessing.path, gate, chosen.path
+    )
+    for family, result in verdict.families.items():
+        for key, value in result["candidate"].items():
+            metrics.log_metric(f"{family}_{key}", value)
+        metrics.log_metric(f"{family}_blessed", float(result["blessed"]))
+    chosen.metadata["model_family"] = verdict.model_family
+    blessing.metadata["model_family"] = verdict.model_family
+    logging.getLogger("fraud.pipeline").info(
+        "evaluate: model families on the evaluation window\n%s",
+        comparison_table(verdict.families, verdict.model_family),
     )
     for key, value in verdict.candidate.items():
         metrics.log_metric(key, value)

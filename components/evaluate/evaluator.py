@@ -6,12 +6,14 @@ is measured). The baseline is the currently served model scored on the same wind
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from core import contract as c
+from core.metadata import MLP
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,17 @@ def confusion(y: np.ndarray, scores: np.ndarray, threshold: float) -> list[list[
 
 @dataclass
 class Verdict:
+    """The gate's decision on the chosen family (``model_family``) and, in ``families``, each
+    compared family's ``blessed``, ``reasons``, ``candidate`` metrics and ``thresholds``."""
+
     blessed: bool
     reasons: list[str] = field(default_factory=list)
     candidate: dict = field(default_factory=dict)
     baseline: dict | None = None
     baseline_version: int | None = None
     thresholds: dict = field(default_factory=dict)
+    model_family: str = MLP
+    families: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,3 +143,32 @@ def bless(candidate: dict, baseline: dict | None, gate: GateConfig) -> tuple[boo
                 f"{baseline['average_precision']:.4f} on the same window"
             )
     return not reasons, reasons
+
+
+def choose_family(families: Mapping[str, Mapping]) -> str:
+    """The family to push: the highest average precision among the blessed ones, or among all
+    when none is blessed (push then refuses it). A tie goes to the family listed first."""
+    if not families:
+        raise ValueError("choose_family: no model family was evaluated")
+    blessed = [f for f, result in families.items() if result["blessed"]] or list(families)
+    return max(blessed, key=lambda f: families[f]["candidate"]["average_precision"])
+
+
+# The comparison table's metric columns: (metric key, heading).
+COMPARED = (
+    ("average_precision", "AP"),
+    ("auc_roc", "AUC ROC"),
+    ("card_precision_at_100", "CP@100"),
+    ("recall_at_1pct_fpr", "recall@1%FPR"),
+)
+
+
+def comparison_table(families: Mapping[str, Mapping], chosen: str) -> str:
+    """The families side by side on the evaluation window, one line each, the chosen marked."""
+    head = f"{'family':<8}" + "".join(f"{h:>14}" for _, h in COMPARED) + "  blessed"
+    lines = [head]
+    for family, result in families.items():
+        cells = "".join(f"{result['candidate'][k]:>14.4f}" for k, _ in COMPARED)
+        mark = "  <- chosen" if family == chosen else ""
+        lines.append(f"{family:<8}{cells}  {'yes' if result['blessed'] else 'no':<7}{mark}")
+    return "\n".join(lines)

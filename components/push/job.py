@@ -45,9 +45,10 @@ def push_step(
     if not str(model_base_path).strip():
         raise ValueError("model_base_path is empty: nowhere to push the model")
     verdict = json.loads((Path(blessing_dir) / VERDICT_FILE).read_text())
+    compared = {"model_family": verdict["model_family"], "families": verdict["families"]}
     if not verdict["blessed"]:
         log.warning("push: skipped, model not blessed: %s", "; ".join(verdict["reasons"]))
-        return {"pushed": False, "reasons": verdict["reasons"]}
+        return {"pushed": False, "reasons": verdict["reasons"], **compared}
     train = pd.read_parquet(train_path)
     scores = np.load(Path(blessing_dir) / SCORES_FILE)
     metadata = ModelMetadata(
@@ -64,6 +65,7 @@ def push_step(
         label_delay_days=label_delay_days,
         data_version=split_info.get("data_version", "unknown"),
         windows={k: v for k, v in split_info.items() if k.endswith(("_start", "_end"))},
+        model_family=verdict["model_family"],
     )
     settings = Settings.from_env()
     rollout = settings_rollout(settings, Path(model_base_path), model_name)
@@ -76,7 +78,13 @@ def push_step(
     version, target = push(model_dir, model_base_path, metadata, stats_path)
     log.info("push: model %s version %d -> %s", model_name, version, target)
     serving = deploy(rollout, version, model_name, settings.rollout_mode)
-    return {"pushed": True, "version": version, "path": str(target), "serving": serving}
+    return {
+        "pushed": True,
+        "version": version,
+        "path": str(target),
+        "serving": serving,
+        **compared,
+    }
 
 
 def deploy(rollout: Any, version: int, model_name: str, mode: str) -> str:

@@ -16,12 +16,17 @@ def train(
     epochs: int,
     patience: int,
     seed: int,
+    model_families: str,
+    gbt_num_trees: int,
+    gbt_max_depth: int,
+    gbt_shrinkage: float,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
     import logging
 
     from components.train.job import train_step
+    from core.metadata import parse_model_families
 
     logging.basicConfig(level=logging.INFO)
     hparams = {
@@ -33,5 +38,14 @@ def train(
         "patience": patience,
         "seed": seed,
     }
-    for key, value in train_step(transform_output.path, model.path, hparams).items():
+    gbt_params = {
+        "num_trees": gbt_num_trees,
+        "max_depth": gbt_max_depth,
+        "shrinkage": gbt_shrinkage,
+        "seed": seed,
+    }
+    families = parse_model_families(model_families)
+    model.metadata["families"] = ",".join(families)
+    figures = train_step(transform_output.path, model.path, hparams, families, gbt_params)
+    for key, value in figures.items():
         metrics.log_metric(key, value)

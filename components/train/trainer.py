@@ -106,14 +106,27 @@ def train(train_df: pd.DataFrame, valid_df: pd.DataFrame, hp: HParams):
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def export_serving_model(model, transform_fn_dir: str | Path, export_dir: str | Path) -> Path:
-    """SavedModel = TFT graph + network; named raw inputs in, fraud probability out."""
+def stacked_features(transformed):
+    """The network's input: the transformed features as one matrix, in contract order."""
+    import tensorflow as tf
+
+    names = c.transformed_feature_names()
+    return tf.stack([tf.reshape(transformed[n], [-1]) for n in names], axis=1)
+
+
+def export_serving_model(
+    model, transform_fn_dir: str | Path, export_dir: str | Path, features=stacked_features
+) -> Path:
+    """SavedModel = TFT graph + model; named raw inputs in, fraud probability out.
+
+    ``features`` maps the TFT layer's outputs to what ``model`` takes (``stacked_features`` for
+    the network, ``gbt.tree_features`` for the trees).
+    """
     import tensorflow as tf
     import tensorflow_transform as tft
 
     tft_output = tft.TFTransformOutput(os.fspath(transform_fn_dir))
     model.tft_layer = tft_output.transform_features_layer()  # tracked, so its assets are saved
-    names = c.transformed_feature_names()
     spec = {
         s.name: tf.TensorSpec([None], tf.string if s.dtype == "string" else tf.float32, name=s.name)
         for s in c.INPUT_SPECS
@@ -121,9 +134,7 @@ def export_serving_model(model, transform_fn_dir: str | Path, export_dir: str | 
 
     @tf.function(input_signature=[spec])
     def serve(inputs):
-        transformed = model.tft_layer(inputs)
-        features = tf.stack([tf.reshape(transformed[n], [-1]) for n in names], axis=1)
-        prob = model(features)
+        prob = model(features(model.tft_layer(inputs)))
         return {c.SCORE_OUTPUT: tf.reshape(prob, [-1])}
 
     export_dir = Path(export_dir)
