@@ -48,9 +48,11 @@ def decisions(bootstrap: str, data: str) -> dict[str, Any]:
     topics = Topics()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
-        ids = Counter(
-            orjson.loads(r.value)[c.TRANSACTION_ID] for r in _read_all(consumer, topics.decisions)
-        )
+        decided: dict[str, list[str]] = {}
+        for r in _read_all(consumer, topics.decisions):
+            tx = orjson.loads(r.value)[c.TRANSACTION_ID]
+            decided.setdefault(tx, []).append(f"{r.partition}@{r.offset}")
+        ids = Counter({tx: len(at) for tx, at in decided.items()})
         frame = read_transactions(data)
         known = set(frame[c.TRANSACTION_ID])
         result: dict[str, Any] = {
@@ -59,14 +61,28 @@ def decisions(bootstrap: str, data: str) -> dict[str, Any]:
             "unknown": len(set(ids) - known),
         }
         published = _read_all(consumer, topics.transactions)
-        replayed = {orjson.loads(r.value)[c.TRANSACTION_ID] for r in published}
-        missing = sorted(replayed - set(ids))[:5]
-        if missing:
-            where = {
-                (r.partition, r.offset): orjson.loads(r.value)[c.TRANSACTION_ID]
-                for r in published
-                if orjson.loads(r.value)[c.TRANSACTION_ID] in missing
+        position = {orjson.loads(r.value)[c.TRANSACTION_ID]: r for r in published}
+        repeated = sorted(tx for tx, n in ids.items() if n > 1)[:5]
+        if repeated:
+            result["decided_twice"] = {
+                tx: {
+                    "at": f"{position[tx].partition}@{position[tx].offset}",
+                    "decisions": decided[tx],
+                }
+                for tx in repeated
             }
+        missing = sorted(set(position) - set(ids))[:5]
+        if missing:
+            # The decisions of the transactions next to each undecided one: a gap on the
+            # decisions topic or none at all.
+            by_position = {(r.partition, r.offset): tx for tx, r in position.items()}
+            for tx in missing:
+                r = position[tx]
+                result.setdefault("neighbours", {})[tx] = {
+                    f"{r.partition}@{o}": decided.get(by_position.get((r.partition, o), ""))
+                    for o in (r.offset - 1, r.offset + 1)
+                }
+            where = {(position[tx].partition, position[tx].offset): tx for tx in missing}
             dead = {}
             for r in _read_all(consumer, topics.dead_letter):
                 letter = orjson.loads(r.value)

@@ -304,6 +304,13 @@ def replayed(stack: Stack) -> dict[str, Any]:
         summary = decided(stack)
     print(f"\nconsumer killed at {killed_at} of {limit} decisions; then {summary}")
     if summary["distinct"] < limit:
+        counts = stack.probe(
+            "metrics",
+            f"http://127.0.0.1:{option('consumer', '--metrics-port')}/metrics",
+            container=consumer,
+        )
+        wanted = ("decision", "repeat", "dead", "replayed", "consumed", "rebalanc", "commit")
+        print("consumer counts:", {k: v for k, v in counts.items() if any(w in k for w in wanted)})
         print(
             "consumer log (tail):\n" + "\n".join(containers.logs(consumer, tail=300).splitlines())
         )
