@@ -154,6 +154,11 @@ class Commits:
         self.metrics.snapshot_duration.observe(self._last_snapshot - started)
         self.metrics.snapshot_bytes.set(total)
 
+    def flush_snapshots(self) -> None:
+        """Wait until every queued snapshot is written (before a revoked partition's next owner
+        writes its own)."""
+        self._writer.flush()
+
     def hand_over(self) -> None:
         """Leave revoked partitions' state for their next owner (runs on kafka-python's IO
         thread: file IO only, no blocking Kafka calls)."""
@@ -161,5 +166,4 @@ class Commits:
             # The state matches the committed offsets: hand it over exactly.
             self.snapshot_all(force=True)
         else:
-            # Queued older snapshots must land before the partitions' next owner writes its own.
-            self._writer.flush()
+            self.flush_snapshots()

@@ -130,6 +130,11 @@ class StreamConsumer:
         self._output: Output | None = None
         self._commits: Commits | None = None
         self._assigned_at: float | None = None
+        # Held by the loop while it changes the partitions' state (labels, features, outputs,
+        # commits, snapshots). kafka-python 3 runs the revocation callback on its IO thread, at
+        # any moment; the callback must not wait for this lock (the loop waits on that thread
+        # for its commits), so it hands the state over only when it gets the lock at once.
+        self._state_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -249,11 +254,13 @@ class StreamConsumer:
                 self._commits.await_commit()  # the last offsets must land before the group is left
             except RuntimeError as err:
                 errors.append(err)
-            if not self._commits.dirty:
-                try:
-                    self._commits.snapshot_all(force=True)
-                except (OSError, ValueError, RuntimeError) as err:
-                    errors.append(err)
+            with self._state_lock:
+                if not self._commits.dirty:
+                    try:
+                        self._release(self._partitions.take_revoked())
+                        self._commits.snapshot_all(force=True)
+                    except (OSError, ValueError, RuntimeError) as err:
+                        errors.append(err)
         for name, closer in (
             ("producer", lambda: self._producer and self._producer.close(timeout=30)),
             ("consumer", lambda: self._consumer and self._consumer.close(autocommit=False)),
@@ -276,14 +283,32 @@ class StreamConsumer:
         self._assigned_at = None  # a rebalance in progress is not idleness
         if any(tp.partition == 0 for tp in revoked):
             self.rollout_decider.clear()
-        self._commits.hand_over()
+        if not self._state_lock.acquire(blocking=False):
+            # A batch is changing the state: a snapshot of it now would not be a consistent
+            # cut (it could cover messages whose decisions are not out). The snapshots on disk
+            # stay valid; the loop lets go of these partitions once its batch is over.
+            self._partitions.note_revoked(revoked)
+            self._commits.flush_snapshots()
+            return
+        try:
+            self._commits.hand_over()
+            self._release(revoked)
+        finally:
+            self._state_lock.release()
+
+    def _release(self, revoked: Any) -> None:
+        """Forget the state and the fallback backlog of partitions no longer owned."""
         self._backlog.drop(tp.partition for tp in revoked)
         self._partitions.forget(revoked)
 
     def _apply_assignment(self) -> None:
         """Take over the assignment the rebalance callback recorded (``OwnedPartitions``):
         restore, seek and resume the partitions, and re-read the labels for new ones."""
-        assigned = self._partitions.take_pending()
+        with self._state_lock:
+            self._release(self._partitions.take_revoked())
+            self._take_assignment(self._partitions.take_pending())
+
+    def _take_assignment(self, assigned: set[Any]) -> None:
         if self._commits.dirty:
             # Feature updates that no commit covers: restore everything owned from snapshots.
             self.router.partitions.clear()
@@ -317,7 +342,8 @@ class StreamConsumer:
             self.health.beat()
             if self._partitions.pending:  # from a poll during a scoring hold
                 self._apply_assignment()
-            self._rescore_backlog()
+            with self._state_lock:
+                self._rescore_backlog()
             max_records = cfg.batch_size
             if cfg.max_messages is not None:
                 remaining = cfg.max_messages - self.summary.consumed
@@ -343,8 +369,9 @@ class StreamConsumer:
             assert self._labels is not None
             # The labels barrier: every label appended before these transactions is handed to
             # the router before they are featurised (streaming.labels).
-            self._labels.drain()
-            self._process(records, poll_s, started)
+            with self._state_lock:
+                self._labels.drain()
+                self._process(records, poll_s, started)
             self._partitions.update_lag()
             self._gc.after_batch()
 
@@ -414,6 +441,8 @@ class StreamConsumer:
                 self._commits.dirty = False
                 self.summary.last_commit_at = time.monotonic()
                 stages.mark("commit")
+                # Revoked during the batch: their next owner restores the snapshots on disk.
+                self._release(self._partitions.take_revoked())
                 self._commits.snapshot_all(force=cfg.snapshot_interval_s == 0)
                 stages.mark("snapshot")
             self.summary.batches += 1

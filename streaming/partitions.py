@@ -57,6 +57,8 @@ class OwnedPartitions:
         # Set by the rebalance callback, applied by the loop right after poll() returns:
         # kafka-python 3 runs callbacks on its IO thread, where blocking calls are not allowed.
         self._pending: set[Any] | None = None
+        # Revoked while the loop held the state (``note_revoked``), let go by the loop.
+        self._revoked: set[Any] = set()
 
     @property
     def pending(self) -> bool:
@@ -124,6 +126,16 @@ class OwnedPartitions:
         if self.in_batch:
             self.aborted = True  # a held batch is re-read from the restored positions
         self._pending = set(assigned)
+
+    def note_revoked(self, revoked: Any) -> None:
+        """The revocation callback's half when the loop holds the state: runs on kafka-python's
+        IO thread."""
+        self._revoked |= set(revoked)
+
+    def take_revoked(self) -> set[Any]:
+        """The partitions ``note_revoked`` recorded (empty if none), now no longer recorded."""
+        revoked, self._revoked = self._revoked, set()
+        return revoked
 
     def take_pending(self) -> set[Any]:
         """The assignment recorded by ``on_assigned`` (empty if none), now no longer pending."""
