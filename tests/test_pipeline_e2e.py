@@ -138,6 +138,7 @@ def test_both_families_are_compared_and_the_best_is_pushed(pipeline_run):
 
 def test_a_trees_only_run_pushes_a_tf_df_model_the_server_answers(gbt_run, data_file, tmp_path):
     from serving.client import ModelClient
+    from serving.grpc_client import GrpcModelClient
 
     result, base = gbt_run
     assert result["pushed"] and result["model_family"] == GBT and list(result["families"]) == [GBT]
@@ -156,10 +157,13 @@ def test_a_trees_only_run_pushes_a_tf_df_model_the_server_answers(gbt_run, data_
     try:
         with ModelClient(server.url, MODEL_NAME) as client:
             answer = client.predict(columns)
+        with GrpcModelClient(server.grpc_target, MODEL_NAME) as client:
+            grpc_answer = client.predict(columns)
     finally:
         server.stop()
-    assert answer.model_version == "1"
-    np.testing.assert_allclose(answer.scores, local, rtol=1e-5, atol=1e-7)
+    for served in (answer, grpc_answer):
+        assert served.model_version == "1"
+        np.testing.assert_allclose(served.scores, local, rtol=1e-5, atol=1e-7)
     fraud = table[c.LABEL].to_numpy() == 1
     if fraud.any():
         assert local[fraud].mean() > local[~fraud].mean()
