@@ -85,8 +85,26 @@ class OwnedPartitions:
             expected = self.positions.get(tp)
             if expected is not None and msgs[0].offset != expected:
                 self._out_of_range(tp, expected, msgs[0].offset)
+            if msgs[-1].offset - msgs[0].offset != len(msgs) - 1:
+                self._gaps(tp, msgs)
             self.positions[tp] = msgs[-1].offset + 1
         return records
+
+    def _gaps(self, tp: Any, msgs: list[Any]) -> None:
+        """A poll returned ``tp`` with offsets missing in between. Compaction and transaction
+        markers leave such gaps; on the transactions topic (neither) it means messages the fetch
+        did not hand out: say which."""
+        gaps = [
+            f"{a.offset + 1}-{b.offset - 1}"
+            for a, b in zip(msgs, msgs[1:], strict=False)
+            if b.offset != a.offset + 1
+        ]
+        log.error(
+            "%s[%d]: the fetch skipped offsets %s (compacted or transaction markers?)",
+            tp.topic,
+            tp.partition,
+            ", ".join(gaps),
+        )
 
     def _out_of_range(self, tp: Any, expected: int, got: int) -> None:
         """A poll returned ``tp`` from ``got`` instead of ``expected``. Compaction and
@@ -105,7 +123,18 @@ class OwnedPartitions:
             )
             return
         start = self._earliest(tp)
-        if start > expected:
+        if start <= expected:
+            log.error(
+                "%s[%d]: the fetch went on at offset %d, not %d: offsets %d-%d were skipped "
+                "(compacted or transaction markers?)",
+                tp.topic,
+                tp.partition,
+                got,
+                expected,
+                expected,
+                got - 1,
+            )
+        else:
             log.error(
                 "%s[%d]: offset %d is out of range; transactions %d-%d were deleted unread "
                 "(retention), going on from %d",
