@@ -48,6 +48,9 @@ K8S_COUNTERPARTS = {
 # writes only to those that a writable volume or tmpfs covers, the root filesystem is read-only.
 IMAGE_DIRS = ("/", "/app", "/opt/venv", "/etc", "/var/lib", "/var/lib/fraud", "/models", "/data")
 UID = 10001
+# Credentials of the Kubernetes and KFP APIs, projected by the kubelet: a compose stack has
+# neither API, so only the manifests mount them.
+CLUSTER_CREDENTIALS = ("/var/run/secrets/kubernetes.io/", "/var/run/secrets/kubeflow/")
 DECISIONS_METRIC = "fraud_stream_decisions_total"
 
 
@@ -152,7 +155,7 @@ def compose_mounts(service: dict) -> set[tuple[str, bool]]:
 
 
 def k8s_mounts(manifest: str, workload: str) -> set[tuple[str, bool]]:
-    """(mountPath, readOnly) of the workload's container in k8s/base."""
+    """(mountPath, readOnly) of the workload's container in k8s/base, API credentials left out."""
     docs = yaml.safe_load_all((REPO / "k8s" / "base" / manifest).read_text())
     (doc,) = [
         d
@@ -163,7 +166,11 @@ def k8s_mounts(manifest: str, workload: str) -> set[tuple[str, bool]]:
     if pod is None:
         pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    return {(m["mountPath"], bool(m.get("readOnly", False))) for m in container["volumeMounts"]}
+    return {
+        (m["mountPath"], bool(m.get("readOnly", False)))
+        for m in container["volumeMounts"]
+        if not (m["mountPath"] + "/").startswith(CLUSTER_CREDENTIALS)
+    }
 
 
 def test_stack_services_mount_what_the_manifests_mount() -> None:

@@ -193,7 +193,7 @@ def _executor_metadata(root: Path, step: str, output: str) -> dict:
 
 
 def test_evaluate_ui_metrics_hold_the_roc_curve_and_confusion_matrix(pipeline_run):
-    _, params, root = pipeline_run
+    _, params, root, _ = pipeline_run
     eval_rows = _executor_metadata(root, "ingest", "counts")["eval_rows"]
     eval_frauds = _executor_metadata(root, "ingest", "counts")["eval_frauds"]
     curves = _executor_metadata(root, "evaluate", "curves")
@@ -214,7 +214,7 @@ def test_evaluate_ui_metrics_hold_the_roc_curve_and_confusion_matrix(pipeline_ru
     assert sum(map(sum, rows)) == eval_rows and sum(rows[1]) == eval_frauds
     assert rows[1][1] > 0, "the review threshold catches no fraud"
     metrics = _executor_metadata(root, "evaluate", "metrics")
-    assert metrics["blessed"] == 1.0 and metrics["auc_roc"] >= params["min_auc"]
+    assert metrics["blessed"] == 1.0 and metrics["auc_roc"] >= GATE["min_auc"]
     assert 0 < metrics["threshold_review"] <= metrics["threshold_block"] <= 1
     pushed = ModelMetadata.read(Path(params["model_base_path"]) / "1")
     assert metrics["auc_roc"] == pytest.approx(pushed.metrics["auc_roc"])

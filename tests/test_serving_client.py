@@ -152,11 +152,9 @@ def test_retries_backoff_and_circuit_breaker_against_a_stopped_server(
     assert time.monotonic() - started >= 0.3
     assert client.breaker.state == "open"  # 3 consecutive failures
 
-    # Open: fail fast, no network.
-    started = time.monotonic()
+    # Open: fails before any request (a refused connection would be a ServingUnavailableError).
     with pytest.raises(CircuitOpenError, match="circuit open"):
         client.predict(ROWS)
-    assert time.monotonic() - started < 0.1
 
     # Half-open after the reset time: one trial, it fails, the circuit opens again at once.
     time.sleep(1.1)
