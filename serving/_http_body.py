@@ -15,6 +15,8 @@ from serving._json_dense import DENSE_MIN_BYTES
 
 log = logging.getLogger("serving")
 JSON_CONTENT_TYPE = "application/json"
+# Pieces are joined up to this size per write; a smaller answer is sent as one body.
+_WRITE_BYTES = 1 << 16
 
 
 async def read_body(request: web.Request, max_bytes: int) -> bytes | bytearray:
@@ -39,14 +41,24 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes | bytearray:
 
 async def send_pieces(request: web.Request, status: int, pieces: list[bytes]) -> web.StreamResponse:
     """Send an answer made of pieces with its Content-Length. The writer waits for the socket
-    between pieces, so the transport never buffers a copy of the whole answer."""
-    response = web.StreamResponse(status=status, headers={"Content-Type": JSON_CONTENT_TYPE})
-    response.content_length = sum(map(len, pieces))
+    between writes, so the transport never buffers a copy of the whole answer."""
+    headers = {"Content-Type": JSON_CONTENT_TYPE}
+    length = sum(map(len, pieces))
+    if length <= _WRITE_BYTES:
+        return web.Response(body=b"".join(pieces), status=status, headers=headers)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = length
     try:
         await response.prepare(request)
+        batch: list[bytes] = []
+        size = 0
         for piece in pieces:
-            await response.write(piece)
-        await response.write_eof()
+            batch.append(piece)
+            size += len(piece)
+            if size >= _WRITE_BYTES:
+                await response.write(b"".join(batch))
+                batch, size = [], 0
+        await response.write_eof(b"".join(batch))
     except ConnectionError as exc:
         # The answer was computed and counted; only its delivery failed, by the client's doing.
         log.info("client left before its answer was sent on %s: %s", request.path, exc)
