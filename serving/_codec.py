@@ -344,7 +344,9 @@ def _json_ready(name: str, arr: np.ndarray) -> Any:
     return np.ascontiguousarray(arr) if arr.ndim else arr[()]
 
 
-def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes | bytearray:
+def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes | list[bytes]:
+    """The answer's JSON text; a single float output's comes as pieces to be sent in turn (see
+    ``float_json_parts``), so that a large answer is never joined into one more copy."""
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     for arr in outputs.values():
@@ -353,6 +355,8 @@ def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes | byt
     if fmt == COLUMNAR:
         if len(outputs) == 1:
             ((name, arr),) = outputs.items()
+            if arr.dtype.kind == "f":
+                return [b'{"outputs":', *float_json_parts(arr), b"}"]
             return orjson.dumps({"outputs": _json_ready(name, arr)}, option=_DUMPS_OPTS)
         return orjson.dumps(
             {"outputs": {name: _json_ready(name, arr) for name, arr in outputs.items()}},
@@ -371,13 +375,7 @@ def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes | byt
     if len(outputs) == 1:
         ((name, arr),) = outputs.items()
         if arr.dtype.kind == "f":
-            # The common large answer: grown in place (a large buffer grows by remapping), so
-            # only one copy of its text exists.
-            body = bytearray(b'{"predictions":')
-            for part in float_json_parts(arr):
-                body += part
-            body += b"}"
-            return body
+            return [b'{"predictions":', *float_json_parts(arr), b"}"]
         return orjson.dumps({"predictions": _json_ready(name, arr)}, option=_DUMPS_OPTS)
     ready = {
         name: float_rows_json(arr) if arr.dtype.kind == "f" else _json_ready(name, arr)

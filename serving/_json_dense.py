@@ -45,7 +45,10 @@ _TAIL = re.compile(
     rb"\]" + rb"(?:" + _WS + rb"," + _WS + _SIG + rb")?" + _WS + rb"\}" + _WS + rb"\Z"
 )
 _NUMBER_CHARS = b"0123456789.eE+-, \t\n\r"  # no literals, strings or nesting: plain numbers
-_CHUNK_BYTES = 1 << 16  # the JSON objects of one chunk at a time: about 0.5 MB at most
+_CHUNK_BYTES = 1 << 14  # the JSON objects of one chunk at a time: a few hundred KB at most
+# TensorFlow feeds an ndarray without copying it only when its data is aligned as Eigen wants
+# (at most 64 bytes); a large numpy array starts 16 bytes into its page.
+_FEED_ALIGN = 64
 
 
 @dataclass
@@ -65,7 +68,7 @@ class DenseNumbers:
         if info.kind != "float" or info.np_dtype not in (np.float32, np.float64):
             return None
         body, end, limit = self.body, self.end, max_exact_int(info.np_dtype)
-        out = np.empty(body.count(b",", self.start, end) + 1, info.np_dtype)
+        out = aligned_empty(body.count(b",", self.start, end) + 1, info.np_dtype)
         filled, pos = 0, self.start
         while pos < end:
             cut = body.find(b",", min(pos + _CHUNK_BYTES, end), end)
@@ -85,6 +88,14 @@ class DenseNumbers:
             out[filled : filled + part.size] = part
             filled, pos = filled + part.size, cut + 1
         return out if filled == out.size else None
+
+
+def aligned_empty(size: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised 1-d array whose data TensorFlow can feed in place."""
+    dtype = np.dtype(dtype)
+    raw = np.empty(size * dtype.itemsize + _FEED_ALIGN, np.uint8)
+    skip = -raw.ctypes.data % _FEED_ALIGN
+    return raw[skip : skip + size * dtype.itemsize].view(dtype)
 
 
 def dense_document(body: bytes | bytearray) -> dict[str, Any] | None:

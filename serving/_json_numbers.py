@@ -86,7 +86,7 @@ def _row_blocks(arr: np.ndarray) -> Iterator[list[str]]:
 
 def float_json_parts(arr: np.ndarray) -> Iterator[bytes]:
     """The whole array's JSON text (a scalar for 0-d) in pieces of one block each, so that a
-    response can be joined from them with one copy."""
+    large response can be sent piece by piece without ever being joined."""
     if arr.ndim == 0:
         yield float_texts(arr)[0].encode()
         return

@@ -38,7 +38,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving import _codec, _json_examples
 from serving._errors import ServingError, invalid_argument
-from serving._json_dense import DENSE_MIN_BYTES
+from serving._http_body import JSON_CONTENT_TYPE as _JSON
+from serving._http_body import read_body, send_pieces
 from serving._manager import ModelManager, VersionState
 from serving.config import ConfigError, ServerOptions, parse_flags
 from serving.metrics import UNKNOWN_MODEL, ServingMetrics
@@ -54,7 +55,6 @@ _PREDICTION_API = re.compile(
 _MODEL_STATUS_API = re.compile(
     r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?"
 )
-_JSON = "application/json"
 _INT64_MAX = 2**63 - 1
 GRPC_STOP_GRACE_S = 5.0  # in-flight gRPC calls get this long to finish at shutdown
 
@@ -67,7 +67,7 @@ class _ClientGone(Exception):
 class _Outcome:
     """What a request produced, for the response and for metrics."""
 
-    body: bytes | bytearray = b""
+    body: bytes | list[bytes] = b""  # a list: pieces sent in turn (_codec.predict_response)
     http_status: int = 200
     code: str = "OK"
     version: str = ""
@@ -177,10 +177,12 @@ class ModelServer:
         outcome = _Outcome()
         route: _Route | None = None
         try:
-            body = await self._read_body(request)
+            # Handed over in a list that the worker empties: no frame here keeps a large body
+            # alive while its converted copies exist.
+            pending = [await self._read_body(request)]
             route = _parse_route(request.method, raw_path)
             if route.api in ("predict", "classify", "regress"):
-                outcome = await self._in_thread(route, body)
+                outcome = await self._in_thread(route, pending)
             elif route.api == "status":
                 versions = self.manager.status(route.model_name, route.version, route.label)
                 outcome.body = _status_json(versions)
@@ -198,6 +200,8 @@ class ModelServer:
             log.exception("internal error on %s %s", request.method, raw_path)
             outcome.fail(ServingError("INTERNAL", f"Internal error: {type(exc).__name__}: {exc}"))
         self._record(route, outcome, time.perf_counter() - started)
+        if isinstance(outcome.body, list):
+            return await send_pieces(request, outcome.http_status, outcome.body)
         response = web.Response(
             body=outcome.body, status=outcome.http_status, headers={"Content-Type": _JSON}
         )
@@ -210,7 +214,9 @@ class ModelServer:
     async def _read_body(self, request: web.Request) -> bytes | bytearray:
         """The whole body, within the body timeout and the size cap."""
         try:
-            return await asyncio.wait_for(self._receive(request), self.options.body_timeout_s)
+            return await asyncio.wait_for(
+                read_body(request, self.options.max_request_bytes), self.options.body_timeout_s
+            )
         except web.HTTPRequestEntityTooLarge:
             raise ServingError(
                 "INVALID_ARGUMENT",
@@ -227,26 +233,6 @@ class ModelServer:
             ) from None
         except (ConnectionError, ClientPayloadError) as exc:
             raise _ClientGone(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _receive(self, request: web.Request) -> bytes | bytearray:
-        """A large body with a Content-Length lands in one buffer of that size: joining chunks
-        at the end would hold it twice."""
-        length = request.content_length
-        if length is None or length < DENSE_MIN_BYTES:
-            return await request.read()  # aiohttp applies client_max_size
-        if length > self.options.max_request_bytes:
-            raise web.HTTPRequestEntityTooLarge(
-                max_size=self.options.max_request_bytes, actual_size=length
-            )
-        body = bytearray(length)
-        filled = 0
-        with memoryview(body) as view:
-            async for chunk in request.content.iter_any():
-                view[filled : filled + len(chunk)] = chunk
-                filled += len(chunk)
-        if filled != length:
-            raise ConnectionResetError(f"the body ended after {filled} of {length} bytes")
-        return body
 
     @staticmethod
     def _error(status: int, message: str) -> web.Response:
@@ -278,9 +264,9 @@ class ModelServer:
             model, version, api, code, seconds, rows, runtime_s, entrypoint
         )
 
-    async def _in_thread(self, route: _Route, body: bytes | bytearray) -> _Outcome:
+    async def _in_thread(self, route: _Route, pending: list[bytes | bytearray]) -> _Outcome:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor, self._run_model_request, route, body)
+        future = loop.run_in_executor(self.executor, self._run_model_request, route, pending)
         timeout = self.options.rest_api_timeout_s
         try:
             return await asyncio.wait_for(future, timeout) if timeout else await future
@@ -288,11 +274,15 @@ class ModelServer:
             # The worker cannot be interrupted; it finishes (and releases its version) later.
             return _Outcome().fail(ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded"))
 
-    def _run_model_request(self, route: _Route, body: bytes | bytearray) -> _Outcome:
-        """Runs in the thread pool: JSON decode, input conversion, model call, JSON encode."""
+    def _run_model_request(self, route: _Route, pending: list[bytes | bytearray]) -> _Outcome:
+        """Runs in the thread pool: JSON decode, input conversion, model call, JSON encode.
+
+        Takes the body out of ``pending``, and drops each stage's input (body, parsed document,
+        input arrays) once the next stage holds what it needs.
+        """
         outcome = _Outcome()
         try:
-            doc = _codec.parse_json_object(body, dense=route.api == "predict")
+            doc = _codec.parse_json_object(pending.pop(), dense=route.api == "predict")
             with self.manager.acquire(route.model_name, route.version, route.label) as vs:
                 outcome.version = str(vs.version)
                 servable = vs.servable
@@ -300,12 +290,13 @@ class ModelServer:
                     sig_name, fmt, batch = _codec.parse_predict_request(
                         doc, lambda name: servable.signature(name).inputs, route.model_name
                     )
+                    del doc  # a dense document holds the body
                     sig = servable.signature(sig_name)
                     t0 = time.perf_counter()
                     outputs = sig.run(batch)
                     outcome.runtime_s = time.perf_counter() - t0
                     outcome.rows = batch.rows
-                    del doc, batch  # a large request's inputs go before its answer is written
+                    del batch
                     outcome.body = _codec.predict_response(outputs, fmt)
                 elif route.api == "classify":
                     sig_name, examples = _json_examples.parse_examples_request(doc, "classify")
