@@ -19,7 +19,9 @@ from typing import Any
 
 
 def _read_all(consumer: Any, topic: str) -> list[Any]:
-    """Every record of ``topic`` from its beginning to its end as of now."""
+    """Every record of ``topic`` from its beginning: up to its end offsets as of now, then
+    until a second passes without a record (Tansu's end offset is the last batch's first offset
+    plus one, not the last offset plus one)."""
     from kafka import TopicPartition
 
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -30,7 +32,15 @@ def _read_all(consumer: Any, topic: str) -> list[Any]:
     while any(consumer.position(tp) < end[tp] for tp in parts):
         for records in consumer.poll(timeout_ms=500).values():
             out.extend(records)
+    reached = len(out)
+    while polled := consumer.poll(timeout_ms=1000):
+        for records in polled.values():
+            out.extend(records)
+    READ_PAST_END[topic] = len(out) - reached
     return out
+
+
+READ_PAST_END: dict[str, int] = {}
 
 
 def decisions(bootstrap: str, data: str) -> dict[str, Any]:
@@ -96,6 +106,7 @@ def decisions(bootstrap: str, data: str) -> dict[str, Any]:
                 }
                 for tx in missing
             }
+        result["read_past_end_offsets"] = dict(READ_PAST_END)
     finally:
         consumer.close(autocommit=False)
     return result
