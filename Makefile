@@ -43,7 +43,7 @@ tools:
 test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 image:
 	IMAGE_BASE=$(IMAGE_BASE) .ci/image.sh $(IMAGE)
