@@ -20,8 +20,9 @@ from typing import Any
 
 def _read_all(consumer: Any, topic: str) -> list[Any]:
     """Every record of ``topic`` from its beginning: up to its end offsets as of now, then
-    until a second passes without a record (Tansu's end offset is the last batch's first offset
-    plus one, not the last offset plus one)."""
+    until a second passes without a record: Tansu's answer to ListOffsets(latest) can fall short
+    of the last offset written (the last batch's first offset plus one; after a producer was
+    killed, whole batches short)."""
     from kafka import TopicPartition
 
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
