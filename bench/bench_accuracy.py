@@ -2,6 +2,7 @@
 simulator profile, the platform's models side by side with the book's two reference baselines.
 
     python -m bench.bench_accuracy [--quick] [--families mlp,gbt] [--seed N] [--workdir DIR]
+        [--set NAME=VALUE ...]
 
 Four folds whose training weeks start on 2018-07-25, 08-01, 08-08 and 08-15: each trains on 7 days,
 skips 7 days of label delay and tests on the next 7. On each test day the cards already known to be
@@ -420,6 +421,7 @@ def handbook_data(work: Path, seed: int, quick: bool) -> tuple[pd.DataFrame, Pat
 
 def main(argv: list[str] | None = None) -> int:
     from core.handbook import book_fidelity, fidelity
+    from core.metadata import MODEL_FAMILIES
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -428,9 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--families",
-        default="",
-        help="comma-separated model families, each run as --set model=FAMILY "
-        "(default: the pipeline's default model)",
+        default=",".join(MODEL_FAMILIES),
+        help="comma-separated model families, each run as --set model=FAMILY (default: every "
+        "family; an empty list runs the pipeline's default model)",
     )
     p.add_argument(
         "--workdir", type=Path, help="working directory; the generated data is reused from it"
