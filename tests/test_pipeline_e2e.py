@@ -189,7 +189,7 @@ def _executor_metadata(root: Path, step: str, output: str) -> dict:
 
 
 def test_evaluate_ui_metrics_hold_the_roc_curve_and_confusion_matrix(pipeline_run):
-    _, params, root = pipeline_run
+    _, params, root, _ = pipeline_run
     eval_rows = _executor_metadata(root, "ingest", "counts")["eval_rows"]
     eval_frauds = _executor_metadata(root, "ingest", "counts")["eval_frauds"]
     curves = _executor_metadata(root, "evaluate", "curves")
