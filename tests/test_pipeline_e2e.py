@@ -210,7 +210,7 @@ def test_evaluate_ui_metrics_hold_the_roc_curve_and_confusion_matrix(pipeline_ru
     assert sum(map(sum, rows)) == eval_rows and sum(rows[1]) == eval_frauds
     assert rows[1][1] > 0, "the review threshold catches no fraud"
     metrics = _executor_metadata(root, "evaluate", "metrics")
-    assert metrics["blessed"] == 1.0 and metrics["auc_roc"] >= params["min_auc"]
+    assert metrics["blessed"] == 1.0 and metrics["auc_roc"] >= GATE["min_auc"]
     assert 0 < metrics["threshold_review"] <= metrics["threshold_block"] <= 1
     pushed = ModelMetadata.read(Path(params["model_base_path"]) / "1")
     assert metrics["auc_roc"] == pytest.approx(pushed.metrics["auc_roc"])
