@@ -6,7 +6,7 @@ Each bench prints its own table of ratios measured side by side and records its 
 bench/results.json and README.md's table (``bench.results``); this runs them one after the
 other (never in parallel: they would share the two cores and skew each other), records the wall
 time of the whole run, and ends with one line per bench saying whether it exited cleanly. The
-pipeline and accuracy benches take about ten and seven minutes, the others a few minutes each.
+pipeline and accuracy benches take about ten and fifteen minutes, the others a few minutes each.
 """
 
 from __future__ import annotations

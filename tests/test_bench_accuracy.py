@@ -11,12 +11,16 @@ from bench.bench_accuracy import (
     BOOK_FEATURES,
     NIGHT,
     WEEKEND,
+    alert_budgets,
+    alert_rates,
+    alert_text,
     book_features,
     card_precision_at_k,
     fold_test_rows,
     folds,
     metrics,
 )
+from components.evaluate.evaluator import GateConfig
 from core import contract as c
 
 
@@ -99,7 +103,24 @@ def test_metrics_name_auc_ap_and_card_precision():
         ]
     )
     got = metrics(df, np.array([0.9, 0.2, 0.1]))
+    brier = got.pop("brier")
     assert got == {"auc_roc": 1.0, "average_precision": 1.0, "card_precision_at_100": 0.01}
+    assert brier == pytest.approx((0.1**2 + 0.2**2 + 0.1**2) / 3)
+
+
+def test_alert_rates_count_blocks_as_review_alerts_and_flag_a_rate_off_budget():
+    decisions = pd.Series([c.APPROVE] * 95 + [c.REVIEW] * 4 + [c.BLOCK])
+    rates = alert_rates(decisions)
+    assert rates == pytest.approx({c.REVIEW: 0.05, c.BLOCK: 0.01})
+    text = alert_text(rates, {c.REVIEW: 0.045, c.BLOCK: 0.02})
+    assert text.startswith("review 5.00 % (budget 4.50 %), block 1.00 % (budget 2.00 %)")
+    assert text.count("OUTSIDE") == 1 and text.endswith("OUTSIDE ±20 %")
+
+
+def test_alert_budgets_are_the_pipelines_unless_set():
+    gate = GateConfig()
+    assert alert_budgets([]) == {c.REVIEW: gate.review_budget, c.BLOCK: gate.block_budget}
+    assert alert_budgets(["review_budget=0.5"]) == {c.REVIEW: 0.5, c.BLOCK: gate.block_budget}
 
 
 def test_book_features_are_fifteen_with_its_calendar_flags():

@@ -14,6 +14,7 @@ import pytest
 from bench import all as bench_all
 from bench import bench_accuracy, bench_data, bench_pipeline, bench_serving, bench_stream, results
 from core import statefile
+from core.metadata import MODEL_FAMILIES
 from core.simulator import SimulationConfig
 
 README_WITH_MARKERS = f"# title\n\nbefore\n\n{results.START}\nstale\n{results.END}\n\nafter\n"
@@ -76,8 +77,13 @@ def _names_each_bench_records() -> dict[str, set[str]]:
         "recall_at_1pct_fpr": 0.8,
     }
     steps = dict.fromkeys(bench_pipeline.STEPS, 1.0)
-    stats = dict.fromkeys(bench_accuracy.METRICS, (0.5, 0.1))
-    accuracy_rows = dict.fromkeys(("platform (x)", "logistic regression", "random forest"), stats)
+    stats = dict.fromkeys(bench_accuracy.SCORED, (0.5, 0.1))
+    families = {f: f"platform ({f})" for f in MODEL_FAMILIES}
+    accuracy_rows = dict.fromkeys(
+        (*families.values(), "logistic regression", "random forest"), stats
+    )
+    budgets = {"review": 0.01, "block": 0.002}
+    alerts = dict.fromkeys(families, budgets)
     handbook_data = {"transactions": 1.0, "fraud_rate": 0.01, "share_amount_over_220": 0.1}
     produced = {
         "python -m bench.bench_data": bench_data.figures(data, SimulationConfig(), 10, "cmd"),
@@ -87,7 +93,7 @@ def _names_each_bench_records() -> dict[str, set[str]]:
             10.0, steps, metrics, metrics, "label", "cmd"
         ),
         "python -m bench.bench_accuracy": bench_accuracy.figures(
-            accuracy_rows, {"default": "platform (x)"}, handbook_data, 1.0, "cmd"
+            accuracy_rows, families, alerts, budgets, handbook_data, 1.0, "cmd"
         ),
         "python -m bench.all": [bench_all.figure([("data", 0, 1.0)], "cmd")],
     }

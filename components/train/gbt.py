@@ -3,7 +3,8 @@
 The trees take one named numerical input per transformed feature (the same features, in the
 same contract order, as the network's matrix) and are exported by ``trainer.export_serving_model``
 with the TFT graph in front: the SavedModel's ``serving_default`` is the MLP's. The validation
-split drives the trees' early stopping, as it drives the network's.
+split drives the trees' early stopping, as it drives the network's; the trees are then grown
+again on the whole training window (both splits), as many as early stopping kept.
 """
 
 from __future__ import annotations
@@ -51,21 +52,26 @@ def _dataset(df: pd.DataFrame):
     return tf.data.Dataset.from_tensor_slices((features, labels)).batch(65_536)
 
 
-def train_gbt(train_df: pd.DataFrame, valid_df: pd.DataFrame, params: GBTParams):
-    """Fit; returns (model, {"val_ap": ..., "val_auc": ..., "num_trees": ...})."""
+def _model(params: GBTParams, **options):
     import tensorflow_decision_forests as tfdf
-    from sklearn.metrics import average_precision_score, roc_auc_score
 
-    if not train_df[c.LABEL].any():
-        raise ValueError("training split has no frauds")
-    model = tfdf.keras.GradientBoostedTreesModel(
+    return tfdf.keras.GradientBoostedTreesModel(
         task=tfdf.keras.Task.CLASSIFICATION,
-        num_trees=params.num_trees,
         max_depth=params.max_depth,
         shrinkage=params.shrinkage,
         random_seed=params.seed,
         verbose=0,
+        **{"num_trees": params.num_trees, **options},
     )
+
+
+def train_gbt(train_df: pd.DataFrame, valid_df: pd.DataFrame, params: GBTParams):
+    """Fit; returns (model, {"val_ap": ..., "val_auc": ..., "num_trees": ...})."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if not train_df[c.LABEL].any():
+        raise ValueError("training split has no frauds")
+    model = _model(params)
     model.fit(_dataset(train_df), validation_data=_dataset(valid_df), verbose=0)
     scores = model.predict(_dataset(valid_df), verbose=0).reshape(-1)
     y = valid_df[c.LABEL].to_numpy()
@@ -74,3 +80,11 @@ def train_gbt(train_df: pd.DataFrame, valid_df: pd.DataFrame, params: GBTParams)
         "val_auc": float(roc_auc_score(y, scores)),
         "num_trees": float(model.make_inspector().num_trees()),
     }
+
+
+def refit_gbt(train_df: pd.DataFrame, valid_df: pd.DataFrame, params: GBTParams, num_trees: int):
+    """``num_trees`` trees (the count early stopping kept) grown on both splits, the whole
+    training window, with nothing held out."""
+    model = _model(params, num_trees=num_trees, validation_ratio=0.0, early_stopping="NONE")
+    model.fit(_dataset(pd.concat([train_df, valid_df], ignore_index=True)), verbose=0)
+    return model

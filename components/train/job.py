@@ -39,7 +39,9 @@ def train_step(
     gbt_params: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train and export each of ``families``; returns each one's validation figures, keyed
-    ``<family>_<figure>``. ``hparams`` are the network's, ``gbt_params`` the trees'."""
+    ``<family>_<figure>``: those of the early-stopped fit on the split, whose epoch or tree count
+    the exported model, refitted on the whole training window, reuses. ``hparams`` are the
+    network's, ``gbt_params`` the trees'."""
     from components.transform.transform import TRANSFORM_FN_DIR, load_transformed
 
     if unknown := sorted(set(families) - set(MODEL_FAMILIES)):
@@ -64,13 +66,14 @@ def _record(export_dir: Path, params: Any, history: Mapping[str, Any]) -> None:
 
 
 def _train_mlp(splits, transform_fn: Path, out: Path, hparams: Mapping[str, Any]) -> dict:
-    from components.train.trainer import HParams, export_serving_model, train
+    from components.train.trainer import HParams, export_serving_model, refit, train
 
     hp = HParams(**hparams)
-    model, history = train(*splits, hp)
+    _, history = train(*splits, hp)
+    best = int(np.argmax(history["val_ap"]))
+    model = refit(*splits, hp, best + 1)
     export_serving_model(model, transform_fn, out)
     _record(out, hp, history)
-    best = int(np.argmax(history["val_ap"]))
     return {
         "best_epoch": float(best + 1),
         "epochs_run": float(len(history["val_ap"])),
@@ -80,11 +83,12 @@ def _train_mlp(splits, transform_fn: Path, out: Path, hparams: Mapping[str, Any]
 
 
 def _train_gbt(splits, transform_fn: Path, out: Path, gbt_params: Mapping[str, Any]) -> dict:
-    from components.train.gbt import GBTParams, train_gbt, tree_features
+    from components.train.gbt import GBTParams, refit_gbt, train_gbt, tree_features
     from components.train.trainer import export_serving_model
 
     params = GBTParams(**gbt_params)
-    model, history = train_gbt(*splits, params)
+    _, history = train_gbt(*splits, params)
+    model = refit_gbt(*splits, params, int(history["num_trees"]))
     export_serving_model(model, transform_fn, out, features=tree_features)
     _record(out, params, history)
     return {
