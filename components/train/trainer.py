@@ -1,10 +1,8 @@
 """Train: a Keras (tf_keras) network on TFT-transformed features; export it with the TFT graph.
 
-Frauds are not up-weighted by default (``max_class_weight`` 1): the thresholds come from alert
-budgets, so only the scores' order decides who is alerted, and unweighted training keeps the
-scores calibrated probabilities. Early stopping watches validation average precision (PR AUC),
-and the network is then refitted on the whole training window (both splits) for the epochs early
-stopping chose; everything is seeded. The exported SavedModel's ``serving_default`` takes the
+Class imbalance is handled with class weights; early stopping watches validation average
+precision (PR AUC), and the network is then refitted on the whole training window (both splits)
+for the epochs early stopping chose; everything is seeded. The exported SavedModel's ``serving_default`` takes the
 contract's model inputs (raw fields + stateful aggregates) and returns the fraud probability.
 """
 
@@ -31,7 +29,7 @@ class HParams:
     batch_size: int = 512
     epochs: int = 20
     patience: int = 3
-    max_class_weight: float = 1.0
+    max_class_weight: float = 20.0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -77,8 +75,7 @@ def _class_weight(y: np.ndarray, hp: HParams) -> dict[int, float]:
     pos = float(y.sum())
     if pos == 0:
         raise ValueError("training split has no frauds")
-    # Balanced weights would be ~100:1 here; the cap bounds how far the scores drift from
-    # probabilities (1: not at all).
+    # Balanced weights would be ~100:1 here; capping keeps the probabilities usable as scores.
     return {0: 1.0, 1: min((len(y) - pos) / pos, hp.max_class_weight)}
 
 
