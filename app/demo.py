@@ -76,7 +76,9 @@ def _retrain_state(run_dir: Path) -> str:
 
 
 def read_topic(bootstrap: str, topic: str) -> list[dict]:
-    """Every message of a topic, from the beginning to the current end."""
+    """Every message of a topic at rest: from the beginning to its end offsets, then until a
+    poll comes back empty (a broker's end offset may fall short of the last record written:
+    Tansu's does)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -88,6 +90,9 @@ def read_topic(bootstrap: str, topic: str) -> list[dict]:
         out = []
         while any(consumer.position(p) < end[p] for p in parts):
             for records in consumer.poll(timeout_ms=1000, max_records=50_000).values():
+                out.extend(json.loads(r.value) for r in records)
+        while polled := consumer.poll(timeout_ms=1000, max_records=50_000):
+            for records in polled.values():
                 out.extend(json.loads(r.value) for r in records)
         return out
     finally:
