@@ -76,25 +76,15 @@ def _retrain_state(run_dir: Path) -> str:
 
 
 def read_topic(bootstrap: str, topic: str) -> list[dict]:
-    """Every message of a topic at rest: from the beginning to its end offsets, then until a
-    poll comes back empty (a broker's end offset may fall short of the last record written:
-    Tansu's does)."""
-    from kafka import KafkaConsumer, TopicPartition
+    """Every message of a topic at rest, decoded (``streaming.broker.read_at_rest``)."""
+    from kafka import KafkaConsumer
+
+    from streaming.broker import read_at_rest
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        out = []
-        while any(consumer.position(p) < end[p] for p in parts):
-            for records in consumer.poll(timeout_ms=1000, max_records=50_000).values():
-                out.extend(json.loads(r.value) for r in records)
-        while polled := consumer.poll(timeout_ms=1000, max_records=50_000):
-            for records in polled.values():
-                out.extend(json.loads(r.value) for r in records)
-        return out
+        records, _ = read_at_rest(consumer, topic)
+        return [json.loads(r.value) for r in records]
     finally:
         consumer.close()
 

@@ -407,6 +407,29 @@ def create_topics(
     return out
 
 
+def read_at_rest(consumer: Any, topic: str) -> tuple[list[Any], int]:
+    """Every record of ``topic``, a topic nothing writes to any more, with how many of them lay
+    past the end offsets: read from the beginning to the end offsets as of now, then until a
+    poll comes back empty. A broker's answer to ListOffsets(latest) may fall short of the last
+    record written (Tansu's does: the last batch's first offset plus one). ``consumer`` is a
+    group-less KafkaConsumer; its assignment is replaced."""
+    from kafka import TopicPartition
+
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    end = consumer.end_offsets(parts)
+    out: list[Any] = []
+    while any(consumer.position(tp) < end[tp] for tp in parts):
+        for records in consumer.poll(timeout_ms=1000, max_records=50_000).values():
+            out.extend(records)
+    reached = len(out)
+    while polled := consumer.poll(timeout_ms=1000, max_records=50_000):
+        for records in polled.values():
+            out.extend(records)
+    return out, len(out) - reached
+
+
 def _topic_results(response: Any) -> dict[str, tuple[int | None, str | None]]:
     """(error code, message) per topic from kafka-python's CreateTopics answer (dict or object)."""
     if isinstance(response, dict):

@@ -18,32 +18,6 @@ from collections import Counter
 from typing import Any
 
 
-def _read_all(consumer: Any, topic: str) -> list[Any]:
-    """Every record of ``topic`` from its beginning: up to its end offsets as of now, then
-    until a second passes without a record: Tansu's answer to ListOffsets(latest) can fall short
-    of the last offset written (the last batch's first offset plus one; after a producer was
-    killed, whole batches short)."""
-    from kafka import TopicPartition
-
-    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    end = consumer.end_offsets(parts)
-    out: list[Any] = []
-    while any(consumer.position(tp) < end[tp] for tp in parts):
-        for records in consumer.poll(timeout_ms=500).values():
-            out.extend(records)
-    reached = len(out)
-    while polled := consumer.poll(timeout_ms=1000):
-        for records in polled.values():
-            out.extend(records)
-    READ_PAST_END[topic] = len(out) - reached
-    return out
-
-
-READ_PAST_END: dict[str, int] = {}
-
-
 def decisions(bootstrap: str, data: str) -> dict[str, Any]:
     """Decided ids; for up to 5 replayed ids without a decision, where they are on the
     transactions topic and what the dead-letter topic says of them (a failure then explains
@@ -54,13 +28,16 @@ def decisions(bootstrap: str, data: str) -> dict[str, Any]:
     from core import contract as c
     from core.dataio import read_transactions
     from core.settings import Topics
+    from streaming.broker import read_at_rest
     from streaming.messages import DeadLetterFields as F
 
     topics = Topics()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
         decided: dict[str, list[str]] = {}
-        for r in _read_all(consumer, topics.decisions):
+        past_end: dict[str, int] = {}
+        records, past_end[topics.decisions] = read_at_rest(consumer, topics.decisions)
+        for r in records:
             tx = orjson.loads(r.value)[c.TRANSACTION_ID]
             decided.setdefault(tx, []).append(f"{r.partition}@{r.offset}")
         ids = Counter({tx: len(at) for tx, at in decided.items()})
@@ -71,7 +48,7 @@ def decisions(bootstrap: str, data: str) -> dict[str, Any]:
             "total": sum(ids.values()),
             "unknown": len(set(ids) - known),
         }
-        published = _read_all(consumer, topics.transactions)
+        published, past_end[topics.transactions] = read_at_rest(consumer, topics.transactions)
         position = {orjson.loads(r.value)[c.TRANSACTION_ID]: r for r in published}
         repeated = sorted(tx for tx, n in ids.items() if n > 1)[:5]
         if repeated:
@@ -95,19 +72,19 @@ def decisions(bootstrap: str, data: str) -> dict[str, Any]:
                 }
             where = {(position[tx].partition, position[tx].offset): tx for tx in missing}
             dead = {}
-            for r in _read_all(consumer, topics.dead_letter):
+            for r in read_at_rest(consumer, topics.dead_letter)[0]:
                 letter = orjson.loads(r.value)
                 at = (letter[F.SOURCE_PARTITION], letter[F.SOURCE_OFFSET])
                 if at in where:
                     dead[where[at]] = f"{letter[F.REASON_KIND]}: {letter[F.REASON]}"
             result["undecided"] = {
                 tx: {
-                    "at": [f"{p}@{o}" for (p, o), t in where.items() if t == tx],
+                    "at": f"{position[tx].partition}@{position[tx].offset}",
                     "dead_letter": dead.get(tx),
                 }
                 for tx in missing
             }
-        result["read_past_end_offsets"] = dict(READ_PAST_END)
+        result["read_past_end_offsets"] = past_end
     finally:
         consumer.close(autocommit=False)
     return result
