@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -46,6 +47,21 @@ def cluster(token_file: Path):
         yield server
 
 
+def cluster_config(
+    run_dir: Path, server: ClusterApiServer, token_file: Path, **options: Any
+) -> r.RetrainConfig:
+    """A replica's cluster-mode trigger settings against ``server``, without a cooldown."""
+    return r.RetrainConfig(
+        run_dir=run_dir,
+        mode=r.CLUSTER,
+        cooldown_s=0,
+        host=server.url,
+        cluster_data_path=DATA,
+        kfp_token_path=token_file,
+        **options,
+    )
+
+
 def lease_api(server: ClusterApiServer, token: str):
     """A CoordinationV1Api on the stand-in; in a pod, ``LeaseClaim.in_cluster`` configures it
     from the projected ServiceAccount volume instead."""
@@ -61,14 +77,7 @@ def replica(
     tmp_path: Path, name: str, server: ClusterApiServer, token_file: Path
 ) -> r.RetrainTrigger:
     """What one consumer pod builds with --retrain cluster --retrain-lease (app.stream_cli)."""
-    cfg = r.RetrainConfig(
-        run_dir=tmp_path / name,
-        mode=r.CLUSTER,
-        cooldown_s=0,
-        host=server.url,
-        cluster_data_path=DATA,
-        kfp_token_path=token_file,
-    )
+    cfg = cluster_config(tmp_path / name, server, token_file)
     token = token_file.read_text().strip()
     claim = LeaseClaim(lease_api(server, token), NAMESPACE, LEASE, holder=name, span_s=SPAN_S)
     return r.RetrainTrigger(cfg, ClaimedRunner(runner_for(cfg, dedupe=True), claim))
@@ -126,14 +135,7 @@ def test_a_restarted_replica_finds_its_run_instead_of_submitting_again(
 ) -> None:
     """Without the Lease, the run's name still identifies the event: listing runs by that name
     before creating one keeps a retried event from running twice."""
-    cfg = r.RetrainConfig(
-        run_dir=tmp_path / "pod",
-        mode=r.CLUSTER,
-        cooldown_s=0,
-        host=cluster.url,
-        cluster_data_path=DATA,
-        kfp_token_path=token_file,
-    )
+    cfg = cluster_config(tmp_path / "pod", cluster, token_file)
     first = r.RetrainTrigger(cfg, runner_for(cfg, dedupe=True))
     first.trigger("sustained drift", as_of=AS_OF)
     assert first.wait(timeout=60).status == r.SUBMITTED
@@ -149,14 +151,7 @@ def test_the_token_is_read_per_call_and_a_rejected_one_fails_the_run_with_the_ca
 ) -> None:
     """The kubelet rotates the projected token: the client follows the file, and a token the
     API refuses is a failed run that says so (the consumer goes on)."""
-    cfg = r.RetrainConfig(
-        run_dir=tmp_path / "pod",
-        mode=r.CLUSTER,
-        cooldown_s=0,
-        host=cluster.url,
-        cluster_data_path=DATA,
-        kfp_token_path=token_file,
-    )
+    cfg = cluster_config(tmp_path / "pod", cluster, token_file)
     t = r.RetrainTrigger(cfg, runner_for(cfg, dedupe=True))
     t.trigger("sustained drift", as_of=AS_OF)
     assert t.wait(timeout=60).status == r.SUBMITTED
@@ -173,14 +168,8 @@ def test_the_stand_in_rejects_what_a_cluster_would(
     tmp_path: Path, cluster: ClusterApiServer, token_file: Path
 ) -> None:
     """Unknown run parameters fail the submission, as the KFP backend fails them."""
-    cfg = r.RetrainConfig(
-        run_dir=tmp_path / "pod",
-        mode=r.CLUSTER,
-        cooldown_s=0,
-        host=cluster.url,
-        cluster_data_path=DATA,
-        kfp_token_path=token_file,
-        pipeline_params={"no_such_parameter": 1},
+    cfg = cluster_config(
+        tmp_path / "pod", cluster, token_file, pipeline_params={"no_such_parameter": 1}
     )
     t = r.RetrainTrigger(cfg, runner_for(cfg, dedupe=True))
     t.trigger("sustained drift", as_of=AS_OF)
