@@ -44,7 +44,7 @@ from serving._tfs_protos.tensorflow_serving.apis import (
     get_model_status_pb2,
     predict_pb2,
 )
-from serving.client import (
+from serving.client_common import (
     RETRYABLE_STATUS,
     CircuitBreaker,
     NoAvailableVersionError,
