@@ -87,7 +87,8 @@ def add_consume_arguments(con: argparse.ArgumentParser) -> None:
         "--review-ledger",
         type=Path,
         help="take analysts' review outcomes on POST /labels of the metrics port and publish "
-        "them to the labels topic once per transaction, recorded in this JSON-lines ledger",
+        "them to the labels topic once per transaction, recorded in this JSON-lines ledger "
+        "(replicas may share it on one volume: each publish holds its file lock)",
     )
     con.add_argument(
         "--snapshot-interval-seconds",

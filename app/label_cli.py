@@ -2,8 +2,8 @@
 
 The same outcome again is acknowledged without a second label; a different outcome for a
 labelled transaction is refused (see ``streaming.review_labels``). The consumer's
-``POST /labels`` (``fraud stream consume --review-ledger``) does the same over HTTP; give both
-the same ledger only if they never run at once (each keeps its ledger in memory).
+``POST /labels`` (``fraud stream consume --review-ledger``) does the same over HTTP; both may
+share one ledger, even at once (each publish holds the ledger file's lock).
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ JSON-lines file:
   transaction once, and the terminal-risk features would count a repeated fraud twice);
 * a different outcome for a transaction already labelled is refused (``LabelConflict``): a
   label cannot be taken back on the topic;
-* a message is recorded in the ledger only once the broker acknowledged it.
+* a message is recorded in the ledger only once the broker acknowledged it;
+* several processes may share one ledger (the consumer replicas on their shared volume, and
+  ``fraud label publish``): each publish holds the file's lock while it reads what the others
+  appended, sends and records, so an outcome sent to two replicas at once is published once.
 
 The message is checked by the consumer's own parser (``messages.parse_label``) before it is
 sent: what is published is what the consumer accepts. Thread-safe: ``label_endpoint``, the
@@ -21,11 +24,13 @@ calls it from its request threads; ``fraud label publish`` is the command.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,34 +102,54 @@ class ReviewLabelPublisher:
         self.ledger_path = Path(ledger_path)
         self.send_timeout_s = send_timeout_s
         self._lock = threading.Lock()
-        self._ledger = self._read_ledger()
+        self._ledger: dict[str, int] = {}
+        self._ledger_end = 0  # bytes of the ledger file read into _ledger
+        self._entries_read = 0  # its lines, for error messages
+        self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked_ledger() as fh:
+            self._read_new_entries(fh)
         self._producer = KafkaProducer(
             **client_config(bootstrap_servers, security), acks="all", retries=5
         )
 
-    def _read_ledger(self) -> dict[str, int]:
-        ledger: dict[str, int] = {}
-        if not self.ledger_path.exists():
-            return ledger
-        with self.ledger_path.open() as fh:
-            for number, line in enumerate(fh, 1):
-                try:
-                    entry = json.loads(line)
-                    ledger[str(entry[c.TRANSACTION_ID])] = int(entry[c.LABEL])
-                except (ValueError, KeyError, TypeError) as err:
-                    raise ValueError(
-                        f"{self.ledger_path}:{number}: not a ledger entry ({err}); the ledger "
-                        "is written by this publisher only"
-                    ) from err
-        return ledger
+    @contextmanager
+    def _locked_ledger(self) -> Iterator[Any]:
+        """The ledger file open for reading and appending, under an exclusive lock.
+
+        ``flock`` on an open file excludes every other holder: the other consumer replicas on
+        a shared volume (NFS and CephFS pass it on as a POSIX lock), ``fraud label publish``,
+        and another publisher in this process."""
+        with self.ledger_path.open("a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield fh
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _read_new_entries(self, fh: Any) -> None:
+        """What other publishers appended since this one last read."""
+        fh.seek(self._ledger_end)
+        for raw in fh:
+            self._entries_read += 1
+            try:
+                entry = json.loads(raw)
+                self._ledger[str(entry[c.TRANSACTION_ID])] = int(entry[c.LABEL])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{self.ledger_path}:{self._entries_read}: not a ledger entry ({err}); the "
+                    "ledger is written by review-label publishers only"
+                ) from err
+            self._ledger_end += len(raw)
 
     def publish(self, outcome: Mapping[str, Any]) -> str:
         """Publish one outcome; returns PUBLISHED or ALREADY_PUBLISHED. Raises ValueError (bad
-        outcome), LabelConflict (labelled otherwise before) or the producer's error."""
+        outcome), LabelConflict (labelled otherwise before, by any publisher of this ledger) or
+        the producer's error."""
         message = label_from_outcome(outcome)
         label = parse_label(message)
         assert not isinstance(label, Rejected)  # label_from_outcome checked it
-        with self._lock:
+        with self._lock, self._locked_ledger() as fh:
+            self._read_new_entries(fh)
             before = self._ledger.get(label.transaction_id)
             if before == label.is_fraud:
                 return ALREADY_PUBLISHED
@@ -136,16 +161,17 @@ class ReviewLabelPublisher:
             key = label.transaction_id.encode()
             future = self._producer.send(self.topic, key=key, value=message)
             future.get(timeout=self.send_timeout_s)
-            self._record(label.transaction_id, label.is_fraud)
+            self._append(fh, label.transaction_id, label.is_fraud)
         return PUBLISHED
 
-    def _record(self, transaction_id: str, is_fraud: int) -> None:
-        self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.ledger_path.open("a") as fh:
-            fh.write(json.dumps({c.TRANSACTION_ID: transaction_id, c.LABEL: is_fraud}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+    def _append(self, fh: Any, transaction_id: str, is_fraud: int) -> None:
+        line = json.dumps({c.TRANSACTION_ID: transaction_id, c.LABEL: is_fraud}) + "\n"
+        fh.write(line.encode())
+        fh.flush()
+        os.fsync(fh.fileno())
         self._ledger[transaction_id] = is_fraud
+        self._ledger_end = fh.tell()
+        self._entries_read += 1
 
     def close(self) -> None:
         self._producer.close(timeout=self.send_timeout_s)

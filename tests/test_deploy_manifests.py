@@ -927,7 +927,7 @@ def test_consumer_metrics_port_is_one_number_everywhere() -> None:
     service = by_kind(objs, "Service")["fraud-consumer-metrics"]
     assert service["spec"]["ports"][0]["port"] == port
     policy = by_kind(objs, "NetworkPolicy")["fraud-consumer-ingress"]["spec"]
-    assert [p["port"] for r in policy["ingress"] for p in r["ports"]] == [port]
+    assert {p["port"] for r in policy["ingress"] for p in r["ports"]} == {port}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["port"] == "metrics"
     # The consumer binds loopback unless told otherwise: the probes and Prometheus come from
@@ -1020,11 +1020,46 @@ def test_kafka_user_acls_name_real_topics_and_the_consumer_group() -> None:
     t = Topics()
     for topic in (t.transactions, t.labels):
         assert ("topic", topic, "Read") in granted
-    for topic in (t.decisions, t.alerts, t.dead_letter):
+    for topic in (t.decisions, t.alerts, t.dead_letter, t.labels):
         assert ("topic", topic, "Write") in granted
     assert {name for kind, name, _ in granted if kind == "topic"} <= topics
     group = next(a for a in fraud_parsers_consume_defaults() if a[0] == "group_id")[1]
     assert ("group", group, "Read") in granted
+
+
+def test_every_consumer_replica_serves_review_labels_on_one_shared_ledger() -> None:
+    """POST /labels is idempotent across replicas only if they share one ledger: it must sit on
+    a volume every replica mounts read-write, and only the review tool may reach the port."""
+    from app.cli import build_parser
+
+    objs = rendered("prod")
+    dep = by_kind(objs, "Deployment")["fraud-consumer"]
+    pod = dep["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = build_parser().parse_args(container["args"])
+    ledger = Path(args.review_ledger)
+    mount = next(m for m in container["volumeMounts"] if ledger.is_relative_to(m["mountPath"]))
+    assert not mount.get("readOnly"), mount
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    claim = by_kind(objs, "PersistentVolumeClaim")[volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert args.metrics_port == container["ports"][0]["containerPort"]
+
+    review_tool = {"fraud.platform/review-tool": "true"}
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        p["spec"]
+        for p in by_kind(objs, "NetworkPolicy").values()
+        if selects(p["spec"]["podSelector"], labels)
+    ]
+    reaching = [
+        rule["ports"]
+        for spec in policies
+        for rule in spec.get("ingress", [])
+        for peer in rule["from"]
+        if "podSelector" in peer and selects(peer["podSelector"], review_tool)
+    ]
+    assert reaching == [[{"port": args.metrics_port, "protocol": "TCP"}]]
 
 
 def fraud_parsers_consume_defaults() -> list[tuple[str, Any]]:

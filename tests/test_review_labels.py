@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_fixtures import make_topics, read_topic, topic_env
+from stream_fixtures import make_topics, read_topic, topic_env, wait_for
 
 from core import contract as c
 from streaming.messages import LABEL_FIELDS
@@ -99,6 +99,62 @@ def test_the_same_outcome_twice_is_one_label_keyed_by_transaction(
         again.close()
     labels = labels_on(broker, topics, 2)
     assert sorted((m["key"], m["value"][c.LABEL]) for m in labels) == [(b"tx-1", 1), (b"tx-2", 0)]
+
+
+# One process publishing review outcomes on a shared ledger; a consumer replica serving
+# POST /labels is such a process. It waits for the start file, so both race from the same moment.
+PUBLISHER_PROCESS = """
+import json, sys, time
+from pathlib import Path
+from core.settings import Topics
+from streaming.review_labels import ReviewLabelPublisher
+
+bootstrap, ledger, labels_topic, start, outcomes, ready = sys.argv[1:7]
+publisher = ReviewLabelPublisher(bootstrap, Path(ledger), Topics(labels=labels_topic))
+Path(ready).touch()
+while not Path(start).exists():
+    time.sleep(0.01)
+print(json.dumps([publisher.publish(o) for o in json.loads(outcomes)]))
+publisher.close()
+"""
+
+
+def test_replicas_sharing_a_ledger_publish_each_outcome_once(broker, topics, tmp_path) -> None:
+    """Two processes on one ledger (replicas on a shared volume), given the same outcomes at
+    the same time: each transaction is published by exactly one of them."""
+    import os
+    import subprocess
+    import sys
+
+    ledger, start = tmp_path / "shared-ledger.jsonl", tmp_path / "start"
+    early = ReviewLabelPublisher(broker.bootstrap_servers, ledger, topics)
+    outcomes = [outcome(f"tx-{i}", i % 2) for i in range(40)]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    argv = [sys.executable, "-c", PUBLISHER_PROCESS, broker.bootstrap_servers, str(ledger)]
+    argv += [topics.labels, str(start), json.dumps(outcomes)]
+    ready = [tmp_path / f"ready-{n}" for n in (0, 1)]
+    procs = [
+        subprocess.Popen([*argv, str(r)], env=env, stdout=subprocess.PIPE, text=True) for r in ready
+    ]
+    # Both have read the (empty) ledger before either publishes: they race from there.
+    wait_for(lambda: all(r.exists() for r in ready), 120, "both publishers started")
+    start.touch()
+    answers = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    for i, statuses in enumerate(zip(*answers, strict=True)):
+        assert sorted(statuses) == sorted([PUBLISHED, ALREADY_PUBLISHED]), (i, statuses)
+    labels = labels_on(broker, topics, len(outcomes))
+    assert sorted(m["key"] for m in labels) == sorted(
+        o[c.TRANSACTION_ID].encode() for o in outcomes
+    )
+    assert len(ledger.read_text().splitlines()) == len(outcomes)
+    # A publisher that started before them learns their labels at its next publish.
+    try:
+        assert early.publish(outcome("tx-2", 0)) == ALREADY_PUBLISHED
+        with pytest.raises(LabelConflict, match="tx-3"):
+            early.publish(outcome("tx-3", 0))
+    finally:
+        early.close()
 
 
 def test_a_ledger_that_is_not_one_is_refused_with_its_line(broker, topics, tmp_path) -> None:
