@@ -3,10 +3,16 @@ with the repo's alert rules loaded, and every k8s/grafana/*.json is rendered ove
 range (monitoring/dashboard_render.py) into ``<run dir>/dashboards``.
 
 Without a ``prometheus`` binary the run goes on and its summary says why nothing was rendered.
+
+The run keeps Prometheus' data (``<run dir>/prometheus``): ``python -m app.demo_dashboards RUN_DIR
+--out DIR`` draws the dashboards again from it, over the same range (``make dashboards`` writes
+docs/img so from the newest run).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,38 +72,58 @@ class RunMonitoring:
         if self.server is None:
             return {"rendered": [], "reason": self.reason}
         end = time.time() if end is None else end
-        rendered, empty = [], {}
-        for path in dashboards():
-            png = out_dir / dr.png_name(path)
-            counts = dr.render(
-                path,
-                self.server.url,
-                png,
-                self.started_at,
-                end,
-                step=SCRAPE_INTERVAL_S,
-                rate_interval=RATE_INTERVAL,
-            )
-            rendered.append(str(png))
-            empty[path.stem] = [title for title, n in counts.items() if n == 0]
-        return {"rendered": rendered, "empty_panels": empty, "reason": None}
+        return render_all(self.server.url, out_dir, self.started_at, end)
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
 
 
+def render_all(url: str, out_dir: Path, start: float, end: float) -> dict:
+    """Every dashboard from the Prometheus at ``url`` over [start, end] (epoch seconds)."""
+    rendered, empty = [], {}
+    for path in dashboards():
+        png = out_dir / dr.png_name(path)
+        counts = dr.render(
+            path, url, png, start, end, step=SCRAPE_INTERVAL_S, rate_interval=RATE_INTERVAL
+        )
+        rendered.append(str(png))
+        empty[path.stem] = [title for title, n in counts.items() if n == 0]
+    return {"rendered": rendered, "empty_panels": empty, "reason": None, "start": start, "end": end}
+
+
+def _server(home: Path, rules: bool = True) -> PrometheusServer:
+    return PrometheusServer(
+        home,
+        {CONSUMER_JOB: "/metrics", SERVING_JOB: serving_metrics_path()},
+        rule_files=[ALERT_RULES] if rules else [],
+        scrape_interval=f"{SCRAPE_INTERVAL_S}s",
+        evaluation_interval=f"{SCRAPE_INTERVAL_S}s",
+    )
+
+
+def rerender(run_dir: Path, out_dir: Path) -> dict:
+    """A finished run's dashboards drawn again from its kept Prometheus data, over its range."""
+    summary_path = Path(run_dir) / "summary.json"
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{summary_path}: not a finished `make run` directory")
+    rendered = json.loads(summary_path.read_text()).get("dashboards") or {}
+    if "start" not in rendered:
+        raise ValueError(
+            f"{run_dir} has no dashboard range in its summary ({summary_line(rendered)})"
+        )
+    server = _server(Path(run_dir) / "prometheus", rules=False)
+    for job in (CONSUMER_JOB, SERVING_JOB):  # the run's processes are gone: scrape nothing
+        server.scrape(job, [])
+    with server:
+        return render_all(server.url, out_dir, rendered["start"], rendered["end"])
+
+
 def start_monitoring(home: Path) -> RunMonitoring:
     """A Prometheus in ``home`` with the consumer and model-server jobs (no targets yet) and the
     repo's alert rules; without the binary, a RunMonitoring that says so."""
     try:
-        server = PrometheusServer(
-            home,
-            {CONSUMER_JOB: "/metrics", SERVING_JOB: serving_metrics_path()},
-            rule_files=[ALERT_RULES],
-            scrape_interval=f"{SCRAPE_INTERVAL_S}s",
-            evaluation_interval=f"{SCRAPE_INTERVAL_S}s",
-        )
+        server = _server(home)
     except PrometheusMissing as err:
         return RunMonitoring(None, f"dashboards not rendered: {err}")
     started_at = time.time()
@@ -117,3 +143,17 @@ def summary_line(dashboards_summary: dict) -> str:
             f"{k}: {', '.join(v)}" for k, v in empty.items()
         )
     return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m app.demo_dashboards", description=__doc__)
+    p.add_argument("run_dir", type=Path, help="a finished `make run` directory (runs/demo-...)")
+    p.add_argument("--out", type=Path, default=None, help="where the PNGs go (RUN_DIR/dashboards)")
+    args = p.parse_args(argv)
+    summary = rerender(args.run_dir, args.out or args.run_dir / "dashboards")
+    print(summary_line(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ the run without a ``prometheus`` binary, which says why nothing was rendered."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,15 @@ def test_watch_points_both_jobs_at_the_run_and_the_render_draws_its_data(
     line = dd.summary_line(summary)
     assert line.startswith(f"2 rendered in {tmp_path / 'dashboards'}")
     assert "TF Serving requests by status" in line
+
+    # The run's Prometheus data stays: the same dashboards drawn again from it after the run.
+    monitoring.stop()
+    run_dir = monitoring.server.home.parent
+    (run_dir / "summary.json").write_text(json.dumps({"dashboards": summary}))
+    again = dd.rerender(run_dir, tmp_path / "again")
+    assert (again["start"], again["end"]) == (summary["start"], summary["end"])
+    assert again["empty_panels"] == empty
+    assert [Path(p).parent for p in again["rendered"]] == [tmp_path / "again"] * len(pngs)
 
 
 def test_without_prometheus_the_run_says_why(
