@@ -33,9 +33,17 @@ GRID_COLUMNS = 24  # Grafana's grid width
 # on a wide screen), and the room inside each panel's box for its title, tick labels and legend.
 COLUMN_IN, ROW_IN = 0.75, 0.4
 TITLE_IN, XTICKS_IN, YTICKS_IN, PAD_IN = 0.3, 0.3, 0.55, 0.12
+BAR_LABELS_IN = 1.35
 LEGEND_IN = 1.9  # a legend column right of a time series with many series
 LEGEND_MAX = 8  # series named in a legend; the rest drawn grey
-UNIT_SCALE = {"percentunit": (100.0, "%"), "s": (1.0, "s"), "reqps": (1.0, "/s")}
+UNIT_SCALE = {
+    "percentunit": (100.0, "%"),
+    "s": (1.0, "s"),
+    "reqps": (1.0, "/s"),
+    "currencyUSD": (1.0, "USD"),
+    "short": (1.0, ""),  # Grafana's plain number
+    "none": (1.0, ""),
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Panel:
     unit: str
     targets: tuple[tuple[str, str], ...]  # (PromQL, legend format)
     no_value: str = ""  # fieldConfig.defaults.noValue: shown when no series answers
+    right_axis: tuple[str, ...] = ()  # series an override places on the right axis, by name
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,20 @@ def panels(dashboard: dict[str, Any], rate_interval: str) -> list[Panel]:
                 defaults.get("unit", ""),
                 tuple(targets),
                 defaults.get("noValue", ""),
+                _right_axis(panel.get("fieldConfig", {}).get("overrides", [])),
             )
         )
     return out
+
+
+def _right_axis(overrides: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Series names matched ``byName`` by an override setting ``custom.axisPlacement: right``."""
+    return tuple(
+        o["matcher"]["options"]
+        for o in overrides
+        if o.get("matcher", {}).get("id") == "byName"
+        and {"id": "custom.axisPlacement", "value": "right"} in o.get("properties", [])
+    )
 
 
 def rows(dashboard: dict[str, Any]) -> list[tuple[str, int]]:
@@ -129,7 +149,7 @@ def _finite_last(series: Series) -> float:
     return finite[-1] if finite else math.nan
 
 
-def _draw(ax: Any, panel: Panel, data: list[Series]) -> bool:
+def _draw(ax: Any, panel: Panel, data: list[Series], span: tuple[float, float]) -> bool:
     """Draw ``data`` on ``ax``; True when its legend needs the panel's legend column."""
     scale, suffix = UNIT_SCALE.get(panel.unit, (1.0, ""))
     ax.set_title(panel.title, fontsize=9)
@@ -157,11 +177,12 @@ def _draw(ax: Any, panel: Panel, data: list[Series]) -> bool:
         ax.barh(names, [_finite_last(s) * scale for s in data])
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=6)
-        ax.set_xlabel(suffix or panel.unit, fontsize=7)
+        ax.set_xlabel(suffix if panel.unit in UNIT_SCALE else panel.unit, fontsize=7)
+        _compact_ticks(ax.xaxis)
     elif panel.kind == "heatmap":
-        _heatmap(ax, data)
+        _heatmap(ax, data, span)
     else:
-        return _lines(ax, panel, data, scale, suffix)
+        return _lines(ax, panel, data, scale, suffix, span)
     return False
 
 
@@ -170,10 +191,15 @@ def _peak(series: Series) -> float:
     return max(finite) if finite else -math.inf
 
 
-def _lines(ax: Any, panel: Panel, data: list[Series], scale: float, suffix: str) -> bool:
-    """Lines over time; beyond LEGEND_MAX series, the highest named, the rest grey."""
+def _lines(
+    ax: Any, panel: Panel, data: list[Series], scale: float, suffix: str, span: tuple[float, float]
+) -> bool:
+    """Lines over the whole range; beyond LEGEND_MAX series, the highest named, the rest grey;
+    the series an override puts on the right axis there."""
     from datetime import UTC, datetime
 
+    right = [s for s in data if s.name in panel.right_axis]
+    data = [s for s in data if s.name not in panel.right_axis]
     ordered = sorted(data, key=_peak, reverse=True) if len(data) > LEGEND_MAX else data
     named, rest = ordered[:LEGEND_MAX], ordered[LEGEND_MAX:]
     for i, s in enumerate(rest):
@@ -185,33 +211,61 @@ def _lines(ax: Any, panel: Panel, data: list[Series], scale: float, suffix: str)
         # A line of a few points is hard to see: mark them.
         marker = "." if len(s.values) <= 5 else None
         ax.plot(when, [v * scale for v in s.values], lw=1, marker=marker, label=s.name)
-    ax.set_ylabel(suffix or panel.unit, fontsize=7)
-    _time_axis(ax)
+    ax.set_ylabel(suffix if panel.unit in UNIT_SCALE else panel.unit, fontsize=7)
+    _compact_ticks(ax.yaxis)
+    _time_axis(ax, span)
     handles, labels = ax.get_legend_handles_labels()
     if rest:  # the grey entry last, as the legend's footnote
         handles, labels = handles[1:] + handles[:1], labels[1:] + labels[:1]
-    outside = len(data) > 3
-    if outside:
+    if right:
+        twin = ax.twinx()
+        twin.tick_params(labelsize=7)
+        for s in right:
+            when = [datetime.fromtimestamp(t, UTC) for t in s.times]
+            twin.plot(when, [v * scale for v in s.values], lw=1, ls="--", color="k", label=s.name)
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles += more_handles
+        labels += [f"{name} (right)" for name in more_labels]
+    outside = len(data) + len(right) > 3
+    if outside:  # beyond the right axis' tick labels when there is one
+        anchor = (1.09 if right else 1.01, 1.0)
         ax.legend(
-            handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+            handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=anchor, frameon=False
         )
     else:
         ax.legend(handles, labels, fontsize=6, loc="best", framealpha=0.7)
     return outside
 
 
-def _time_axis(ax: Any) -> None:
-    """UTC ticks labelled as precisely as the range needs (seconds over minutes)."""
-    from datetime import UTC
+def _compact_ticks(axis: Any) -> None:
+    """Large values as 500k, 1.2M: long tick labels would run into the neighbouring panel."""
+    from matplotlib.ticker import FuncFormatter
+
+    def short(value: float, _pos: int) -> str:
+        for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= factor:
+                return f"{value / factor:g}{suffix}"
+        return f"{value:g}"
+
+    lo, hi = axis.get_view_interval()
+    if max(abs(lo), abs(hi)) >= 10_000:
+        axis.set_major_formatter(FuncFormatter(short))
+
+
+def _time_axis(ax: Any, span: tuple[float, float]) -> None:
+    """The whole range, as every panel of a dashboard shares it; UTC ticks labelled as
+    precisely as the range needs (seconds over minutes)."""
+    from datetime import UTC, datetime
 
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(minticks=3, maxticks=6, tz=UTC)
+    ax.set_xlim(*(datetime.fromtimestamp(t, UTC) for t in span))
+    locator = mdates.AutoDateLocator(minticks=4, maxticks=8, tz=UTC)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC, show_offset=False))
 
 
-def _heatmap(ax: Any, data: list[Series]) -> None:
+def _heatmap(ax: Any, data: list[Series], span: tuple[float, float]) -> None:
     """Cumulative ``le`` buckets (legend ``{{le}}``) as counts per bucket over time."""
     from datetime import UTC, datetime
 
@@ -227,17 +281,21 @@ def _heatmap(ax: Any, data: list[Series]) -> None:
     when = [datetime.fromtimestamp(t, UTC) for t in ordered[0].times[-length:]]
     ax.pcolormesh(when, np.arange(len(ordered)), np.nan_to_num(counts), cmap="viridis")
     ax.set_yticks(range(len(ordered)), [f"≤ {s.name}" for s in ordered], fontsize=6)
-    _time_axis(ax)
+    _time_axis(ax, span)
 
 
-def _box(fig: Any, grid: dict[str, int], top_in: float, legend: bool) -> list[float]:
-    """The axes rectangle (figure fractions) of a panel at Grafana ``grid``, its title, tick
-    labels and legend column inside the panel's box, so neighbours never overlap."""
+def _box(fig: Any, panel: Panel, top_in: float, legend: bool) -> list[float]:
+    """The axes rectangle (figure fractions) of ``panel``, its title, tick labels and legend
+    column inside the panel's box, so neighbours never overlap."""
     width, height = fig.get_size_inches()
-    left = grid["x"] * COLUMN_IN + YTICKS_IN
+    grid = panel.grid
+    # Bar gauges are labelled by their series' names, as wide as a segment's.
+    left = grid["x"] * COLUMN_IN + (BAR_LABELS_IN if panel.kind == "bargauge" else YTICKS_IN)
     right = (grid["x"] + grid["w"]) * COLUMN_IN - PAD_IN - (LEGEND_IN if legend else 0.0)
     top = top_in + grid["y"] * ROW_IN + TITLE_IN
-    bottom = top_in + (grid["y"] + grid["h"]) * ROW_IN - XTICKS_IN
+    # A bar gauge's x axis carries its unit below the tick labels.
+    ticks = XTICKS_IN + (0.15 if panel.kind == "bargauge" else 0.0)
+    bottom = top_in + (grid["y"] + grid["h"]) * ROW_IN - ticks
     return [left / width, 1 - bottom / height, (right - left) / width, (bottom - top) / height]
 
 
@@ -273,9 +331,10 @@ def render(
             for series in query_range(prometheus_url, expr, start, end, step, fmt)
             if any(math.isfinite(v) for v in series.values)
         ]
-        ax = fig.add_axes(_box(fig, panel.grid, top_in, legend=False))
-        if _draw(ax, panel, data):  # the legend went right: make room for it
-            ax.set_position(_box(fig, panel.grid, top_in, legend=True))
+        ax = fig.add_axes(_box(fig, panel, top_in, legend=False))
+        if _draw(ax, panel, data, (start, end)):  # the legend went right: make room for it
+            for axes in (ax, *ax.get_shared_x_axes().get_siblings(ax)):
+                axes.set_position(_box(fig, panel, top_in, legend=True))
         counts[panel.title] = len(data)
     for title, y in headers:
         fig.text(

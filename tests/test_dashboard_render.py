@@ -50,11 +50,24 @@ def test_no_value_text_and_row_headers() -> None:
     quiet = {
         **DASHBOARD["panels"][1],
         "title": "Retraining runs",
-        "fieldConfig": {"defaults": {"noValue": "no retrain run in this range"}},
+        "fieldConfig": {
+            "defaults": {"noValue": "no retrain run in this range"},
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": "drift events"},
+                    "properties": [{"id": "custom.axisPlacement", "value": "right"}],
+                },
+                {
+                    "matcher": {"id": "byName", "options": "started"},
+                    "properties": [{"id": "color", "value": {"mode": "fixed"}}],
+                },
+            ],
+        },
     }
     dashboard = {**DASHBOARD, "panels": [*DASHBOARD["panels"], quiet]}
     precision, retrains = dr.panels(dashboard, rate_interval="30s")
     assert (precision.no_value, retrains.no_value) == ("", "no retrain run in this range")
+    assert (precision.right_axis, retrains.right_axis) == ((), ("drift events",))
     assert dr.rows(dashboard) == [("a row", 0)]
 
 
