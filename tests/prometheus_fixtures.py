@@ -7,9 +7,10 @@ started once per session (registered by ``pytest_plugins`` in tests/conftest.py)
 * ``webhook``: an HTTP receiver that records every notification Alertmanager posts;
 * ``alertmanager``: the committed ``ALERTMANAGER_CONFIG`` with its webhook URLs pointed at
   ``webhook`` and its grouping waits cut to a second;
-* ``prometheus``: 2 s scrape and 1 s evaluation intervals, alerts sent to ``alertmanager``, the
-  scrape jobs of k8s/compose/prometheus.yml fed from files a test writes (``scrape``), and the
-  rule file a test loads (``load_rules``).
+* ``prometheus``: monitoring/prometheus_server.py's server (the one `make run` starts) with 2 s
+  scrape and 1 s evaluation intervals, alerts sent to ``alertmanager``, the scrape jobs of
+  k8s/compose/prometheus.yml fed from files a test writes (``scrape``), and the rule file a test
+  loads (``load_rules``).
 """
 
 from __future__ import annotations
