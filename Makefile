@@ -52,11 +52,11 @@ test: $(STAMP) tools
 image:
 	IMAGE_BASE=$(IMAGE_BASE) .ci/image.sh $(IMAGE)
 
-# docs/img's dashboard renders: the newest `make run`'s, drawn again from the Prometheus data it
+# docs/img's dashboard renders: the newest finished `make run`'s, drawn again from the Prometheus data it
 # kept (app/demo_dashboards.py), so they follow the dashboards' JSON.
 dashboards: $(STAMP)
-	@run=$$(ls -d runs/demo-*/ 2>/dev/null | sort | tail -1); \
-	  test -n "$$run" || { echo "make dashboards: no runs/demo-*: make run first" >&2; exit 1; }; \
+	@run=$$(ls -td runs/demo-*/summary.json 2>/dev/null | head -1 | xargs -r dirname); \
+	  test -n "$$run" || { echo "make dashboards: no finished runs/demo-*: make run first" >&2; exit 1; }; \
 	  echo "$(BIN)/python -m app.demo_dashboards $$run --out docs/img"; \
 	  $(BIN)/python -m app.demo_dashboards $$run --out docs/img
 

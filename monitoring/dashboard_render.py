@@ -226,7 +226,8 @@ def _lines(
         more_handles, more_labels = twin.get_legend_handles_labels()
         handles += more_handles
         labels += [f"{name} (right)" for name in more_labels]
-    outside = len(data) + len(right) > 3
+    # Beside the plot when many, unless the panel is too narrow to give up a legend column.
+    outside = len(data) + len(right) > 3 and panel.grid["w"] >= 8
     if outside:  # beyond the right axis' tick labels when there is one
         anchor = (1.09 if right else 1.01, 1.0)
         ax.legend(
@@ -252,17 +253,29 @@ def _compact_ticks(axis: Any) -> None:
         axis.set_major_formatter(FuncFormatter(short))
 
 
+TICK_STEPS_S = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+
+
 def _time_axis(ax: Any, span: tuple[float, float]) -> None:
-    """The whole range, as every panel of a dashboard shares it; UTC ticks labelled as
-    precisely as the range needs (seconds over minutes)."""
+    """The whole range, as every panel of a dashboard shares it; UTC clock ticks at round
+    steps, as many as the panel's width holds, with seconds when the steps are shorter than a
+    minute."""
     from datetime import UTC, datetime
 
     import matplotlib.dates as mdates
+    from matplotlib.ticker import FixedLocator
 
-    ax.set_xlim(*(datetime.fromtimestamp(t, UTC) for t in span))
-    locator = mdates.AutoDateLocator(minticks=4, maxticks=8, tz=UTC)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC, show_offset=False))
+    start, end = span
+    ax.set_xlim(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+    width_in = ax.get_position().width * ax.figure.get_size_inches()[0]
+    most = max(2, min(8, int(width_in / 0.8)))  # an HH:MM label needs ~0.8 in at this size
+    step = next((s for s in TICK_STEPS_S if (end - start) / s <= most), TICK_STEPS_S[-1])
+    first = math.ceil(start / step) * step
+    ticks = [datetime.fromtimestamp(t, UTC) for t in range(int(first), int(end) + 1, step)]
+    ax.xaxis.set_major_locator(FixedLocator(mdates.date2num(ticks)))
+    ax.xaxis.set_major_formatter(
+        mdates.DateFormatter("%H:%M" if step >= 60 else "%H:%M:%S", tz=UTC)
+    )
 
 
 def _heatmap(ax: Any, data: list[Series], span: tuple[float, float]) -> None:
