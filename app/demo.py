@@ -3,7 +3,8 @@
 simulate (with a drift scenario) -> `dvc repro` -> first model through the KFP pipeline -> broker
 + model server -> replay the stream while the consumer scores it -> the new fraud pattern appears
 -> drift detected -> retraining -> the new version is shadow-scored as canary -> the consumer
-promotes it -> summary table + HTML report.
+promotes it -> summary table + HTML report, with the Grafana dashboards rendered from a real
+Prometheus that scraped the run (app/demo_dashboards.py; skipped, saying why, without one).
 
 Every process this starts is stopped on the way out, whatever happens.
 """
@@ -90,6 +91,7 @@ def read_topic(bootstrap: str, topic: str) -> list[dict]:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from app.demo_dashboards import MONITORING_CONFIG, start_monitoring
     from core.dataio import read_transactions
     from core.datajobs import load_params
     from core.windows import history_warmup
@@ -138,10 +140,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     model_config = default_config_path(models)
     write_atomically(model_config, stable_config("fraud", models, int(first_version), model_config))
 
-    print("== 3/5 services: Kafka-protocol broker, model server, consumer", flush=True)
+    print("== 3/5 services: Prometheus, Kafka-protocol broker, model server, consumer", flush=True)
     procs: list = []
     consumer_proc = None
     try:
+        monitoring = start_monitoring(run_dir / "prometheus")
+        procs.append(monitoring)
+        if monitoring.reason:
+            print(f"   {monitoring.reason}", flush=True)
         broker = EmbeddedBroker(log_path=run_dir / "logs" / "broker.log").start()
         procs.append(broker)
         create_topics(broker.bootstrap_servers, cfg.topics, partitions=cfg.partitions)
@@ -150,11 +156,13 @@ def run_demo(cfg: DemoConfig) -> dict:
                 f"--model_config_file={model_config}",
                 "--model_config_file_poll_wait_seconds=1",
                 "--file_system_poll_wait_seconds=1",
+                f"--monitoring_config_file={MONITORING_CONFIG}",
             ],
             log_path=run_dir / "logs" / "model_server.log",
         ).start()
         procs.append(server)
         metrics_port = _free_port()
+        monitoring.watch(f"127.0.0.1:{metrics_port}", f"{server.host}:{server.port}")
         consumer_cmd = [
             _bin("fraud"),
             "stream",
@@ -209,9 +217,14 @@ def run_demo(cfg: DemoConfig) -> dict:
             if consumer_proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the consumer stopped early; see {run_dir / 'logs'}")
             time.sleep(1)
+        monitoring.settle()
+        stream_end = time.time()
         consumer_proc.terminate()
         consumer_proc.wait(timeout=120)
         consumer_log.close()
+        t = time.time()
+        dashboards = monitoring.render(run_dir / "dashboards", end=stream_end)
+        timings["dashboards_s"] = time.time() - t
         decisions = pd.DataFrame(read_topic(broker.bootstrap_servers, cfg.topics.decisions))
         drift_events = read_topic(broker.bootstrap_servers, cfg.topics.drift_events)
         shadow = read_topic(broker.bootstrap_servers, cfg.topics.shadow_scores)
@@ -228,7 +241,17 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     print("== 5/5 summary and report", flush=True)
     summary = summarize(
-        cfg, run_dir, df, decisions, drift_events, onset, first_version, models, replayed, shadow
+        cfg,
+        run_dir,
+        df,
+        decisions,
+        drift_events,
+        onset,
+        first_version,
+        models,
+        replayed,
+        shadow,
+        dashboards,
     )
     summary["timings"] = {**timings, "total_s": time.time() - t_begin}
     summary["finished_at"] = pd.Timestamp.now(tz="UTC").strftime(c.TIMESTAMP_FORMAT)
@@ -281,7 +304,17 @@ def _free_port() -> int:
 
 
 def summarize(
-    cfg, run_dir, truth, decisions, drift_events, onset, first_version, models, replayed, shadow
+    cfg,
+    run_dir,
+    truth,
+    decisions,
+    drift_events,
+    onset,
+    first_version,
+    models,
+    replayed,
+    shadow,
+    dashboards,
 ):
     from app import demo_report as r
 
@@ -352,6 +385,7 @@ def summarize(
         "recovery_ratio": recovery,
         "versions": [first_version, *new_versions],
         "retrains": history,
+        "dashboards": dashboards,
     }
     pr = {}
     if new_versions:
@@ -370,7 +404,14 @@ def summarize(
         "transactions, judged on the simulator's labels; canary serving = its first shadow "
         "record, promoted = the consumer's 'promoted' rollout event (drift-events topic).",
     ]
-    report = r.write_html(run_dir / "report.html", rows, figs, notes)
+    if dashboards["rendered"]:
+        notes.append(
+            "Dashboards: k8s/grafana's, each panel's PromQL asked of the Prometheus that scraped "
+            "this run (consumer and model server), drawn by monitoring/dashboard_render.py."
+        )
+    report = r.write_html(
+        run_dir / "report.html", rows, figs, notes, [Path(p) for p in dashboards["rendered"]]
+    )
     summary["table"] = r.format_table(rows)
     summary["report"] = str(report)
     return summary

@@ -343,6 +343,10 @@ def summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("retrain trigger -> new model deciding (s)", num(summary["trigger_to_serving_s"], ".0f")),
         ("AP after retrain / AP before drift", num(summary["recovery_ratio"], ".2f")),
     ]
+    if "dashboards" in summary:
+        from app.demo_dashboards import summary_line
+
+        rows.append(("Grafana dashboards", summary_line(summary["dashboards"])))
     return rows + _shadow_rows(summary)
 
 
@@ -352,12 +356,25 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 
 
 def write_html(
-    path: Path, rows: list[tuple[str, str]], figs: dict[str, str], notes: list[str]
+    path: Path,
+    rows: list[tuple[str, str]],
+    figs: dict[str, str],
+    notes: list[str],
+    dashboards: tuple[Path, ...] | list[Path] = (),
 ) -> Path:
+    """The report: the table, the notes, the figures (base64 PNGs) and the dashboard PNGs, all
+    embedded so that the file stands alone."""
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
     imgs = "".join(
         f'<p><img src="data:image/png;base64,{b}" alt="{k}"></p>' for k, b in figs.items()
     )
+    if dashboards:
+        imgs += "<h2>Grafana dashboards (Prometheus scraping this run)</h2>" + "".join(
+            f"<h3>{html.escape(png.stem)}</h3><p><img style='max-width:100%' "
+            f"src='data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}' "
+            f"alt='{html.escape(png.stem)}'></p>"
+            for png in dashboards
+        )
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     path.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>Fraud platform run</title>"

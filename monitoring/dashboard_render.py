@@ -6,10 +6,12 @@ over a time range, plotted where the dashboard places the panel, one PNG per das
 Prometheus, or the one ``tests/test_monitoring_prometheus.py`` starts, which writes
 ``docs/img`` with ``make dashboards``).
 
-Panels keep their grid position, title, unit and legend format; time series are lines, a
-``stat`` shows its last value, a ``bargauge`` bars of each series' last value, a ``heatmap``
-the per-bucket counts of its cumulative buckets. Dashboard variables take their current value
-and ``$__rate_interval`` the ``rate_interval`` given.
+Panels keep their grid position, title, unit and legend format, and rows their titles; time
+series are lines, a ``stat`` shows its last value, a ``bargauge`` bars of each series' last
+value, a ``heatmap`` the per-bucket counts of its cumulative buckets over time. A panel without
+series shows its ``noValue`` text (Grafana's "No value" option) or "no data". Time series with
+more than ``LEGEND_MAX`` series list the highest ones and draw the others in grey. Dashboard
+variables take their current value and ``$__rate_interval`` the ``rate_interval`` given.
 """
 
 from __future__ import annotations
@@ -27,7 +29,21 @@ from pathlib import Path
 from typing import Any
 
 GRID_COLUMNS = 24  # Grafana's grid width
-UNIT_SCALE = {"percentunit": (100.0, "%"), "s": (1.0, "s"), "reqps": (1.0, "/s")}
+# Inches: a grid column, a grid row (Grafana's 30 px row + its 8 px gap, against ~75 px columns
+# on a wide screen), and the room inside each panel's box for its title, tick labels and legend.
+COLUMN_IN, ROW_IN = 0.75, 0.4
+TITLE_IN, XTICKS_IN, YTICKS_IN, PAD_IN = 0.3, 0.3, 0.55, 0.12
+BAR_LABELS_IN = 1.35
+LEGEND_IN = 1.9  # a legend column right of a time series with many series
+LEGEND_MAX = 8  # series named in a legend; the rest drawn grey
+UNIT_SCALE = {
+    "percentunit": (100.0, "%"),
+    "s": (1.0, "s"),
+    "reqps": (1.0, "/s"),
+    "currencyUSD": (1.0, "USD"),
+    "short": (1.0, ""),  # Grafana's plain number
+    "none": (1.0, ""),
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,8 @@ class Panel:
     grid: dict[str, int]  # gridPos: x, y, w, h
     unit: str
     targets: tuple[tuple[str, str], ...]  # (PromQL, legend format)
+    no_value: str = ""  # fieldConfig.defaults.noValue: shown when no series answers
+    right_axis: tuple[str, ...] = ()  # series an override places on the right axis, by name
 
 
 @dataclass(frozen=True)
@@ -57,15 +75,40 @@ def panels(dashboard: dict[str, Any], rate_interval: str) -> list[Panel]:
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
             continue
+        defaults = panel.get("fieldConfig", {}).get("defaults", {})
         targets = []
         for target in panel.get("targets", []):
             expr = target["expr"].replace("$__rate_interval", rate_interval)
             for name, value in variables.items():
                 expr = expr.replace(f"${name}", value)
             targets.append((expr, target.get("legendFormat", "")))
-        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
-        out.append(Panel(panel["title"], panel["type"], panel["gridPos"], unit, tuple(targets)))
+        out.append(
+            Panel(
+                panel["title"],
+                panel["type"],
+                panel["gridPos"],
+                defaults.get("unit", ""),
+                tuple(targets),
+                defaults.get("noValue", ""),
+                _right_axis(panel.get("fieldConfig", {}).get("overrides", [])),
+            )
+        )
     return out
+
+
+def _right_axis(overrides: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Series names matched ``byName`` by an override setting ``custom.axisPlacement: right``."""
+    return tuple(
+        o["matcher"]["options"]
+        for o in overrides
+        if o.get("matcher", {}).get("id") == "byName"
+        and {"id": "custom.axisPlacement", "value": "right"} in o.get("properties", [])
+    )
+
+
+def rows(dashboard: dict[str, Any]) -> list[tuple[str, int]]:
+    """The dashboard's row headers: (title, grid y)."""
+    return [(p["title"], p["gridPos"]["y"]) for p in dashboard["panels"] if p["type"] == "row"]
 
 
 def legend(fmt: str, labels: dict[str, str]) -> str:
@@ -106,13 +149,25 @@ def _finite_last(series: Series) -> float:
     return finite[-1] if finite else math.nan
 
 
-def _draw(ax: Any, panel: Panel, data: list[Series]) -> None:
+def _draw(ax: Any, panel: Panel, data: list[Series], span: tuple[float, float]) -> bool:
+    """Draw ``data`` on ``ax``; True when its legend needs the panel's legend column."""
     scale, suffix = UNIT_SCALE.get(panel.unit, (1.0, ""))
     ax.set_title(panel.title, fontsize=9)
     ax.tick_params(labelsize=7)
     if not data:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        return
+        ax.set_axis_off()
+        ax.text(
+            0.5,
+            0.5,
+            panel.no_value or "no data",
+            ha="center",
+            va="center",
+            wrap=True,
+            fontsize=9,
+            color="dimgrey",
+            transform=ax.transAxes,
+        )
+        return False
     if panel.kind == "stat":
         ax.axis("off")
         text = "\n".join(f"{s.name}: {_finite_last(s) * scale:g}{suffix}" for s in data)
@@ -121,30 +176,112 @@ def _draw(ax: Any, panel: Panel, data: list[Series]) -> None:
         names = [s.name for s in data]
         ax.barh(names, [_finite_last(s) * scale for s in data])
         ax.invert_yaxis()
-        ax.set_xlabel(suffix or panel.unit, fontsize=7)
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_xlabel(suffix if panel.unit in UNIT_SCALE else panel.unit, fontsize=7)
+        _compact_ticks(ax.xaxis)
     elif panel.kind == "heatmap":
-        _heatmap(ax, data)
+        _heatmap(ax, data, span)
     else:
-        from datetime import UTC, datetime
+        return _lines(ax, panel, data, scale, suffix, span)
+    return False
 
-        for s in data:
+
+def _peak(series: Series) -> float:
+    finite = [v for v in series.values if math.isfinite(v)]
+    return max(finite) if finite else -math.inf
+
+
+def _lines(
+    ax: Any, panel: Panel, data: list[Series], scale: float, suffix: str, span: tuple[float, float]
+) -> bool:
+    """Lines over the whole range; beyond LEGEND_MAX series, the highest named, the rest grey;
+    the series an override puts on the right axis there."""
+    from datetime import UTC, datetime
+
+    right = [s for s in data if s.name in panel.right_axis]
+    data = [s for s in data if s.name not in panel.right_axis]
+    ordered = sorted(data, key=_peak, reverse=True) if len(data) > LEGEND_MAX else data
+    named, rest = ordered[:LEGEND_MAX], ordered[LEGEND_MAX:]
+    for i, s in enumerate(rest):
+        when = [datetime.fromtimestamp(t, UTC) for t in s.times]
+        label = f"{len(rest)} more, lower" if i == 0 else None
+        ax.plot(when, [v * scale for v in s.values], lw=0.6, color="lightgrey", label=label)
+    for s in named:
+        when = [datetime.fromtimestamp(t, UTC) for t in s.times]
+        # A line of a few points is hard to see: mark them.
+        marker = "." if len(s.values) <= 5 else None
+        ax.plot(when, [v * scale for v in s.values], lw=1, marker=marker, label=s.name)
+    ax.set_ylabel(suffix if panel.unit in UNIT_SCALE else panel.unit, fontsize=7)
+    _compact_ticks(ax.yaxis)
+    _time_axis(ax, span)
+    handles, labels = ax.get_legend_handles_labels()
+    if rest:  # the grey entry last, as the legend's footnote
+        handles, labels = handles[1:] + handles[:1], labels[1:] + labels[:1]
+    if right:
+        twin = ax.twinx()
+        twin.tick_params(labelsize=7)
+        for s in right:
             when = [datetime.fromtimestamp(t, UTC) for t in s.times]
-            ax.plot(when, [v * scale for v in s.values], lw=1, label=s.name)
-        ax.set_ylabel(suffix or panel.unit, fontsize=7)
-        ax.legend(fontsize=5 if len(data) > 6 else 6, loc="upper left", ncol=1 + len(data) // 7)
-        ax.xaxis.set_major_formatter(_time_format())
+            twin.plot(when, [v * scale for v in s.values], lw=1, ls="--", color="k", label=s.name)
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles += more_handles
+        labels += [f"{name} (right)" for name in more_labels]
+    # Beside the plot when many, unless the panel is too narrow to give up a legend column.
+    outside = len(data) + len(right) > 3 and panel.grid["w"] >= 8
+    if outside:  # beyond the right axis' tick labels when there is one
+        anchor = (1.09 if right else 1.01, 1.0)
+        ax.legend(
+            handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=anchor, frameon=False
+        )
+    else:
+        ax.legend(handles, labels, fontsize=6, loc="best", framealpha=0.7)
+    return outside
 
 
-def _time_format() -> Any:
-    from datetime import UTC
+def _compact_ticks(axis: Any) -> None:
+    """Large values as 500k, 1.2M: long tick labels would run into the neighbouring panel."""
+    from matplotlib.ticker import FuncFormatter
+
+    def short(value: float, _pos: int) -> str:
+        for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(value) >= factor:
+                return f"{value / factor:g}{suffix}"
+        return f"{value:g}"
+
+    lo, hi = axis.get_view_interval()
+    if max(abs(lo), abs(hi)) >= 10_000:
+        axis.set_major_formatter(FuncFormatter(short))
+
+
+TICK_STEPS_S = (5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+
+
+def _time_axis(ax: Any, span: tuple[float, float]) -> None:
+    """The whole range, as every panel of a dashboard shares it; UTC clock ticks at round
+    steps, as many as the panel's width holds, with seconds when the steps are shorter than a
+    minute."""
+    from datetime import UTC, datetime
 
     import matplotlib.dates as mdates
+    from matplotlib.ticker import FixedLocator
 
-    return mdates.DateFormatter("%H:%M:%S", tz=UTC)
+    start, end = span
+    ax.set_xlim(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+    width_in = ax.get_position().width * ax.figure.get_size_inches()[0]
+    most = max(2, min(8, int(width_in / 0.8)))  # an HH:MM label needs ~0.8 in at this size
+    step = next((s for s in TICK_STEPS_S if (end - start) / s <= most), TICK_STEPS_S[-1])
+    first = math.ceil(start / step) * step
+    ticks = [datetime.fromtimestamp(t, UTC) for t in range(int(first), int(end) + 1, step)]
+    ax.xaxis.set_major_locator(FixedLocator(mdates.date2num(ticks)))
+    ax.xaxis.set_major_formatter(
+        mdates.DateFormatter("%H:%M" if step >= 60 else "%H:%M:%S", tz=UTC)
+    )
 
 
-def _heatmap(ax: Any, data: list[Series]) -> None:
+def _heatmap(ax: Any, data: list[Series], span: tuple[float, float]) -> None:
     """Cumulative ``le`` buckets (legend ``{{le}}``) as counts per bucket over time."""
+    from datetime import UTC, datetime
+
     import numpy as np
 
     def bound(s: Series) -> float:
@@ -154,9 +291,25 @@ def _heatmap(ax: Any, data: list[Series]) -> None:
     length = min(len(s.values) for s in ordered)
     cumulative = np.array([s.values[-length:] for s in ordered])
     counts = np.diff(cumulative, axis=0, prepend=0.0)
-    ax.imshow(np.nan_to_num(counts), aspect="auto", origin="lower", cmap="viridis")
-    ax.set_yticks(range(len(ordered)), [s.name for s in ordered], fontsize=6)
-    ax.set_xlabel("time (scrape steps)", fontsize=7)
+    when = [datetime.fromtimestamp(t, UTC) for t in ordered[0].times[-length:]]
+    ax.pcolormesh(when, np.arange(len(ordered)), np.nan_to_num(counts), cmap="viridis")
+    ax.set_yticks(range(len(ordered)), [f"≤ {s.name}" for s in ordered], fontsize=6)
+    _time_axis(ax, span)
+
+
+def _box(fig: Any, panel: Panel, top_in: float, legend: bool) -> list[float]:
+    """The axes rectangle (figure fractions) of ``panel``, its title, tick labels and legend
+    column inside the panel's box, so neighbours never overlap."""
+    width, height = fig.get_size_inches()
+    grid = panel.grid
+    # Bar gauges are labelled by their series' names, as wide as a segment's.
+    left = grid["x"] * COLUMN_IN + (BAR_LABELS_IN if panel.kind == "bargauge" else YTICKS_IN)
+    right = (grid["x"] + grid["w"]) * COLUMN_IN - PAD_IN - (LEGEND_IN if legend else 0.0)
+    top = top_in + grid["y"] * ROW_IN + TITLE_IN
+    # A bar gauge's x axis carries its unit below the tick labels.
+    ticks = XTICKS_IN + (0.15 if panel.kind == "bargauge" else 0.0)
+    bottom = top_in + (grid["y"] + grid["h"]) * ROW_IN - ticks
+    return [left / width, 1 - bottom / height, (right - left) / width, (bottom - top) / height]
 
 
 def render(
@@ -168,7 +321,8 @@ def render(
     step: float = 5.0,
     rate_interval: str = "1m",
 ) -> dict[str, int]:
-    """Render one dashboard to ``out_png``; returns the number of series of each panel."""
+    """Render one dashboard to ``out_png``; returns the number of series with data of each
+    panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,28 +330,37 @@ def render(
 
     dashboard = json.loads(Path(dashboard_path).read_text())
     found = panels(dashboard, rate_interval)
+    headers = rows(dashboard)
     bottom = max(p.grid["y"] + p.grid["h"] for p in found)
-    fig = plt.figure(figsize=(18, bottom * 0.45))
-    grid = fig.add_gridspec(
-        bottom, GRID_COLUMNS, hspace=2.5, wspace=1.5, top=1 - 0.6 / bottom, bottom=0.02
-    )
+    top_in = 0.6  # the dashboard's title
+    fig = plt.figure(figsize=(GRID_COLUMNS * COLUMN_IN, top_in + bottom * ROW_IN))
+    height = fig.get_size_inches()[1]
     counts = {}
     for panel in found:
-        g = panel.grid
-        ax = fig.add_subplot(grid[g["y"] : g["y"] + g["h"], g["x"] : g["x"] + g["w"]])
+        # A series without one finite value (a quantile of no observations) draws nothing.
         data = [
             series
             for expr, fmt in panel.targets
             for series in query_range(prometheus_url, expr, start, end, step, fmt)
+            if any(math.isfinite(v) for v in series.values)
         ]
-        _draw(ax, panel, data)
+        ax = fig.add_axes(_box(fig, panel, top_in, legend=False))
+        if _draw(ax, panel, data, (start, end)):  # the legend went right: make room for it
+            for axes in (ax, *ax.get_shared_x_axes().get_siblings(ax)):
+                axes.set_position(_box(fig, panel, top_in, legend=True))
         counts[panel.title] = len(data)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(end))
-    fig.suptitle(
-        f"{dashboard['title']} ({prometheus_url}, until {stamp})", fontsize=12, y=1 - 0.1 / bottom
-    )
+    for title, y in headers:
+        fig.text(
+            0.1 / fig.get_size_inches()[0],
+            1 - (top_in + (y + 0.6) * ROW_IN) / height,
+            title,
+            fontsize=11,
+            fontweight="bold",
+        )
+    span = " to ".join(time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) for t in (start, end))
+    fig.suptitle(f"{dashboard['title']} ({span} UTC)", fontsize=13, y=1 - 0.15 / height)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80, bbox_inches="tight")
+    fig.savefig(out_png, dpi=80)
     plt.close(fig)
     return counts
 

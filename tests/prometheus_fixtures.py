@@ -7,32 +7,31 @@ started once per session (registered by ``pytest_plugins`` in tests/conftest.py)
 * ``webhook``: an HTTP receiver that records every notification Alertmanager posts;
 * ``alertmanager``: the committed ``ALERTMANAGER_CONFIG`` with its webhook URLs pointed at
   ``webhook`` and its grouping waits cut to a second;
-* ``prometheus``: 2 s scrape and 1 s evaluation intervals, alerts sent to ``alertmanager``, the
-  scrape jobs of k8s/compose/prometheus.yml fed from files a test writes (``scrape``), and the
-  rule file a test loads (``load_rules``).
+* ``prometheus``: monitoring/prometheus_server.py's server (the one `make run` starts) with 2 s
+  scrape and 1 s evaluation intervals, alerts sent to ``alertmanager``, the scrape jobs of
+  k8s/compose/prometheus.yml fed from files a test writes (``scrape``), and the rule file a test
+  loads (``load_rules``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
+
+from monitoring.prometheus_server import PrometheusServer, free_port, start_process, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 ALERTMANAGER_CONFIG = REPO / "k8s/prometheus/alertmanager.yaml"
 COMPOSE_PROMETHEUS = REPO / "k8s/compose/prometheus.yml"
 PACKAGES = "prometheus prometheus-alertmanager"
-STARTUP_TIMEOUT_S = 60.0
 
 
 def tool(name: str) -> str:
@@ -43,47 +42,6 @@ def tool(name: str) -> str:
             f"{name} is not installed: apt-get install {PACKAGES} (make test installs them)"
         )
     return path
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-
-
-def _start(cmd: list[str], log: Path, url: str, what: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_ready(url, proc, log, what)
-    except BaseException:
-        _stop(proc)
-        raise
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(20)
-
-
-def _free_port() -> int:
-    from serving._launch import free_port
-
-    return free_port()
 
 
 # --- the webhook receiver ------------------------------------------------------------------------
@@ -158,7 +116,7 @@ def alertmanager(
     home = tmp_path_factory.mktemp("alertmanager")
     config = home / "alertmanager.yml"
     config.write_text(yaml.safe_dump(alertmanager_test_config(webhook.url)))
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     cmd = [
         tool("prometheus-alertmanager"),
         f"--config.file={config}",
@@ -167,100 +125,30 @@ def alertmanager(
         "--cluster.listen-address=",  # no gossip port: a single instance
         "--log.level=warn",
     ]
-    proc = _start(cmd, home / "alertmanager.log", url, "alertmanager")
+    proc = start_process(cmd, home / "alertmanager.log", url, "alertmanager")
     yield url
-    _stop(proc)
+    stop_process(proc)
 
 
 # --- Prometheus ------------------------------------------------------------------------------------
 
 
-class Prometheus:
-    """A running Prometheus whose scrape targets and rules the tests set."""
+class Prometheus(PrometheusServer):
+    """monitoring.prometheus_server's server with compose's scrape jobs and one rule file the
+    tests set (``load_rules``)."""
 
     def __init__(self, home: Path, alertmanager_url: str) -> None:
-        self.home = home
-        self.targets = home / "targets"
-        self.targets.mkdir()
+        compose = yaml.safe_load(COMPOSE_PROMETHEUS.read_text())
+        jobs = {j["job_name"]: j.get("metrics_path", "/metrics") for j in compose["scrape_configs"]}
         self.rules = home / "rules.yaml"
         self.rules.write_text("groups: []\n")
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        config = self._config(alertmanager_url)
-        for job in config["scrape_configs"]:
-            self.scrape(job["job_name"], [])
-        (home / "prometheus.yml").write_text(yaml.safe_dump(config))
-        cmd = [
-            tool("prometheus"),
-            f"--config.file={home / 'prometheus.yml'}",
-            f"--storage.tsdb.path={home / 'data'}",
-            f"--web.listen-address={self.url.removeprefix('http://')}",
-            "--web.enable-lifecycle",
-            "--log.level=warn",
-        ]
-        self.proc = _start(cmd, home / "prometheus.log", self.url, "prometheus")
-
-    def _config(self, alertmanager_url: str) -> dict[str, Any]:
-        """compose's scrape jobs (their names and metrics paths), targets from files."""
-        compose = yaml.safe_load(COMPOSE_PROMETHEUS.read_text())
-        jobs = [
-            {
-                "job_name": job["job_name"],
-                "metrics_path": job.get("metrics_path", "/metrics"),
-                "file_sd_configs": [{"files": [str(self.targets / f"{job['job_name']}.json")]}],
-            }
-            for job in compose["scrape_configs"]
-        ]
-        return {
-            # A scrape may not outlast its interval: 2 s leaves a busy test process time to answer.
-            "global": {"scrape_interval": "2s", "evaluation_interval": "1s"},
-            "rule_files": [str(self.rules)],
-            "alerting": {
-                "alertmanagers": [
-                    {"static_configs": [{"targets": [alertmanager_url.removeprefix("http://")]}]}
-                ]
-            },
-            "scrape_configs": jobs,
-        }
-
-    def scrape(self, job: str, targets: list[str]) -> None:
-        """Scrape ``targets`` (host:port) as ``job`` from now on (an empty list stops it)."""
-        path = self.targets / f"{job}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([{"targets": targets, "labels": {}}]))
-        tmp.replace(path)
+        tool("prometheus")
+        super().__init__(home, jobs, rule_files=[self.rules], alertmanager_url=alertmanager_url)
+        self.start()
 
     def load_rules(self, text: str) -> None:
         self.rules.write_text(text)
-        answer = requests.post(f"{self.url}/-/reload", timeout=30)
-        assert answer.status_code == 200, answer.text
-
-    def api(self, path: str, **params: Any) -> Any:
-        answer = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=30)
-        body = answer.json()
-        assert body["status"] == "success", f"{path} {params}: {body}"
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """The instant vector (or scalar, as one sample) of ``expr`` now."""
-        data = self.api("query", query=expr)
-        if data["resultType"] == "scalar":
-            return [{"metric": {}, "value": data["result"]}]
-        return data["result"]
-
-    def firing(self, name: str) -> list[dict[str, Any]]:
-        return [
-            a
-            for a in self.api("alerts")["alerts"]
-            if a["labels"]["alertname"] == name and a["state"] == "firing"
-        ]
-
-    def up(self, job: str) -> bool:
-        targets = self.api("targets", state="active")["activeTargets"]
-        mine = [t for t in targets if t["labels"]["job"] == job]
-        return bool(mine) and all(t["health"] == "up" for t in mine)
-
-    def stop(self) -> None:
-        _stop(self.proc)
+        self.reload()
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,47 @@ def test_panels_substitute_variables_and_skip_rows() -> None:
     )
 
 
+def test_no_value_text_and_row_headers() -> None:
+    quiet = {
+        **DASHBOARD["panels"][1],
+        "title": "Retraining runs",
+        "fieldConfig": {
+            "defaults": {"noValue": "no retrain run in this range"},
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": "drift events"},
+                    "properties": [{"id": "custom.axisPlacement", "value": "right"}],
+                },
+                {
+                    "matcher": {"id": "byName", "options": "started"},
+                    "properties": [{"id": "color", "value": {"mode": "fixed"}}],
+                },
+            ],
+        },
+    }
+    dashboard = {**DASHBOARD, "panels": [*DASHBOARD["panels"], quiet]}
+    precision, retrains = dr.panels(dashboard, rate_interval="30s")
+    assert (precision.no_value, retrains.no_value) == ("", "no retrain run in this range")
+    assert (precision.right_axis, retrains.right_axis) == ((), ("drift events",))
+    assert dr.rows(dashboard) == [("a row", 0)]
+
+
+def test_every_committed_dashboard_says_why_its_quiet_panels_are_empty() -> None:
+    """The panels a healthy run may leave without series (no retrain, no label yet) carry
+    Grafana's noValue text, which the renders show too."""
+    import json
+    from pathlib import Path
+
+    grafana = Path(__file__).resolve().parents[1] / "k8s" / "grafana"
+    explained = {
+        panel.title
+        for path in grafana.glob("*.json")
+        for panel in dr.panels(json.loads(path.read_text()), "1m")
+        if panel.no_value
+    }
+    assert {"Retraining runs", "Precision", "Average precision"} <= explained
+
+
 @pytest.mark.parametrize(
     ("fmt", "labels", "expected"),
     [

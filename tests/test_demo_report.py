@@ -186,3 +186,20 @@ def test_the_table_shows_the_figures_in_order_and_the_shadow_comparison() -> Non
     assert table[f"{pair}, precision"] == "0.500 vs 1.000"
     assert table[f"{pair}, recall"] == "0.333 vs 1.000"
     assert table[f"{pair}, alert rate"] == "40.0% vs 60.0%"
+
+
+def test_the_report_embeds_the_rendered_dashboards_and_the_table_says_where(tmp_path) -> None:
+    dashboards = tmp_path / "dashboards"
+    dashboards.mkdir()
+    pngs = []
+    for name in ("fraud-dashboard", "model-performance-dashboard"):
+        png = dashboards / f"{name}.png"
+        png.write_bytes(base64.b64decode(r.analyst_plot(r.analyst_figures(joined(), {"1": 0.25}))))
+        pngs.append(png)
+    rendered = {"rendered": [str(p) for p in pngs], "empty_panels": {}, "reason": None}
+    rows = r.summary_rows({**base_summary(), "dashboards": rendered})
+    assert dict(rows)["Grafana dashboards"] == f"2 rendered in {dashboards}"
+    page = r.write_html(tmp_path / "report.html", rows, {}, [], pngs).read_text()
+    for png in pngs:
+        assert f"<h3>{png.stem}</h3>" in page
+        assert base64.b64encode(png.read_bytes()).decode() in page
