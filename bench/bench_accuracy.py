@@ -32,6 +32,7 @@ figures are means over all four).
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -253,7 +254,10 @@ def platform_scores(
     fold's training week, score its test days with ``fraud score`` and the pushed model; the
     scores of ``test``'s rows, in its order, and the alert rates of its thresholds over every
     transaction of the test days."""
-    work.mkdir(parents=True, exist_ok=True)
+    # A model left by an earlier run in a reused --workdir would be the served baseline: the
+    # gate could refuse the new one, and fraud score would measure the old.
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     base = work / "models" / "fraud"
     family_set = ["--set", f"model={family}"] if family else []
     family_set += [arg for pair in params for arg in ("--set", pair)]
