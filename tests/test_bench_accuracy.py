@@ -16,6 +16,7 @@ from bench.bench_accuracy import (
     alert_text,
     book_features,
     card_precision_at_k,
+    fold_numbers,
     fold_test_rows,
     folds,
     metrics,
@@ -50,6 +51,15 @@ def test_folds_are_the_books_weeks():
         ("2018-08-08", "2018-08-15", "2018-08-22", "2018-08-29"),
         ("2018-08-15", "2018-08-22", "2018-08-29", "2018-09-05"),
     ]
+
+
+def test_fold_numbers_pick_some_of_the_four_folds_and_refuse_others():
+    assert fold_numbers("1") == [1]
+    assert fold_numbers("3,1,3") == [1, 3]
+    assert fold_numbers("1,2,3,4") == [1, 2, 3, 4]
+    for bad in ("0", "5", "", "one", "1,x"):
+        with pytest.raises(ValueError, match="--folds"):
+            fold_numbers(bad)
 
 
 def test_cards_known_compromised_leave_the_test_days():

@@ -68,3 +68,15 @@ def test_pipeline_defaults_come_from_the_dataclasses_and_settings() -> None:
     retrain = {f.name: f.default for f in fields(RetrainConfig)}
     assert retrain["model_base_path"] == settings.model_base_path
     assert retrain["model_name"] == settings.model_name
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"num_trees": 0}, {"max_depth": 0}, {"shrinkage": 0.0}, {"shrinkage": 1.5},
+     {"min_examples": 0}],
+)  # fmt: skip
+def test_gbt_parameters_out_of_range_are_refused_with_the_rule(bad: dict) -> None:
+    from components.train.gbt import GBTParams
+
+    with pytest.raises(ValueError, match=r"min_examples >= 1\)"):
+        GBTParams(**bad)

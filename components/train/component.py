@@ -20,6 +20,7 @@ def train(
     gbt_num_trees: int,
     gbt_max_depth: int,
     gbt_shrinkage: float,
+    gbt_min_examples: int,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -42,6 +43,7 @@ def train(
         "num_trees": gbt_num_trees,
         "max_depth": gbt_max_depth,
         "shrinkage": gbt_shrinkage,
+        "min_examples": gbt_min_examples,
         "seed": seed,
     }
     families = parse_model_families(model_families)

@@ -25,13 +25,21 @@ class GBTParams:
     num_trees: int = 300
     max_depth: int = 6
     shrinkage: float = 0.1
+    # Leaves of at least this many training examples: with ~0.8 % fraud, smaller leaves fit a
+    # handful of frauds each and early stopping cuts the trees off after a few dozen.
+    min_examples: int = 50
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if self.num_trees < 1 or self.max_depth < 1 or not 0 < self.shrinkage <= 1:
+        if (
+            self.num_trees < 1
+            or self.max_depth < 1
+            or not 0 < self.shrinkage <= 1
+            or self.min_examples < 1
+        ):
             raise ValueError(
                 f"invalid gradient-boosted trees parameters: {self} (num_trees >= 1, "
-                "max_depth >= 1, 0 < shrinkage <= 1)"
+                "max_depth >= 1, 0 < shrinkage <= 1, min_examples >= 1)"
             )
 
 
@@ -59,6 +67,7 @@ def _model(params: GBTParams, **options):
         task=tfdf.keras.Task.CLASSIFICATION,
         max_depth=params.max_depth,
         shrinkage=params.shrinkage,
+        min_examples=params.min_examples,
         random_seed=params.seed,
         verbose=0,
         **{"num_trees": params.num_trees, **options},
