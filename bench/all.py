@@ -18,7 +18,7 @@ import time
 
 from bench import results
 
-BENCHES = ("data", "serving", "stream", "pipeline", "accuracy")
+BENCHES = ("data", "serving", "stream", "shadow", "pipeline", "accuracy")
 
 
 def figure(timings: list[tuple[str, int, float]], command: str) -> results.Figure:

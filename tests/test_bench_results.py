@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from bench import all as bench_all
-from bench import bench_accuracy, bench_data, bench_pipeline, bench_serving, bench_stream, results
+from bench import (
+    bench_accuracy,
+    bench_data,
+    bench_pipeline,
+    bench_serving,
+    bench_shadow,
+    bench_stream,
+    results,
+)
 from core import statefile
 from core.metadata import MODEL_FAMILIES
 from core.simulator import SimulationConfig
@@ -96,6 +104,11 @@ def _names_each_bench_records() -> dict[str, set[str]]:
             accuracy_rows, families, alerts, budgets, handbook_data, 1.0, "cmd"
         ),
         "python -m bench.all": [bench_all.figure([("data", 0, 1.0)], "cmd")],
+        "python -m bench.bench_shadow": bench_shadow.figures(
+            {m: {"tx_per_s": 1.0, "p99_ms": 1.0} for m in bench_shadow.MODES},
+            argparse.Namespace(transactions=1, latency_rate=1.0, latency_seconds=1.0),
+            "cmd",
+        ),
     }
     return {cmd: {f.name for f in figs} for cmd, figs in produced.items()}
 
