@@ -159,10 +159,30 @@ def _ram_gib() -> float | None:
     return None
 
 
+# Options that say where a run worked or wrote, not what it measured: a reader re-running the
+# command needs none of them, and they would put one machine's paths in the README.
+WHERE_OPTIONS = ("--workdir", "--results", "--keep")
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
-    """How ``module`` was run: ``python -m module`` and its arguments."""
-    args = sys.argv[1:] if argv is None else argv
-    return shlex.join(["python", "-m", module, *args])
+    """How ``module`` was run: ``python -m module`` and its arguments but ``WHERE_OPTIONS``.
+
+    >>> command_line("bench.x", ["--workdir", "/w", "--set", "a=1", "--results=r.json"])
+    'python -m bench.x --set a=1'
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in WHERE_OPTIONS:
+            skip_value = "=" not in arg and name != "--keep"
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", module, *kept])
 
 
 def measured(

@@ -215,3 +215,15 @@ def test_this_machine_reads_cores_ram_and_cpu() -> None:
     assert machine.ram_gib is not None and machine.ram_gib > 0
     assert machine.cpu == (models[0] if models else None)
     assert f"{machine.ram_gib:g} GiB RAM" in machine.describe()
+
+
+def test_recorded_commands_carry_no_working_paths() -> None:
+    """The README's commands are what a reader runs again: no machine's work or output paths."""
+    assert results.command_line("bench.x", ["--workdir", "/w", "--set", "a=1", "--keep"]) == (
+        "python -m bench.x --set a=1"
+    )
+    assert results.command_line("bench.x", ["--results=r.json", "--families", "gbt"]) == (
+        "python -m bench.x --families gbt"
+    )
+    for figure in results.load(results.RESULTS):
+        assert not any(opt in figure.command for opt in results.WHERE_OPTIONS), figure.command
