@@ -37,21 +37,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench import results
+from bench.handbook_protocol import (
+    BRIER,
+    FOLD_STARTS,
+    METRICS,
+    SCORED,
+    Fold,
+    book_features,
+    fold_numbers,
+    fold_test_rows,
+    folds,
+    metrics,
+    reference_scores,
+)
 from core import contract as c
 
-FOLD_STARTS = ("2018-07-25", "2018-08-01", "2018-08-08", "2018-08-15")
-TRAIN_DAYS = DELAY_DAYS = TEST_DAYS = 7
-METRICS = ("auc_roc", "average_precision", "card_precision_at_100")
-BRIER = "brier"
-# What the table shows: the ranking metrics, then calibration (lower is better, no book figure).
-SCORED = (*METRICS, BRIER)
 METRIC_TEXT = {
     "auc_roc": "AUC ROC",
     "average_precision": "AP",
@@ -65,109 +72,6 @@ BOOK_RF = {"auc_roc": 0.870, "average_precision": 0.678, "card_precision_at_100"
 RF_TOLERANCE = 0.03
 # The issue's targets for the platform's models (mean of the folds).
 TARGETS = {"auc_roc": 0.89, "average_precision": 0.72, "card_precision_at_100": 0.31}
-BOOK_WINDOWS = ("1d", "7d", "30d")
-WEEKEND, NIGHT = "book_tx_during_weekend", "book_tx_during_night"
-# The book's 15 baseline features. Its customer and terminal windows are those of the platform's
-# batch feature engine (customer: (t - w, t]; terminal: the w before t - 7 days, fraud share as
-# risk), so they are taken from it; its night is 00:00-06:59, not the contract's.
-BOOK_FEATURES: tuple[str, ...] = (
-    c.AMOUNT,
-    WEEKEND,
-    NIGHT,
-    *(f(w) for w in BOOK_WINDOWS for f in (c.customer_count, c.customer_mean_amount)),
-    *(f(w) for w in BOOK_WINDOWS for f in (c.terminal_count, c.terminal_fraud_ratio)),
-)
-DAY = pd.Timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class Fold:
-    """One prequential fold, [start, end) days, UTC."""
-
-    train_start: pd.Timestamp
-    train_end: pd.Timestamp
-    test_start: pd.Timestamp
-    test_end: pd.Timestamp
-
-
-def folds(starts: tuple[str, ...] = FOLD_STARTS) -> list[Fold]:
-    """The folds whose training weeks start on ``starts``."""
-    out = []
-    for text in starts:
-        start = pd.Timestamp(text, tz="UTC")
-        train_end = start + TRAIN_DAYS * DAY
-        test_start = train_end + DELAY_DAYS * DAY
-        out.append(Fold(start, train_end, test_start, test_start + TEST_DAYS * DAY))
-    return out
-
-
-def fold_numbers(text: str) -> list[int]:
-    """``--folds``' comma-separated fold numbers (1 to 4), in order, each once."""
-    try:
-        chosen = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise ValueError(f"--folds {text!r}: give fold numbers, e.g. 1 or 1,3") from None
-    if not chosen or not set(chosen) <= set(range(1, len(FOLD_STARTS) + 1)):
-        raise ValueError(f"--folds {text!r}: fold numbers run from 1 to {len(FOLD_STARTS)}")
-    return chosen
-
-
-def _days(df: pd.DataFrame) -> pd.Series:
-    return df[c.TIMESTAMP].dt.floor("D")
-
-
-def fold_test_rows(df: pd.DataFrame, fold: Fold) -> pd.DataFrame:
-    """The fold's test rows: each test day's transactions minus the cards known compromised by
-    then. Known are the cards with a fraud in the training week; before test day i, the frauds of
-    delay day i - 1 become known too (the book's rule: what is known ``DELAY_DAYS`` earlier)."""
-    day = _days(df)
-    fraud_cards = df[c.CUSTOMER_ID].where(df[c.LABEL] == 1)
-    in_train = (day >= fold.train_start) & (day < fold.train_end)
-    known = set(fraud_cards[in_train].dropna())
-    parts = []
-    for i in range(TEST_DAYS):
-        if i > 0:
-            known |= set(fraud_cards[day == fold.train_end + (i - 1) * DAY].dropna())
-        rows = df[day == fold.test_start + i * DAY]
-        parts.append(rows[~rows[c.CUSTOMER_ID].isin(known)])
-    return pd.concat(parts)
-
-
-def card_precision_at_k(df: pd.DataFrame, scores: np.ndarray, k: int = 100) -> float:
-    """The book's card precision@k: per day, the k cards with the highest score that day (a card's
-    score is its highest, it is compromised if any of its transactions that day is fraud); the
-    number of compromised ones divided by k; cards found on an earlier day are left out of the
-    later days; the mean over days."""
-    frame = pd.DataFrame(
-        {
-            "day": _days(df).to_numpy(),
-            "card": df[c.CUSTOMER_ID].to_numpy(),
-            "score": np.asarray(scores, dtype=np.float64),
-            "fraud": df[c.LABEL].to_numpy(),
-        }
-    )
-    found: set = set()
-    per_day = []
-    for _, rows in frame.groupby("day", sort=True):
-        rows = rows[~rows["card"].isin(found)]
-        cards = rows.groupby("card").agg(score=("score", "max"), fraud=("fraud", "max"))
-        top = cards.sort_values("score", ascending=False, kind="stable").head(k)
-        hits = top.index[top["fraud"] == 1]
-        per_day.append(len(hits) / k)
-        found.update(hits)
-    return float(np.mean(per_day)) if per_day else float("nan")
-
-
-def metrics(df: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    y = df[c.LABEL].to_numpy()
-    return {
-        "auc_roc": float(roc_auc_score(y, scores)),
-        "average_precision": float(average_precision_score(y, scores)),
-        "card_precision_at_100": card_precision_at_k(df, scores, 100),
-        BRIER: float(np.mean((np.asarray(scores, dtype=np.float64) - y) ** 2)),
-    }
 
 
 def alert_rates(decisions: pd.Series) -> dict[str, float]:
@@ -198,39 +102,6 @@ def alert_text(rates: dict[str, float], budgets: dict[str, float]) -> str:
         flag = "" if off <= ALERT_TOLERANCE else f" OUTSIDE ±{100 * ALERT_TOLERANCE:.0f} %"
         parts.append(f"{key} {100 * rate:.2f} % (budget {100 * budgets[key]:.2f} %){flag}")
     return ", ".join(parts)
-
-
-def book_features(df: pd.DataFrame) -> pd.DataFrame:
-    """The feature table (raw rows in stream order + the platform's window features) with the
-    book's weekend and night flags added."""
-    from core.features.batch import build_feature_table
-
-    table = build_feature_table(df, DELAY_DAYS)
-    ts = table[c.TIMESTAMP]
-    return table.assign(
-        **{WEEKEND: (ts.dt.dayofweek >= 5).astype(float), NIGHT: (ts.dt.hour <= 6).astype(float)}
-    )
-
-
-def reference_scores(table: pd.DataFrame, fold: Fold, test: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Scores of the book's two baselines on ``test``, trained on the fold's training week."""
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    day = _days(table)
-    train = table[(day >= fold.train_start) & (day < fold.train_end)]
-    scaler = StandardScaler().fit(train[list(BOOK_FEATURES)])
-    x_train = scaler.transform(train[list(BOOK_FEATURES)])
-    x_test = scaler.transform(test[list(BOOK_FEATURES)])
-    y = train[c.LABEL].to_numpy()
-    models = {
-        "logistic regression": LogisticRegression(random_state=0, max_iter=1000),
-        "random forest": RandomForestClassifier(
-            n_estimators=100, max_depth=20, random_state=0, n_jobs=2
-        ),
-    }
-    return {name: m.fit(x_train, y).predict_proba(x_test)[:, 1] for name, m in models.items()}
 
 
 def _fraud(*args: str, log: Path) -> None:

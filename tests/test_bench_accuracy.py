@@ -7,13 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.bench_accuracy import (
+from bench.bench_accuracy import alert_budgets, alert_rates, alert_text
+from bench.handbook_protocol import (
     BOOK_FEATURES,
     NIGHT,
     WEEKEND,
-    alert_budgets,
-    alert_rates,
-    alert_text,
     book_features,
     card_precision_at_k,
     fold_numbers,
