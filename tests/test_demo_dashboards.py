@@ -16,7 +16,6 @@ from prometheus_fixtures import COMPOSE_PROMETHEUS, tool
 from stream_fixtures import wait_for
 
 from app import demo_dashboards as dd
-from app.demo_report import summary_rows
 from core import contract as c
 from monitoring.prometheus_server import INSTALL_HINT, free_port
 from streaming.metrics import StreamMetrics
@@ -138,23 +137,3 @@ def test_without_prometheus_the_run_says_why(
     line = dd.summary_line(summary)
     assert line == "dashboards not rendered: prometheus is not on PATH: " + INSTALL_HINT
     assert "\n" not in line
-    rows = dict(summary_rows(minimal_summary() | {"dashboards": summary}))
-    assert rows["Grafana dashboards"] == line
-
-
-def minimal_summary() -> dict:
-    return {
-        "scored": 1,
-        "duplicates": 0,
-        "throughput": None,
-        "p50_ms": None,
-        "p99_ms": None,
-        "alerts": 0,
-        "phases": [],
-        "onset": "2025-01-01T00:00:00Z",
-        "detected_at": None,
-        "false_alarms_before_onset": 0,
-        "detection_delay_h": None,
-        "trigger_to_serving_s": None,
-        "recovery_ratio": None,
-    }

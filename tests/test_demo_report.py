@@ -188,6 +188,13 @@ def test_the_table_shows_the_figures_in_order_and_the_shadow_comparison() -> Non
     assert table[f"{pair}, alert rate"] == "40.0% vs 60.0%"
 
 
+def test_the_table_says_why_no_dashboard_was_rendered() -> None:
+    reason = "prometheus is not on PATH: make tools installs it"
+    unrendered = {"rendered": [], "empty_panels": {}, "reason": reason}
+    rows = r.summary_rows({**base_summary(), "dashboards": unrendered})
+    assert dict(rows)["Grafana dashboards"] == reason
+
+
 def test_the_report_embeds_the_rendered_dashboards_and_the_table_says_where(tmp_path) -> None:
     dashboards = tmp_path / "dashboards"
     dashboards.mkdir()
