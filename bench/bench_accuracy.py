@@ -46,11 +46,13 @@ import pandas as pd
 from bench import results
 from bench.handbook_protocol import (
     BRIER,
+    CEILING,
     FOLD_STARTS,
     METRICS,
     SCORED,
     Fold,
     book_features,
+    ceiling_scores,
     fold_numbers,
     fold_test_rows,
     folds,
@@ -216,7 +218,8 @@ def figures(
 ) -> list[results.Figure]:
     """Per platform family (``platform``: family -> row name) its three metrics against the
     targets, its Brier score and its alert rates (``alerts``: family -> mean rate per threshold)
-    against the budgets; the random forest's distance from the book's (the profile's fidelity);
+    against the budgets, with the reference's and the oracle ceiling's means beside each
+    metric; the random forest's distance from the book's (the profile's fidelity);
     the data's fraud rate; the run's wall time."""
     out = []
     for key, name in platform.items():
@@ -246,7 +249,8 @@ def figures(
                     f"mean over the 4 prequential folds of the {METRIC_TEXT[m]} on the test days",
                     command,
                     results.Target(">=", TARGETS[m]),
-                    f"{mean:.3f} ± {std:.3f}; random forest reference {ref[m][0]:.3f}",
+                    f"{mean:.3f} ± {std:.3f}; random forest reference {ref[m][0]:.3f}; "
+                    f"ceiling {rows[CEILING][m][0]:.3f}",
                 )
             )
     rf, lr = rows["random forest"], rows["logistic regression"]
@@ -363,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         test = fold_test_rows(table, fold)
         scores = reference_scores(table, fold, test)
+        scores[CEILING] = ceiling_scores(test)
         for family in families:
             key = family or "default"
             where = work / f"fold{i + 1}" / key
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {platform[key]:<28}alerts: {alert_text(rates[-1], budgets)}")
 
     rows = {name: summary(per_fold[name]) for name in [*platform.values(), "logistic regression",
-                                                        "random forest"]}  # fmt: skip
+                                                        "random forest", CEILING]}  # fmt: skip
     seconds = time.monotonic() - started
     alerts = {key: summary(rates) for key, rates in fold_alerts.items()}
     mean_alerts = {key: {k: mean for k, (mean, _) in a.items()} for key, a in alerts.items()}

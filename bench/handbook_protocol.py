@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core import contract as c
+from core.handbook import COMPROMISED_TERMINAL
 
 FOLD_STARTS = ("2018-07-25", "2018-08-01", "2018-08-08", "2018-08-15")
 TRAIN_DAYS = DELAY_DAYS = TEST_DAYS = 7
@@ -133,6 +134,21 @@ def book_features(df: pd.DataFrame) -> pd.DataFrame:
     return table.assign(
         **{WEEKEND: (ts.dt.dayofweek >= 5).astype(float), NIGHT: (ts.dt.hour <= 6).astype(float)}
     )
+
+
+CEILING = "ceiling (oracle)"
+
+
+def ceiling_scores(test: pd.DataFrame) -> np.ndarray:
+    """An oracle's scores: 1 for every fraud but those on a compromised terminal that has no
+    fraud known yet (none labelled in its 30-day window ending the label delay before), which
+    look like genuine payments in every field and feature; 0 for those and the genuine ones.
+    Any model's expected metrics are at most this oracle's: with the book's 7-day delay the first
+    week of each terminal compromise is out of every model's sight."""
+    unseen = (test[c.FRAUD_PATTERN] == COMPROMISED_TERMINAL) & (
+        test[c.terminal_fraud_ratio("30d")] == 0
+    )
+    return ((test[c.LABEL] == 1) & ~unseen).to_numpy(dtype=np.float64)
 
 
 def reference_scores(table: pd.DataFrame, fold: Fold, test: pd.DataFrame) -> dict[str, np.ndarray]:

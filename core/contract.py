@@ -108,12 +108,37 @@ def terminal_fraud_ratio(window: str) -> str:
 
 CUSTOMER_SECS_SINCE_PREV = "customer_secs_since_prev_tx"
 
+# A stolen card's spending shows as several payments far above the card's own habit within days,
+# while one large payment alone is common: count them. "Far above" is more than
+# HIGH_AMOUNT_FACTOR times the mean of the customer's payments in the HIGH_AMOUNT_REFERENCE
+# window before it (with no such payment, nothing counts as high).
+HIGH_AMOUNT_FACTOR = 3.0
+HIGH_AMOUNT_REFERENCE = "30d"
+HIGH_AMOUNT_WINDOW = "7d"
+# The comparison's cut sits a hair above the factor: cent amounts often sit exactly at 3x a mean
+# (3.00 after 1.00), and there the batch engine's prefix sums and the stream's running sums,
+# which differ in the last bits, would decide the tie differently.
+HIGH_AMOUNT_CUT = HIGH_AMOUNT_FACTOR * (1 + 1e-6)
+CUSTOMER_HIGH_AMOUNT_COUNT = f"customer_high_amount_count_{HIGH_AMOUNT_WINDOW}"
+# A compromised terminal turns every payment on it into fraud, so its latest known labels are an
+# unbroken run of frauds, where a stolen card passing by leaves one fraud among genuine payments.
+# The run is counted over the terminal's labelled transactions in the FRAUD_STREAK_WINDOW ending
+# label_delay before now: the frauds later than its latest known genuine transaction.
+FRAUD_STREAK_WINDOW = "30d"
+TERMINAL_FRAUD_STREAK = f"terminal_fraud_streak_{FRAUD_STREAK_WINDOW}"
+# How long ago that run began: a compromise is found and fixed after a while, and the payments on
+# a terminal fixed within the label delay are genuine while its known labels still read fraud.
+TERMINAL_STREAK_AGE = "terminal_secs_since_fraud_streak_start"
+
 STATEFUL_FEATURES: tuple[str, ...] = (
     *(customer_count(w) for w in CUSTOMER_WINDOWS),
     *(customer_mean_amount(w) for w in CUSTOMER_WINDOWS),
     CUSTOMER_SECS_SINCE_PREV,
+    CUSTOMER_HIGH_AMOUNT_COUNT,
     *(terminal_count(w) for w in TERMINAL_WINDOWS),
     *(terminal_fraud_ratio(w) for w in TERMINAL_WINDOWS),
+    TERMINAL_FRAUD_STREAK,
+    TERMINAL_STREAK_AGE,
 )
 
 # --- model inputs: what the serving signature takes ------------------------------------------
@@ -146,6 +171,16 @@ def _describe(name: str) -> str:
         TIMESTAMP: "transaction time, canonical UTC ISO-8601 (YYYY-MM-DDTHH:MM:SSZ)",
         AMOUNT: "transaction amount, >= 0",
         CUSTOMER_SECS_SINCE_PREV: "seconds since the customer's previous transaction (capped)",
+        CUSTOMER_HIGH_AMOUNT_COUNT: (
+            f"customer's transactions in the last {HIGH_AMOUNT_WINDOW}, current one included, of "
+            f"more than {HIGH_AMOUNT_FACTOR:g}x the mean of the customer's transactions in the "
+            f"{HIGH_AMOUNT_REFERENCE} before each"
+        ),
+        TERMINAL_FRAUD_STREAK: (
+            "terminal's known frauds later than its latest known genuine transaction, in the "
+            f"{FRAUD_STREAK_WINDOW} ending label_delay before now"
+        ),
+        TERMINAL_STREAK_AGE: "seconds since the first fraud of that streak (0 without a streak)",
     }[name]
 
 

@@ -38,7 +38,11 @@ import pandas as pd
 from core import contract as c
 from core.simulator import LEGIT, nearby_terminals, raw_frame
 
-SCENARIOS = ("amount_over_220", "compromised_terminal", "compromised_card")
+AMOUNT_OVER_220, COMPROMISED_TERMINAL, COMPROMISED_CARD = SCENARIOS = (
+    "amount_over_220",
+    "compromised_terminal",
+    "compromised_card",
+)
 AMOUNT_LIMIT = 220.0
 TERMINAL_DAYS = 28
 TERMINALS_PER_DAY = 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from bench.bench_accuracy import alert_budgets, alert_rates, alert_text
 from bench.handbook_protocol import (
@@ -14,6 +15,7 @@ from bench.handbook_protocol import (
     WEEKEND,
     book_features,
     card_precision_at_k,
+    ceiling_scores,
     fold_numbers,
     fold_test_rows,
     folds,
@@ -21,6 +23,8 @@ from bench.handbook_protocol import (
 )
 from components.evaluate.evaluator import GateConfig
 from core import contract as c
+from core.handbook import AMOUNT_OVER_220, COMPROMISED_CARD, COMPROMISED_TERMINAL
+from core.simulator import LEGIT
 
 
 def _frame(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
@@ -146,3 +150,24 @@ def test_book_features_are_fifteen_with_its_calendar_flags():
     assert table.loc["t2", c.customer_count("7d")] == 2
     assert table.loc["t2", c.customer_mean_amount("1d")] == 10.0
     assert set(BOOK_FEATURES) <= set(table.columns) | {c.AMOUNT}
+
+
+def test_the_ceiling_misses_only_frauds_on_terminals_with_no_fraud_known_yet():
+    ratio = c.terminal_fraud_ratio("30d")
+    rows = pd.DataFrame(
+        {
+            c.LABEL: [1, 1, 1, 1, 0, 0],
+            c.FRAUD_PATTERN: [
+                AMOUNT_OVER_220,
+                COMPROMISED_CARD,
+                COMPROMISED_TERMINAL,  # a fraud already known on the terminal: in sight
+                COMPROMISED_TERMINAL,  # none known yet: out of every model's sight
+                LEGIT,
+                LEGIT,
+            ],
+            ratio: [0.0, 0.0, 0.25, 0.0, 0.5, 0.0],
+        }
+    )
+    assert ceiling_scores(rows).tolist() == [1, 1, 1, 0, 0, 0]
+    # Three of four frauds first, the fourth tied with the two genuine rows.
+    assert roc_auc_score(rows[c.LABEL], ceiling_scores(rows)) == pytest.approx(1 - 1 / 4 / 2)

@@ -117,6 +117,9 @@ def test_parity_batch_vs_stream_with_snapshot_restore(parity_frame):
         assert (batch[c.terminal_fraud_ratio(w)] > 0).mean() > 0.01, w
     shortest = min(c.CUSTOMER_WINDOWS, key=c.CUSTOMER_WINDOWS.__getitem__)
     assert (batch[c.customer_count(shortest)] > 1).any()  # bursts within the shortest window
+    assert (batch[c.CUSTOMER_HIGH_AMOUNT_COUNT] > 1).any()
+    assert (batch[c.TERMINAL_FRAUD_STREAK] > 1).any()
+    assert (batch[c.TERMINAL_STREAK_AGE] > DELAY * DAY).any()
 
 
 def test_parity_on_shuffled_input_and_other_delay(parity_frame):
@@ -136,14 +139,19 @@ def test_snapshot_format_and_version_are_checked():
     engine.update("C1", "M1", 100, 12.5)
     engine.add_label("M1", 50, 1)
     doc = orjson.loads(engine.snapshot())
-    assert (doc["format"], doc["version"]) == ("fraud-feature-engine-state", 2)
+    assert (doc["format"], doc["version"]) == ("fraud-feature-engine-state", 3)
+    assert doc["customers"]["hsum"] == [[0, 0]]
     refused = {
-        "fraud-feature-engine-state version 1, this release reads version 2 only": {"version": 1},
+        "fraud-feature-engine-state version 1, this release reads version "
+        f"{stream_module.SNAPSHOT_VERSION} only": {"version": 1},
         "format 'fraud-partition-snapshot', expected 'fraud-feature-engine-state'": {
             "format": "fraud-partition-snapshot"
         },
         "malformed fraud-feature-engine-state document (ValueError('customers: 3 sums for 1 ": {
             "customers": {**doc["customers"], "csum": "A" * 32}  # 24 bytes: 3 doubles
+        },
+        "every hsum list must be one longer than its ts list": {
+            "customers": {**doc["customers"], "hsum": [[0]]}
         },
         "customers.ts must be lists of integers": {
             "customers": {**doc["customers"], "ts": [["100"]]}
@@ -354,6 +362,69 @@ def test_terminal_windows_by_hand():
         )
         # Another terminal knows nothing of M1's history.
         assert [r[c.terminal_count(w)] for w in c.TERMINAL_WINDOWS] == [0, 0, 0]
+
+
+def test_high_amount_count_by_hand():
+    rows = [
+        ("a1", 0, "A", "M1", 10.0, 0),  # no history: never high
+        ("a2", 3_600, "A", "M1", 30.0, 0),  # exactly 3x the mean before it: not above
+        ("a3", 7_200, "A", "M1", 31.0, 0),  # mean before 20
+        ("a4", DAY, "A", "M1", 200.0, 0),  # mean before 23.67: high
+        ("a5", 2 * DAY, "A", "M1", 250.0, 0),  # mean before 67.75: high
+        ("a6", 9 * DAY, "A", "M1", 1_000.0, 0),  # high; a5 is exactly 7 days back: outside
+        ("a7", 40 * DAY, "A", "M1", 5.0, 0),  # no transaction in the 30 days before it
+        ("b1", DAY, "B", "M1", 1.0, 0),  # another customer's history is not A's
+        ("b2", DAY + 60, "B", "M1", 9.0, 0),
+    ]
+    expected = {"a1": 0, "a2": 0, "a3": 0, "a4": 1, "a5": 2, "a6": 1, "a7": 0, "b1": 0, "b2": 1}
+    assert c.HIGH_AMOUNT_FACTOR == 3.0
+    assert (c.HIGH_AMOUNT_REFERENCE, c.HIGH_AMOUNT_WINDOW) == ("30d", "7d")
+    df = _tx(rows)
+    for feats in _both(df, DELAY):
+        got = dict(zip(df[c.TRANSACTION_ID], feats[c.CUSTOMER_HIGH_AMOUNT_COUNT], strict=True))
+        assert got == expected
+
+
+def test_terminal_fraud_streak_and_its_age_by_hand():
+    # Queried on day 20 with a 7-day delay: labels before day 13 count, back to day -17.
+    def history(terminal: str, frauds: set[int], days=range(10)) -> list[tuple]:
+        return [
+            (f"{terminal}-{d}", d * DAY + 100, f"c{d}", terminal, 1.0, int(d in frauds))
+            for d in days
+        ]
+
+    tied = 5 * DAY + 100
+    rows = [
+        *history("M1", {7, 8, 9}),  # three frauds after the genuine day 6
+        *history("M2", {3, 7, 8}),  # the latest label is genuine
+        # A fraud at the same second as the latest genuine one is not later than it, whatever
+        # the order: the fraud's id sorts before the genuine one's on M3, after it on M4.
+        ("M3-a", tied, "x", "M3", 1.0, 1),
+        ("M3-b", tied, "y", "M3", 1.0, 0),
+        ("M3-c", 6 * DAY, "z", "M3", 1.0, 1),
+        ("M4-a", tied, "x", "M4", 1.0, 0),
+        ("M4-b", tied, "y", "M4", 1.0, 1),
+        ("M4-c", 6 * DAY, "z", "M4", 1.0, 1),
+        # Queried on day 45: the window is [8, 38), so the genuine day 5 is out of it.
+        *history("M5", set(range(10)) - {5}),
+    ]
+    queries = {"M1": 20, "M2": 20, "M3": 20, "M4": 20, "M5": 45, "M6": 20}
+    rows += [(f"Q{t}", d * DAY, "q", t, 1.0, 0) for t, d in queries.items()]
+    # id -> (streak, seconds since its first fraud)
+    expected = {
+        "QM1": (3, 13 * DAY - 100),
+        "QM2": (0, 0),
+        "QM3": (1, 14 * DAY),
+        "QM4": (1, 14 * DAY),
+        "QM5": (2, 37 * DAY - 100),
+        "QM6": (0, 0),
+    }
+    df = _tx(rows)
+    shuffled = df.sample(frac=1.0, random_state=2)
+    for feats in [*_both(df, DELAY), compute_features(shuffled, DELAY).loc[df.index]]:
+        pairs = zip(feats[c.TERMINAL_FRAUD_STREAK], feats[c.TERMINAL_STREAK_AGE], strict=True)
+        got = dict(zip(df[c.TRANSACTION_ID], pairs, strict=True))
+        assert {tid: got[tid] for tid in expected} == expected
 
 
 def test_empty_and_unlabelled_input():

@@ -60,6 +60,16 @@ def compute_features(df: pd.DataFrame, label_delay_days: int) -> pd.DataFrame:
         count = right - left
         cols += [c.customer_count(w), c.customer_mean_amount(w)]
         feats = np.column_stack([feats, count, (csum[right] - csum[left]) / count])
+    # High amounts: against the mean of the customer's transactions before this one in the
+    # reference window (the current one is the last of its own window, at pos).
+    ref = np.searchsorted(key, key - c.CUSTOMER_WINDOWS[c.HIGH_AMOUNT_REFERENCE], side="right")
+    prior_n = pos - ref
+    prior_sum = csum[pos] - csum[ref]
+    high = (prior_n > 0) & (amount[order] * prior_n > c.HIGH_AMOUNT_CUT * prior_sum)
+    hsum = np.concatenate([[0], np.cumsum(high)])
+    left = np.searchsorted(key, key - c.CUSTOMER_WINDOWS[c.HIGH_AMOUNT_WINDOW], side="right")
+    cols.append(c.CUSTOMER_HIGH_AMOUNT_COUNT)
+    feats = np.column_stack([feats, hsum[right] - hsum[left]])
     same_prev = np.zeros(n, dtype=bool)
     same_prev[1:] = cust_code[order][1:] == cust_code[order][:-1]
     gap = np.where(same_prev, np.diff(rel[order], prepend=rel[order][0]), c.MAX_GAP_SECONDS)
@@ -89,6 +99,22 @@ def compute_features(df: pd.DataFrame, label_delay_days: int) -> pd.DataFrame:
             col = np.empty(n)
             col[order] = values
             out[name] = col
+
+    # Streak: the frauds after the latest genuine label of the streak window. ``last_genuine`` is
+    # the position of the latest genuine label at or before each position (-1: none yet); ties
+    # in time are passed whole (side="right"), so their order in the sort does not matter.
+    lo = np.searchsorted(key, q_end - c.TERMINAL_WINDOWS[c.FRAUD_STREAK_WINDOW], side="left")
+    last_genuine = np.maximum.accumulate(np.where(label[order] == 0, np.arange(n), -1))
+    latest = np.where(hi > 0, last_genuine[np.maximum(hi - 1, 0)], -1)
+    found = latest >= lo
+    after = np.searchsorted(key, key[np.maximum(latest, 0)], side="right")
+    start = np.where(found, after, lo)
+    streak = hi - start
+    age = np.where(streak > 0, key - key[np.minimum(start, n - 1)], 0)
+    for name, values in ((c.TERMINAL_FRAUD_STREAK, streak), (c.TERMINAL_STREAK_AGE, age)):
+        col = np.empty(n)
+        col[order] = values.astype(np.float64)
+        out[name] = col
 
     return pd.DataFrame({name: out[name] for name in c.STATEFUL_FEATURES}, index=df.index)
 

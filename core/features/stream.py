@@ -23,19 +23,25 @@ from core import statefile
 
 SNAPSHOT_FORMAT = "fraud-feature-engine-state"
 # Bumped whenever the document's fields change: a file of another version is refused.
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 _REMEDY = "move the snapshot away: the consumer then rebuilds the features from the stream"
 _EVICT_EVERY = 10_000  # transactions between eviction sweeps: amortises the sweep cost
 # The windows in seconds, and the output names in the contract's order so ``update`` can zip
 # them with its values (it runs once per transaction; name formatting there was measurable).
 _CUSTOMER_SECS = tuple(c.CUSTOMER_WINDOWS.values())
 _TERMINAL_SECS = tuple(c.TERMINAL_WINDOWS.values())
+_HIGH_REF_SECS = c.CUSTOMER_WINDOWS[c.HIGH_AMOUNT_REFERENCE]
+_HIGH_SECS = c.CUSTOMER_WINDOWS[c.HIGH_AMOUNT_WINDOW]
+_STREAK_SECS = c.TERMINAL_WINDOWS[c.FRAUD_STREAK_WINDOW]
 _OUTPUT_ORDER = (
     *(c.customer_count(w) for w in c.CUSTOMER_WINDOWS),
     *(c.customer_mean_amount(w) for w in c.CUSTOMER_WINDOWS),
     c.CUSTOMER_SECS_SINCE_PREV,
+    c.CUSTOMER_HIGH_AMOUNT_COUNT,
     *(c.terminal_count(w) for w in c.TERMINAL_WINDOWS),
     *(c.terminal_fraud_ratio(w) for w in c.TERMINAL_WINDOWS),
+    c.TERMINAL_FRAUD_STREAK,
+    c.TERMINAL_STREAK_AGE,
 )
 if set(_OUTPUT_ORDER) != set(c.STATEFUL_FEATURES) or len(_OUTPUT_ORDER) != len(c.STATEFUL_FEATURES):
     raise ImportError("the streaming engine's outputs differ from contract.STATEFUL_FEATURES")
@@ -43,18 +49,21 @@ if set(_OUTPUT_ORDER) != set(c.STATEFUL_FEATURES) or len(_OUTPUT_ORDER) != len(c
 
 @dataclass
 class _Customer:
-    # Times and running amount sums of the customer's transactions; ``head`` skips evicted ones
-    # so the prefix sums stay valid without rewriting the lists on every transaction.
+    # Times, running amount sums and running counts of high amounts of the customer's
+    # transactions; ``head`` skips evicted ones so the prefix sums stay valid without rewriting
+    # the lists on every transaction.
     ts: list[int] = field(default_factory=list)
     csum: list[float] = field(default_factory=lambda: [0.0])
+    hsum: list[int] = field(default_factory=lambda: [0])
     head: int = 0
 
     def compact(self, horizon: int) -> None:
         cut = bisect.bisect_right(self.ts, horizon, lo=self.head)
         if cut > len(self.ts) // 2:
-            base = self.csum[cut]
+            base, high_base = self.csum[cut], self.hsum[cut]
             self.ts = self.ts[cut:]
             self.csum = [x - base for x in self.csum[cut:]]
+            self.hsum = [x - high_base for x in self.hsum[cut:]]
             self.head = 0
         else:
             self.head = cut
@@ -96,11 +105,17 @@ class StreamingFeatureEngine:
         cust = self._customers.get(customer_id)
         if cust is None:
             cust = self._customers[customer_id] = _Customer()
-        ts_list, csum = cust.ts, cust.csum
+        ts_list, csum, hsum = cust.ts, cust.csum, cust.hsum
         prev = ts_list[-1] if len(ts_list) > cust.head else None
+        ref = bisect.bisect_right(ts_list, ts - _HIGH_REF_SECS, lo=cust.head)
+        prior_n = len(ts_list) - ref
+        high = prior_n > 0 and amount * prior_n > c.HIGH_AMOUNT_CUT * (csum[-1] - csum[ref])
         ts_list.append(ts)
         csum.append(csum[-1] + amount)
+        hsum.append(hsum[-1] + high)
         right = len(ts_list)
+        high_left = bisect.bisect_right(ts_list, ts - _HIGH_SECS, lo=cust.head)
+        high_count = float(hsum[right] - hsum[high_left])
         total = csum[right]
         counts: list[float] = []
         means: list[float] = []
@@ -115,6 +130,7 @@ class StreamingFeatureEngine:
         end = ts - self._delay
         t_counts: list[float] = []
         ratios: list[float] = []
+        streak = age = 0
         if term is None:
             t_counts = [0.0] * len(_TERMINAL_SECS)
             ratios = [0.0] * len(_TERMINAL_SECS)
@@ -126,6 +142,9 @@ class StreamingFeatureEngine:
                 count = hi - lo
                 t_counts.append(float(count))
                 ratios.append(sum(fraud[lo:hi]) / count if count else 0.0)
+            start = _streak_start(t_ts, fraud, bisect.bisect_left(t_ts, end - _STREAK_SECS), hi)
+            streak = hi - start
+            age = ts - t_ts[start] if streak else 0
 
         if ts > self._watermark:
             self._watermark = ts
@@ -133,7 +152,20 @@ class StreamingFeatureEngine:
         if self._since_evict >= _EVICT_EVERY:
             self.evict()
         return dict(
-            zip(_OUTPUT_ORDER, (*counts, *means, float(gap), *t_counts, *ratios), strict=True)
+            zip(
+                _OUTPUT_ORDER,
+                (
+                    *counts,
+                    *means,
+                    float(gap),
+                    high_count,
+                    *t_counts,
+                    *ratios,
+                    float(streak),
+                    float(age),
+                ),
+                strict=True,
+            )
         )
 
     def evict(self) -> None:
@@ -188,6 +220,7 @@ class StreamingFeatureEngine:
                 # Each customer's len(ts) + 1 sums, concatenated: bit-exact, and the JSON
                 # numbers would be most of the encoding time.
                 "csum": statefile.pack_floats(v.csum for v in customers),
+                "hsum": [v.hsum for v in customers],
             },
             "terminals": {
                 "ids": list(self._terminals),
@@ -212,21 +245,36 @@ class StreamingFeatureEngine:
         return eng
 
 
+def _streak_start(t_ts: list[int], fraud: list[int], lo: int, hi: int) -> int:
+    """Where the run of frauds among labelled transactions [lo, hi) later than the latest genuine
+    one begins (``hi``: no such fraud); labels tied in time with that genuine one are not later,
+    whatever their order in the lists."""
+    j = hi - 1
+    while j >= lo and fraud[j]:
+        j -= 1
+    if j < lo:
+        return lo
+    return bisect.bisect_right(t_ts, t_ts[j], lo=j, hi=hi)
+
+
 def _customers_from(raw: Mapping[str, Any]) -> dict[str, _Customer]:
     ids, heads = raw["ids"], raw["heads"]
     ts = statefile.int_lists(raw["ts"], "customers.ts")
+    highs = statefile.int_lists(raw["hsum"], "customers.hsum")
     sums = statefile.unpack_floats(raw["csum"])
     if not len(ids) == len(heads) == len(ts):
         raise ValueError(f"customers: {len(ids)} ids, {len(heads)} heads, {len(ts)} ts lists")
     if len(sums) != sum(len(t) for t in ts) + len(ts):
         raise ValueError(f"customers: {len(sums)} sums for {len(ts)} ts lists")
+    if len(highs) != len(ts) or any(len(h) != len(t) + 1 for h, t in zip(highs, ts, strict=True)):
+        raise ValueError("customers: every hsum list must be one longer than its ts list")
     customers = {}
     start = 0
-    for key, head, times in zip(ids, heads, ts, strict=True):
+    for key, head, times, high in zip(ids, heads, ts, highs, strict=True):
         if type(head) is not int or not 0 <= head <= len(times):
             raise ValueError(f"customer {key!r}: head {head!r} outside 0..{len(times)}")
         end = start + len(times) + 1
-        customers[key] = _Customer(times, sums[start:end], head)
+        customers[key] = _Customer(times, sums[start:end], high, head)
         start = end
     return customers
 
