@@ -201,6 +201,24 @@ def test_feature_profile_bins_cover_everything():
     assert prof["proportions"] == pytest.approx([0.1] * 10)
 
 
+def test_feature_profile_edges_fall_between_values_so_rounding_keeps_the_bin():
+    # Most rows share one score, as the rows in one leaf of every tree do.
+    tied = np.float64(np.float32(0.0009909794))
+    values = np.concatenate(
+        [np.full(890, tied), np.linspace(0.0005, 0.0009, 10), np.full(100, 0.5)]
+    )
+    prof = feature_profile(values)
+    inner = np.asarray(prof["edges"][1:-1])
+    assert not np.isin(inner, values).any()
+    # The same score a few ulps off (float32 text read back, another runtime's kernels): the
+    # training bin.
+    bin_of = lambda v: int(np.searchsorted(inner, v, side="right"))  # noqa: E731
+    for near in (float(str(np.float32(tied))), tied * (1 - 1e-7), tied * (1 + 1e-7)):
+        assert near != tied and bin_of(near) == bin_of(tied)
+    bins = np.searchsorted(inner, values, side="right")
+    assert np.bincount(bins).tolist() == [round(p * len(values)) for p in prof["proportions"]]
+
+
 def _fake_saved_model(path: Path) -> Path:
     # A real (tiny) SavedModel, so the push sees what a trainer writes.
     import tensorflow as tf

@@ -27,7 +27,14 @@ PROFILE_BINS = 10
 def feature_profile(values: np.ndarray, bins: int = PROFILE_BINS) -> dict:
     """Quantile bins of the training distribution: the reference for PSI / JS drift checks."""
     values = np.asarray(values, dtype=np.float64)
-    inner = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    quantiles = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    # Each edge sits halfway between the training values either side of its quantile, never on
+    # a value: a tree model gives most transactions one same score, and an edge on it would
+    # send them to one bin or the other by the last bit of a float (the REST path's float32
+    # text rounds it), reading as total drift. The bins hold the same training values.
+    distinct = np.unique(values)
+    at = np.searchsorted(distinct, quantiles, side="left")
+    inner = np.unique((distinct[at[at > 0] - 1] + distinct[at[at > 0]]) / 2)
     # Open-ended outer bins so live values outside the training range still land somewhere.
     edges = np.concatenate([[-1e300], inner, [1e300]])
     counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(edges) - 1)
