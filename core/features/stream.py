@@ -30,9 +30,10 @@ _EVICT_EVERY = 10_000  # transactions between eviction sweeps: amortises the swe
 # them with its values (it runs once per transaction; name formatting there was measurable).
 _CUSTOMER_SECS = tuple(c.CUSTOMER_WINDOWS.values())
 _TERMINAL_SECS = tuple(c.TERMINAL_WINDOWS.values())
-_HIGH_REF_SECS = c.CUSTOMER_WINDOWS[c.HIGH_AMOUNT_REFERENCE]
-_HIGH_SECS = c.CUSTOMER_WINDOWS[c.HIGH_AMOUNT_WINDOW]
-_STREAK_SECS = c.TERMINAL_WINDOWS[c.FRAUD_STREAK_WINDOW]
+# Which of those windows the high-amount count and the fraud streak use, by position.
+_HIGH_REF = list(c.CUSTOMER_WINDOWS).index(c.HIGH_AMOUNT_REFERENCE)
+_HIGH = list(c.CUSTOMER_WINDOWS).index(c.HIGH_AMOUNT_WINDOW)
+_STREAK = list(c.TERMINAL_WINDOWS).index(c.FRAUD_STREAK_WINDOW)
 _OUTPUT_ORDER = (
     *(c.customer_count(w) for w in c.CUSTOMER_WINDOWS),
     *(c.customer_mean_amount(w) for w in c.CUSTOMER_WINDOWS),
@@ -107,20 +108,21 @@ class StreamingFeatureEngine:
             cust = self._customers[customer_id] = _Customer()
         ts_list, csum, hsum = cust.ts, cust.csum, cust.hsum
         prev = ts_list[-1] if len(ts_list) > cust.head else None
-        ref = bisect.bisect_right(ts_list, ts - _HIGH_REF_SECS, lo=cust.head)
+        # Each window's first transaction; the current one, appended next, is later than every
+        # window's start, so it leaves them where they are.
+        lefts = [bisect.bisect_right(ts_list, ts - secs, lo=cust.head) for secs in _CUSTOMER_SECS]
+        ref = lefts[_HIGH_REF]
         prior_n = len(ts_list) - ref
         high = prior_n > 0 and amount * prior_n > c.HIGH_AMOUNT_CUT * (csum[-1] - csum[ref])
         ts_list.append(ts)
         csum.append(csum[-1] + amount)
         hsum.append(hsum[-1] + high)
         right = len(ts_list)
-        high_left = bisect.bisect_right(ts_list, ts - _HIGH_SECS, lo=cust.head)
-        high_count = float(hsum[right] - hsum[high_left])
+        high_count = float(hsum[right] - hsum[lefts[_HIGH]])
         total = csum[right]
         counts: list[float] = []
         means: list[float] = []
-        for secs in _CUSTOMER_SECS:
-            left = bisect.bisect_right(ts_list, ts - secs, lo=cust.head)
+        for left in lefts:
             count = right - left
             counts.append(float(count))
             means.append((total - csum[left]) / count)
@@ -137,12 +139,12 @@ class StreamingFeatureEngine:
         else:
             t_ts, fraud = term.ts, term.fraud
             hi = bisect.bisect_left(t_ts, end)
-            for secs in _TERMINAL_SECS:
-                lo = bisect.bisect_left(t_ts, end - secs, hi=hi)
+            los = [bisect.bisect_left(t_ts, end - secs, hi=hi) for secs in _TERMINAL_SECS]
+            for lo in los:
                 count = hi - lo
                 t_counts.append(float(count))
                 ratios.append(sum(fraud[lo:hi]) / count if count else 0.0)
-            start = _streak_start(t_ts, fraud, bisect.bisect_left(t_ts, end - _STREAK_SECS), hi)
+            start = _streak_start(t_ts, fraud, los[_STREAK], hi)
             streak = hi - start
             age = ts - t_ts[start] if streak else 0
 
