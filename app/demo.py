@@ -53,10 +53,9 @@ class DemoConfig:
     retrain_train_days: int = 42
     retrain_eval_days: int = 7
     epochs: int = 12
-    # Gradient-boosted trees: on this data their scores hold the training window's distribution
-    # from day to day (Jensen-Shannon distance of a day's histogram to the evaluation window's at
-    # most 0.02), where the network's move with the calendar (0.07-0.13, the score check's
-    # threshold being 0.1), so the score check stays quiet until the traffic really changes.
+    # Gradient-boosted trees: on this data their scores keep the evaluation window's distribution
+    # from day to day, where the network's move with the calendar up to the score check's
+    # threshold, so the check stays quiet until the traffic really changes (docs/drift.md).
     model: str = "gbt"
     topics: Topics = field(default_factory=Topics)
 
