@@ -1,11 +1,11 @@
-"""Small, deterministic SavedModels in the TF Serving layout, for tests, the benchmark and demos.
+"""Small, deterministic SavedModels in the TF Serving layout, for tests and demos.
 
 Both builders export with ``tf.saved_model.save`` and a ``serving_default`` signature taking
 named 1-D tensors (one value per row) and returning ``{"fraud_probability": ...}``, which is the
 shape of what the training pipeline exports. TensorFlow is imported inside the functions, so
 importing this module stays cheap.
 
-``python -m serving._example_models tiny|bench DIR --version N`` writes one version directory;
+``python -m serving._example_models KIND DIR --version N`` writes one version directory;
 tests call it in a subprocess so the test process itself never has to import TensorFlow.
 """
 
@@ -16,7 +16,6 @@ import json
 import math
 import shutil
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,49 +149,6 @@ def _write_warmup_requests(path: Path, count: int) -> None:
             writer.write(log.SerializeToString())
 
 
-BENCH_FLOAT_INPUTS = tuple(["amount"] + [f"feature_{i:02d}" for i in range(1, 20)])
-
-
-def build_bench_model(target: Path | str, hidden: Sequence[int] = (64, 32), seed: int = 7) -> Path:
-    """Export a representative scorer: 20 float inputs + a string ``timestamp``, 2 hidden layers.
-
-    The timestamp is parsed in the graph (hour of day, day of month), as the real pipeline's
-    exported model does, so string handling is part of the measured cost.
-    """
-    import tensorflow as tf
-    import tf_keras as keras
-
-    def build(path: Path) -> None:
-        keras.utils.set_random_seed(seed)
-        n_features = len(BENCH_FLOAT_INPUTS) + 2
-        layers: list[Any] = [keras.Input(shape=(n_features,), name="features")]
-        layers += [keras.layers.Dense(width, activation="relu") for width in hidden]
-        layers.append(keras.layers.Dense(1, activation="sigmoid"))
-        model = keras.Sequential(layers)
-        names = list(BENCH_FLOAT_INPUTS)
-
-        specs = [tf.TensorSpec([None], tf.float32, name=n) for n in names]
-        specs.append(tf.TensorSpec([None], tf.string, name="timestamp"))
-
-        module = tf.Module()
-        module.model = model
-
-        @tf.function(input_signature=specs)
-        def serve(*args: tf.Tensor) -> dict[str, tf.Tensor]:
-            *floats, timestamp = args
-            hour = tf.strings.to_number(tf.strings.substr(timestamp, 11, 2), tf.float32)
-            day = tf.strings.to_number(tf.strings.substr(timestamp, 8, 2), tf.float32)
-            feats = tf.stack([*floats, hour / 23.0, day / 31.0], axis=1)
-            return {"fraud_probability": tf.reshape(model(feats), [-1])}
-
-        module.serve = serve
-        tf.saved_model.save(
-            module, str(path), signatures={"serving_default": serve.get_concrete_function()}
-        )
-
-    return _write_atomically(build, Path(target))
-
-
 def build_half_plus_two(target: Path | str) -> Path:
     """TF Serving's test model: ``y = 0.5 * x + 2`` with ``x`` declared float32 ``[-1, 1]``."""
     import tensorflow as tf
@@ -290,25 +246,9 @@ def build_tensors_model(target: Path | str) -> Path:
     return _write_atomically(build, Path(target))
 
 
-def bench_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Random but valid rows for the bench model."""
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        row: dict[str, Any] = {name: rng.uniform(-2.0, 2.0) for name in BENCH_FLOAT_INPUTS}
-        row["amount"] = rng.uniform(1.0, 500.0)
-        row["timestamp"] = (
-            f"2024-05-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z"
-        )
-        rows.append(row)
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["tiny", "bench", "half_plus_two", "tensors", "tf1"])
+    parser.add_argument("kind", choices=["tiny", "half_plus_two", "tensors", "tf1"])
     parser.add_argument("base_path", type=Path)
     parser.add_argument("--version", type=int, action="append", required=True)
     parser.add_argument(
@@ -328,10 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             build_half_plus_two(target)
         elif args.kind == "tensors":
             build_tensors_model(target)
-        elif args.kind == "tf1":
-            build_tf1_model(target)
         else:
-            build_bench_model(target)
+            build_tf1_model(target)
         written.append(str(target))
     json.dump({"written": written}, sys.stdout)
     return 0

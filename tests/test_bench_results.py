@@ -96,7 +96,9 @@ def _names_each_bench_records() -> dict[str, set[str]]:
     handbook_data = {"transactions": 1.0, "fraud_rate": 0.01, "share_amount_over_220": 0.1}
     produced = {
         "python -m bench.bench_data": bench_data.figures(data, SimulationConfig(), 10, "cmd"),
-        "python -m bench.bench_serving": bench_serving.figures(report, "cmd"),
+        "python -m bench.bench_serving": bench_serving.figures(
+            dict.fromkeys(MODEL_FAMILIES, report), "cmd"
+        ),
         "python -m bench.bench_stream": bench_stream.figures(_dummy_stream_result(), "cmd"),
         "python -m bench.bench_pipeline": bench_pipeline.figures(
             10.0, steps, metrics, metrics, "label", "cmd"
