@@ -27,6 +27,9 @@ This module deliberately does not import TensorFlow.
 
 from __future__ import annotations
 
+import http.client
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +39,6 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 import requests
-import urllib3
 from requests.utils import select_proxy
 
 from serving.client_common import (
@@ -106,10 +108,11 @@ class ModelClient:
         self.output_key = output_key
         self.breaker = CircuitBreaker(breaker_failures, breaker_reset_s)
         self._model_url = f"{self.base_url}/v1/models/{quote(model_name, safe='')}"
-        self._local = threading.local()  # one keep-alive Session per thread
+        self._local = threading.local()  # per thread: a Session and keep-alive connections
         self._version_lock = threading.Lock()
         self._resolved: tuple[str, float] | None = None  # (version, resolved at)
         self._sessions: list[requests.Session] = []
+        self._connections: list[http.client.HTTPConnection] = []
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -121,7 +124,7 @@ class ModelClient:
             self._local.session = session
             with self._version_lock:
                 self._sessions.append(session)
-            self._local.pools = {}
+            self._local.connections = {}
             # Proxy/TLS settings from the environment, resolved once instead of on every call.
             self._local.send_kwargs = session.merge_environment_settings(
                 self.base_url, {}, None, None, None
@@ -131,38 +134,37 @@ class ModelClient:
     def _send(self, method: str, url: str, body: bytes | None) -> _Answer:
         """One HTTP exchange on this thread's keep-alive connections.
 
-        The Session's adapter owns the connection pool. For plain-HTTP, proxy-less URLs (the
-        normal in-cluster and loopback case) the request goes straight to that pool: Session /
-        adapter per-call work (settings merge, Retry and Response objects, cookie extraction)
-        costs about as much as scoring a 256-row batch on a small machine. Anything else (TLS,
-        proxies) takes the regular adapter path.
+        Plain-HTTP, proxy-less URLs (the normal in-cluster and loopback case) go over one
+        ``http.client`` connection per origin and thread: the per-call work of a Session, an
+        adapter or a urllib3 pool (settings merge, Retry, Timeout and Response objects, header
+        dicts) costs about as much as scoring a 256-row batch on a small machine. Anything else
+        (TLS, proxies) takes the Session's adapter path.
         """
         session = self._session()
         origin, path = _split_url(url)
-        pool = self._local.pools.get(origin, _UNSET)
-        if pool is _UNSET:
-            pool = None
+        conn = self._local.connections.get(origin, _UNSET)
+        if conn is _UNSET:
+            conn = None
             proxies = self._local.send_kwargs.get("proxies") or {}
             if url.startswith("http://") and select_proxy(url, proxies) is None:
-                pool = session.get_adapter(url).poolmanager.connection_from_url(origin)
-            self._local.pools[origin] = pool
-        if pool is not None:
+                parts = urlsplit(origin)
+                conn = _Connection(parts.hostname or "", parts.port or 80, timeout=self.timeout_s)
+                with self._version_lock:
+                    self._connections.append(conn)
+            self._local.connections[origin] = conn
+        if conn is not None:
+            if conn.sock is not None and _dropped(conn.sock):
+                conn.close()  # the server closed the idle connection: open a new one
             try:
-                raw = pool.urlopen(
-                    method,
-                    path,
-                    body=body,
-                    headers=_JSON_HEADERS,
-                    retries=False,  # retries are ours, with backoff and the breaker
-                    redirect=False,
-                    preload_content=True,
-                    timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s),
-                )
-            except urllib3.exceptions.TimeoutError as exc:
-                raise requests.Timeout(str(exc)) from exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise requests.ConnectionError(str(exc)) from exc
-            return _Answer(raw.status, raw.data)
+                conn.request(method, path, body=body, headers=_JSON_HEADERS)
+                response = conn.getresponse()
+                return _Answer(response.status, response.read())
+            except TimeoutError as exc:
+                conn.close()
+                raise requests.Timeout(f"{type(exc).__name__}: {exc}") from exc
+            except (http.client.HTTPException, OSError) as exc:
+                conn.close()
+                raise requests.ConnectionError(f"{type(exc).__name__}: {exc}") from exc
         request = requests.Request(method, url, data=body)
         response = session.get_adapter(url).send(
             session.prepare_request(request), timeout=self.timeout_s, **self._local.send_kwargs
@@ -173,8 +175,11 @@ class ModelClient:
         """Close every thread's connections (a later call opens new ones)."""
         with self._version_lock:
             sessions, self._sessions = self._sessions, []
+            connections, self._connections = self._connections, []
         for session in sessions:
             session.close()
+        for conn in connections:
+            conn.close()
         self._local = threading.local()
 
     def __enter__(self) -> ModelClient:
@@ -334,6 +339,24 @@ class _Answer:
 
 
 _UNSET: Any = object()
+
+
+class _Connection(http.client.HTTPConnection):
+    """A keep-alive connection that sends each request as soon as it is written."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive connection can no longer carry a request: it is readable, so
+    the server closed it (end of file) or sent something unasked."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _split_url(url: str) -> tuple[str, str]:

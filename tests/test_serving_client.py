@@ -6,6 +6,8 @@ the circuit breaker end to end.
 
 from __future__ import annotations
 
+import http.server
+import socket
 import threading
 import time
 
@@ -202,3 +204,53 @@ def test_rows_must_be_consistent() -> None:
         client.predict([])
     with pytest.raises(ValueError, match="has 1 values"):
         client.predict({"a": [1.0, 2.0], "b": [1.0]})
+
+
+class _ClosingServer(http.server.ThreadingHTTPServer):
+    """Answers every predict with one score, then closes the connection without saying so
+    (no ``Connection: close``), as a server does when it drops idle keep-alive connections."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ClosingHandler)
+        self.closed = threading.Semaphore(0)
+        self.peers: list[tuple[str, int]] = []
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        super().shutdown_request(request)
+        self.closed.release()
+
+
+class _ClosingHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.peers.append(self.client_address)  # type: ignore[attr-defined]
+        body = b'{"outputs": [0.5]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_keep_alive_connection_the_server_closed_is_replaced_without_a_retry() -> None:
+    server = _ClosingServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with ModelClient(url, "m", version=1, max_retries=0, output_key=None) as client:
+            for _ in range(3):
+                assert client.predict({"x": [1.0]}).scores.tolist() == [0.5]
+                assert server.closed.acquire(timeout=10)  # the server has closed it by now
+        assert len(server.peers) == 3 and len(set(server.peers)) == 3  # one connection each
+    finally:
+        server.shutdown()
+        server.server_close()
