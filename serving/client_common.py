@@ -7,6 +7,7 @@ Like both clients, this module does not import TensorFlow.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -145,6 +148,9 @@ def with_retries(
             if attempt > max_retries:
                 break
             delay = min(backoff_max_s, backoff_s * 2 ** (attempt - 1))
+            # A call that succeeds on a later attempt says nothing else of the time it took:
+            # a name lookup that failed twice shows here only.
+            log.info("%s: attempt %d of %d failed: %s", what, attempt, max_retries + 1, exc)
             time.sleep(delay * (0.5 + random.random() / 2))  # jitter de-synchronises
     raise ServingUnavailableError(
         f"{what} failed after {max_retries + 1} attempts: {last}"

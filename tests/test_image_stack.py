@@ -22,6 +22,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from image_fixtures import REPO, Containers
 from core import contract as c
 from core.dataio import write_transactions
 from core.simulator import SimulationConfig, simulate
+from streaming.metrics import CONSUMED
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +54,7 @@ UID = 10001
 # neither API, so only the manifests mount them.
 CLUSTER_CREDENTIALS = ("/var/run/secrets/kubernetes.io/", "/var/run/secrets/kubeflow/")
 DECISIONS_METRIC = "fraud_stream_decisions_total"
+CONSUMED_METRIC = f"{CONSUMED}_total"
 
 
 # --- the image alone ---------------------------------------------------------------------------
@@ -272,14 +275,14 @@ def decided(stack: Stack) -> dict[str, int]:
     return stack.probe("decisions", "broker:9092", "/data/raw/transactions.parquet")
 
 
-def consumer_decisions(stack: Stack) -> float:
-    """Decisions the running consumer reports on its own metrics endpoint (cheaper than reading
-    the topic: polled while waiting for the moment to kill it)."""
+def consumer_count(stack: Stack, sample: str) -> float:
+    """A counter of the running consumer's own metrics endpoint (cheaper than reading the
+    topics: polled while waiting for the moment to kill it)."""
     port = option("consumer", "--metrics-port")
     sums = stack.probe(
         "metrics", f"http://127.0.0.1:{port}/metrics", container=stack.name("consumer")
     )
-    return sum(v for k, v in sums.items() if k.startswith(DECISIONS_METRIC))
+    return sum(v for k, v in sums.items() if k.startswith(sample))
 
 
 @pytest.fixture(scope="module")
@@ -288,17 +291,25 @@ def replayed(stack: Stack) -> dict[str, Any]:
     containers = stack.containers
     consumer = stack.name("consumer")
     limit = int(option("replay", "--limit"))
-    replay = stack.up("replay")
-    killed_at = so_far = 0
-    deadline = time.monotonic() + 300
-    while not killed_at and time.monotonic() < deadline:
-        so_far = consumer_decisions(stack)
-        if so_far >= 0.3 * limit:
-            assert so_far < limit, "the replay ended before the kill: slow it down"
-            containers.run("kill", "--signal=KILL", consumer)
-            killed_at = so_far
-        time.sleep(1)
-    assert killed_at, f"the consumer decided too little to be killed mid-stream: {so_far}"
+    killed_at = consumed = 0
+    started = time.monotonic()
+    polled: list[tuple[float, float]] = []
+    # Killed as soon as it has read transactions, decided or not: its first batch can wait for
+    # the model server for tens of seconds, as the container engine's DNS drops the queries
+    # sent while a container (the replay) joins the network, and the name lookup is retried.
+    # The compose CLI can take a while to return once the container runs: polled meanwhile.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starting = pool.submit(stack.up, "replay")
+        while not killed_at and time.monotonic() < started + 300:
+            consumed = consumer_count(stack, CONSUMED_METRIC)
+            polled.append((round(time.monotonic() - started, 1), consumed))
+            if consumed > 0:
+                assert consumed < limit, f"the replay ended before the kill, (s, read): {polled}"
+                containers.run("kill", "--signal=KILL", consumer)
+                killed_at = consumed
+            time.sleep(0.5)
+        replay = starting.result()
+    assert killed_at, f"the consumer read nothing to be killed mid-stream: (s, read) {polled}"
     replay_code = containers.wait_exit(replay, timeout_s=300)
     replay_logs = containers.logs(replay)
     assert replay_code == 0, replay_logs
@@ -309,7 +320,7 @@ def replayed(stack: Stack) -> dict[str, Any]:
     while summary["distinct"] < limit and time.monotonic() < deadline:
         time.sleep(2)
         summary = decided(stack)
-    print(f"\nconsumer killed at {killed_at} of {limit} decisions; then {summary}")
+    print(f"\nconsumer killed having read {killed_at} of {limit}; then {summary}")
     if summary["distinct"] < limit:
         counts = stack.probe(
             "metrics",

@@ -7,6 +7,7 @@ the circuit breaker end to end.
 from __future__ import annotations
 
 import http.server
+import logging
 import socket
 import threading
 import time
@@ -132,7 +133,7 @@ def test_many_threads_share_one_client(server: ServerProcess) -> None:
 
 
 def test_retries_backoff_and_circuit_breaker_against_a_stopped_server(
-    server: ServerProcess,
+    server: ServerProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = ModelClient(
         server.url,
@@ -147,11 +148,18 @@ def test_retries_backoff_and_circuit_breaker_against_a_stopped_server(
     assert client.predict(ROWS).model_version == "2"
     server.stop()
 
-    # Connection refused: 3 attempts with backoff (0.2 s then 0.4 s, jittered to >= half).
+    # Connection refused: 3 attempts with backoff (0.2 s then 0.4 s, jittered to >= half), each
+    # retried one logged with its cause.
     started = time.monotonic()
-    with pytest.raises(ServingUnavailableError, match="after 3 attempts"):
+    with (
+        caplog.at_level(logging.INFO, logger="serving.client_common"),
+        pytest.raises(ServingUnavailableError, match="after 3 attempts"),
+    ):
         client.predict(ROWS)
     assert time.monotonic() - started >= 0.3
+    retried = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert [m.split(": ")[1] for m in retried] == ["attempt 1 of 3 failed", "attempt 2 of 3 failed"]
+    assert all("ConnectionError" in m for m in retried), retried
     assert client.breaker.state == "open"  # 3 consecutive failures
 
     # Open: fails before any request (a refused connection would be a ServingUnavailableError).
