@@ -29,7 +29,7 @@ poll batch (the one in flight when the process died) is decided twice.
 ``StreamConsumer`` runs the loop and composes its stages, each in a module of its own:
 streaming.partitions (the group poll, positions, rebalances), streaming.fetch_stage (parse,
 validate, features), streaming.score_stage (the model call, its hold, fallback decisions and
-their re-scores; the call itself on streaming.model_call's thread), streaming.produce_stage (outputs and their acknowledgements) and
+their re-scores), streaming.produce_stage (outputs and their acknowledgements) and
 streaming.commit_stage (offsets, snapshots); its settings and counts are in
 streaming.consumer_config.
 """
@@ -267,7 +267,6 @@ class StreamConsumer:
             ("labels clients", lambda: self._labels and self._labels.close()),
             ("dataset", lambda: self._dataset and self._dataset.close()),
             ("snapshot writer", lambda: self._writer and self._writer.close()),
-            ("model call thread", lambda: self._scoring and self._scoring.close()),
             ("drift state", lambda: self.drift is not None and self.drift.save()),
         ):
             try:

@@ -21,7 +21,6 @@ from streaming.consumer_config import ConsumerConfig
 from streaming.fetch_stage import Entry
 from streaming.health import ConsumerHealth
 from streaming.metrics import StreamMetrics
-from streaming.model_call import ModelCalls
 from streaming.scoring import Scored, Scorer, ScoringUnavailable
 
 log = logging.getLogger(__name__)
@@ -158,12 +157,6 @@ class ScoreStage:
         self._rescore_at = 0.0
         self._rescore_delay = config.retry_initial_s
         self._warned_delay: set[int] = set()
-        # With a deadline, the calls run off the loop so that waiting for one can end at it.
-        self._calls = ModelCalls() if config.decision_deadline_s is not None else None
-
-    def close(self) -> None:
-        if self._calls is not None:
-            self._calls.close()
 
     def score(self, entries: list[Entry], features: list[dict[str, float]]) -> Outcome | None:
         """Score the batch: rows the model refuses become dead letters, an unavailable server is
@@ -177,9 +170,7 @@ class ScoreStage:
         try:
             while True:
                 try:
-                    scored, kept, refused = self._score_isolating(
-                        inputs, len(entries), self._time_left(held_since, len(entries))
-                    )
+                    scored, kept, refused = self.scorer.score_isolating(inputs, len(entries))
                 except ScoringUnavailable as err:
                     held_s = time.monotonic() - held_since
                     self._note_unavailable(err, len(entries), held_s)
@@ -202,8 +193,8 @@ class ScoreStage:
         cfg = self.config
         entries, features, taken = self.backlog.oldest(cfg.batch_size)
         try:
-            scored, kept, refused = self._score_isolating(
-                self._model_inputs(entries, features), len(entries), cfg.decision_deadline_s
+            scored, kept, refused = self.scorer.score_isolating(
+                self._model_inputs(entries, features), len(entries)
             )
         except ScoringUnavailable as err:
             self._note_unavailable(err, len(entries), 0.0)
@@ -272,22 +263,6 @@ class ScoreStage:
                 outage_s,
                 self.config.lag_bound_s,
             )
-
-    def _score_isolating(
-        self, inputs: dict[str, list[Any]], rows: int, wait_s: float | None
-    ) -> tuple[Scored | None, list[int], dict[int, str]]:
-        """``Scorer.score_isolating``, waited for at most ``wait_s`` (None: until it ends)."""
-        if self._calls is None:
-            return self.scorer.score_isolating(inputs, rows)
-        return self._calls.call(lambda: self.scorer.score_isolating(inputs, rows), wait_s)
-
-    def _time_left(self, held_since: float, rows: int) -> float | None:
-        """How long a batch held since ``held_since`` may still wait for its answer: until the
-        deadline if it may then fall back, else (no deadline, a full backlog) without a bound."""
-        deadline = self.config.decision_deadline_s
-        if deadline is None or self.backlog.size + rows > self.config.max_fallback_backlog:
-            return None
-        return deadline - (time.monotonic() - held_since)
 
     def _may_fall_back(self, held_s: float, rows: int) -> bool:
         deadline = self.config.decision_deadline_s
