@@ -33,7 +33,7 @@ from image_fixtures import REPO, Containers
 from core import contract as c
 from core.dataio import write_transactions
 from core.simulator import SimulationConfig, simulate
-from streaming.metrics import CONSUMED
+from streaming.metrics import CONSUMED, DECISIONS
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ UID = 10001
 # Credentials of the Kubernetes and KFP APIs, projected by the kubelet: a compose stack has
 # neither API, so only the manifests mount them.
 CLUSTER_CREDENTIALS = ("/var/run/secrets/kubernetes.io/", "/var/run/secrets/kubeflow/")
-DECISIONS_METRIC = "fraud_stream_decisions_total"
+DECISIONS_METRIC = f"{DECISIONS}_total"
 CONSUMED_METRIC = f"{CONSUMED}_total"
 
 
