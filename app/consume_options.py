@@ -21,8 +21,8 @@ def _deadline(text: str) -> float | None:
         seconds = float(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected seconds or 'off', got {text!r}") from err
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"a deadline must be >= 0 s, got {text!r}")
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"a deadline must be > 0 s, got {text!r}")
     return seconds
 
 

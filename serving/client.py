@@ -16,7 +16,7 @@ the status API (highest ``AVAILABLE`` version, or the version a pinned label poi
 for ``version_refresh_s`` and refreshed at once when the server answers 404 for it (it was
 unloaded). This uses only the public REST API, so it works against real TF Serving too.
 
-Resilience: per-request timeouts; retries with exponential backoff and jitter on connection
+Resilience: per-request timeouts, cut to the caller's deadline when a call has one; retries with exponential backoff and jitter on connection
 errors, timeouts, 5xx and 429 (never on other 4xx: the same request would fail the same way);
 and a circuit breaker (closed -> open after ``breaker_failures`` consecutive failures -> half-open
 after ``breaker_reset_s`` -> one trial request decides) that fails fast with
@@ -50,6 +50,7 @@ from serving.client_common import (
     ServingClientError,
     ServingHTTPError,
     ServingUnavailableError,
+    attempt_timeout,
     retryable,
     scores_of,
     to_columns,
@@ -131,7 +132,7 @@ class ModelClient:
             )
         return session
 
-    def _send(self, method: str, url: str, body: bytes | None) -> _Answer:
+    def _send(self, method: str, url: str, body: bytes | None, timeout_s: float) -> _Answer:
         """One HTTP exchange on this thread's keep-alive connections.
 
         Plain-HTTP, proxy-less URLs (the normal in-cluster and loopback case) go over one
@@ -148,13 +149,17 @@ class ModelClient:
             proxies = self._local.send_kwargs.get("proxies") or {}
             if url.startswith("http://") and select_proxy(url, proxies) is None:
                 parts = urlsplit(origin)
-                conn = _Connection(parts.hostname or "", parts.port or 80, timeout=self.timeout_s)
+                conn = _Connection(parts.hostname or "", parts.port or 80, timeout=timeout_s)
                 with self._version_lock:
                     self._connections.append(conn)
             self._local.connections[origin] = conn
         if conn is not None:
             if conn.sock is not None and _dropped(conn.sock):
                 conn.close()  # the server closed the idle connection: open a new one
+            if conn.timeout != timeout_s:
+                conn.timeout = timeout_s  # for the connection it opens
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout_s)
             try:
                 conn.request(method, path, body=body, headers=_JSON_HEADERS)
                 response = conn.getresponse()
@@ -167,7 +172,7 @@ class ModelClient:
                 raise requests.ConnectionError(f"{type(exc).__name__}: {exc}") from exc
         request = requests.Request(method, url, data=body)
         response = session.get_adapter(url).send(
-            session.prepare_request(request), timeout=self.timeout_s, **self._local.send_kwargs
+            session.prepare_request(request), timeout=timeout_s, **self._local.send_kwargs
         )
         return _Answer(response.status_code, response.content)
 
@@ -188,11 +193,15 @@ class ModelClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _http(self, method: str, url: str, body: bytes | None = None) -> Any:
-        """One HTTP attempt through the breaker. Returns the decoded JSON body."""
+    def _http(
+        self, method: str, url: str, body: bytes | None = None, deadline: float | None = None
+    ) -> Any:
+        """One HTTP attempt through the breaker, within ``deadline`` if given. Returns the
+        decoded JSON body."""
+        timeout_s = attempt_timeout(self.timeout_s, deadline, f"{method} {url}")
         self.breaker.before_call(self.base_url)
         try:
-            response = self._send(method, url, body)
+            response = self._send(method, url, body, timeout_s)
         except (requests.ConnectionError, requests.Timeout) as exc:
             self.breaker.record_failure()
             raise retryable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
@@ -212,8 +221,12 @@ class ModelClient:
         except orjson.JSONDecodeError as exc:
             raise ServingClientError(f"{method} {url}: response is not JSON: {exc}") from exc
 
-    def _with_retries(self, what: str, attempt_fn: Callable[[int], T]) -> T:
-        return with_retries(what, attempt_fn, self.max_retries, self.backoff_s, self.backoff_max_s)
+    def _with_retries(
+        self, what: str, attempt_fn: Callable[[int], T], deadline: float | None = None
+    ) -> T:
+        return with_retries(
+            what, attempt_fn, self.max_retries, self.backoff_s, self.backoff_max_s, deadline
+        )
 
     def _spec_url(self) -> str:
         if self.version is not None:
@@ -224,7 +237,7 @@ class ModelClient:
 
     # --- version resolution --------------------------------------------------------------------
 
-    def _resolve_version(self, force: bool = False) -> str:
+    def _resolve_version(self, force: bool = False, deadline: float | None = None) -> str:
         if self.version is not None:
             return self.version
         with self._version_lock:
@@ -235,7 +248,7 @@ class ModelClient:
                 and time.monotonic() - cached[1] < self.version_refresh_s
             ):
                 return cached[0]
-        doc = self._http("GET", self._spec_url())
+        doc = self._http("GET", self._spec_url(), deadline=deadline)
         available = [
             int(v["version"])
             for v in doc.get("model_version_status", [])
@@ -252,14 +265,25 @@ class ModelClient:
             self._resolved = (version, time.monotonic())
         return version
 
-    def current_version(self) -> str:
+    def current_version(self, *, deadline: float | None = None) -> str:
         """The version the next predict() will use (refreshing the cache if stale)."""
-        return self._with_retries("resolve version", lambda _: self._resolve_version())
+        return self._with_retries(
+            "resolve version", lambda _: self._resolve_version(deadline=deadline), deadline
+        )
 
     # --- public API ----------------------------------------------------------------------------
 
-    def predict(self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> PredictResult:
-        """Score one batch: rows as a list of dicts, or columns as a dict of lists/arrays."""
+    def predict(
+        self,
+        rows: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+    ) -> PredictResult:
+        """Score one batch: rows as a list of dicts, or columns as a dict of lists/arrays.
+
+        ``deadline`` (a ``time.monotonic()`` instant) bounds the whole call, retries included:
+        each request's timeout is cut to the time left, and no retry starts after it.
+        """
         columns, n_rows = to_columns(rows)
         payload: dict[str, Any] = {"inputs": columns}
         if self.signature_name:
@@ -267,20 +291,20 @@ class ModelClient:
         body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
         def attempt(n: int) -> PredictResult:
-            version = self._resolve_version()
+            version = self._resolve_version(deadline=deadline)
             url = f"{self._model_url}/versions/{version}:predict"
             started = time.perf_counter()
             try:
-                doc = self._http("POST", url, body)
+                doc = self._http("POST", url, body, deadline)
             except ServingHTTPError as exc:
                 if exc.status_code != 404 or self.version is not None:
                     raise
                 # The resolved version was unloaded (a newer one replaced it): a hot swap, not
                 # a failure, so it costs no retry. Ask the server which version serves now.
-                version = self._resolve_version(force=True)
+                version = self._resolve_version(force=True, deadline=deadline)
                 url = f"{self._model_url}/versions/{version}:predict"
                 started = time.perf_counter()
-                doc = self._http("POST", url, body)
+                doc = self._http("POST", url, body, deadline)
             latency = time.perf_counter() - started
             outputs = doc.get("outputs") if isinstance(doc, dict) else None
             if outputs is None:
@@ -288,16 +312,20 @@ class ModelClient:
             scores = scores_of(outputs, self.output_key, n_rows, url)
             return PredictResult(scores, version, latency, n, outputs)
 
-        return self._with_retries(f"predict on {self.model_name}", attempt)
+        return self._with_retries(f"predict on {self.model_name}", attempt, deadline)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, deadline: float | None = None) -> dict[str, Any]:
         """GET /v1/models/{name}[/versions/{v}|/labels/{l}] (with retries)."""
-        return self._with_retries("status", lambda _: self._http("GET", self._spec_url()))
-
-    def metadata(self) -> dict[str, Any]:
-        """GET .../metadata: model_spec and the SignatureDefMap (with retries)."""
+        url = self._spec_url()
         return self._with_retries(
-            "metadata", lambda _: self._http("GET", f"{self._spec_url()}/metadata")
+            "status", lambda _: self._http("GET", url, deadline=deadline), deadline
+        )
+
+    def metadata(self, *, deadline: float | None = None) -> dict[str, Any]:
+        """GET .../metadata: model_spec and the SignatureDefMap (with retries)."""
+        url = f"{self._spec_url()}/metadata"
+        return self._with_retries(
+            "metadata", lambda _: self._http("GET", url, deadline=deadline), deadline
         )
 
     def wait_until_available(self, timeout_s: float = 60.0, poll_s: float = 0.2) -> str:
@@ -310,7 +338,7 @@ class ModelClient:
         last = "no answer yet"
         while True:
             try:
-                response = self._send("GET", self._spec_url(), None)
+                response = self._send("GET", self._spec_url(), None, self.timeout_s)
                 if response.status_code == 200:
                     states = orjson.loads(response.content).get("model_version_status", [])
                     available = [int(v["version"]) for v in states if v["state"] == "AVAILABLE"]

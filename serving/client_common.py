@@ -129,16 +129,31 @@ def retryable(message: str) -> Exception:
     return _Retryable(message)
 
 
+def attempt_timeout(timeout_s: float, deadline: float | None, what: str) -> float:
+    """One request's timeout: ``timeout_s``, cut to the time left before ``deadline`` (a
+    ``time.monotonic()`` instant, None: no deadline). Once the deadline has passed, raises the
+    retryable error that :func:`with_retries` then gives up on."""
+    if deadline is None:
+        return timeout_s
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Retryable(f"{what}: the caller's deadline passed")
+    return min(timeout_s, left)
+
+
 def with_retries(
     what: str,
     attempt_fn: Callable[[int], T],
     max_retries: int,
     backoff_s: float,
     backoff_max_s: float,
+    deadline: float | None = None,
 ) -> T:
     """``attempt_fn(attempt number)``, again after exponential backoff with jitter while it
-    raises :func:`retryable`'s exception, at most ``max_retries`` more times; then
-    ``ServingUnavailableError`` naming the last failure."""
+    raises :func:`retryable`'s exception, at most ``max_retries`` more times and never past
+    ``deadline`` (a ``time.monotonic()`` instant); then ``ServingUnavailableError`` naming the
+    last failure. The attempts themselves keep to the deadline through :func:`attempt_timeout`.
+    """
     last: Exception | None = None
     for attempt in range(1, max_retries + 2):
         try:
@@ -148,10 +163,15 @@ def with_retries(
             if attempt > max_retries:
                 break
             delay = min(backoff_max_s, backoff_s * 2 ** (attempt - 1))
+            delay *= 0.5 + random.random() / 2  # jitter de-synchronises
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise ServingUnavailableError(
+                    f"{what} failed at the caller's deadline after {attempt} attempt(s): {exc}"
+                ) from exc
             # A call that succeeds on a later attempt says nothing else of the time it took:
             # a name lookup that failed twice shows here only.
             log.info("%s: attempt %d of %d failed: %s", what, attempt, max_retries + 1, exc)
-            time.sleep(delay * (0.5 + random.random() / 2))  # jitter de-synchronises
+            time.sleep(delay)
     raise ServingUnavailableError(
         f"{what} failed after {max_retries + 1} attempts: {last}"
     ) from last

@@ -51,6 +51,7 @@ from serving.client_common import (
     PredictResult,
     ServingClientError,
     ServingHTTPError,
+    attempt_timeout,
     retryable,
     scores_of,
     to_columns,
@@ -238,11 +239,13 @@ class GrpcModelClient:
         if signature and self.signature_name:
             spec.signature_name = self.signature_name
 
-    def _rpc(self, method: Any, request: Any, what: str) -> Any:
-        """One call through the breaker; retryable failures raise for ``with_retries``."""
+    def _rpc(self, method: Any, request: Any, what: str, deadline: float | None = None) -> Any:
+        """One call through the breaker, within ``deadline`` if given; retryable failures raise
+        for ``with_retries``."""
+        timeout_s = attempt_timeout(self.timeout_s, deadline, f"{what} on {self.target}")
         self.breaker.before_call(self.base_url)
         try:
-            response = method(request, timeout=self.timeout_s)
+            response = method(request, timeout=timeout_s)
         except grpc.RpcError as exc:
             code = _code_name(exc)
             message = exc.details() or code  # type: ignore[attr-defined]
@@ -257,15 +260,19 @@ class GrpcModelClient:
         self.breaker.record_success()
         return response
 
-    def _with_retries(self, what: str, attempt_fn: Callable[[int], T]) -> T:
-        return with_retries(what, attempt_fn, self.max_retries, self.backoff_s, self.backoff_max_s)
+    def _with_retries(
+        self, what: str, attempt_fn: Callable[[int], T], deadline: float | None = None
+    ) -> T:
+        return with_retries(
+            what, attempt_fn, self.max_retries, self.backoff_s, self.backoff_max_s, deadline
+        )
 
     # --- signature -----------------------------------------------------------------------------
 
-    def _read_metadata(self) -> Any:
+    def _read_metadata(self, deadline: float | None = None) -> Any:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(request.model_spec)
-        return self._rpc(self._metadata, request, "GetModelMetadata")
+        return self._rpc(self._metadata, request, "GetModelMetadata", deadline)
 
     def _signature_def_map(self, response: Any) -> Any:
         packed = response.metadata.get("signature_def")
@@ -279,11 +286,11 @@ class GrpcModelClient:
             self._inputs = (response.model_spec.version.value, inputs)
         return sig_map
 
-    def _current_inputs(self) -> dict[str, TensorInfo]:
+    def _current_inputs(self, deadline: float | None) -> dict[str, TensorInfo]:
         with self._lock:
             cached = self._inputs
         if cached is None:
-            self._signature_def_map(self._read_metadata())
+            self._signature_def_map(self._read_metadata(deadline))
             with self._lock:
                 cached = self._inputs
         assert cached is not None
@@ -291,12 +298,21 @@ class GrpcModelClient:
 
     # --- public API ----------------------------------------------------------------------------
 
-    def predict(self, rows: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> PredictResult:
-        """Score one batch: rows as a list of dicts, or columns as a dict of lists/arrays."""
+    def predict(
+        self,
+        rows: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+        *,
+        deadline: float | None = None,
+    ) -> PredictResult:
+        """Score one batch: rows as a list of dicts, or columns as a dict of lists/arrays.
+
+        ``deadline`` (a ``time.monotonic()`` instant) bounds the whole call, retries included:
+        each RPC's timeout is cut to the time left, and no retry starts after it.
+        """
         columns, n_rows = to_columns(rows)
 
         def attempt(n: int) -> PredictResult:
-            inputs = self._current_inputs()
+            inputs = self._current_inputs(deadline)
             request = predict_pb2.PredictRequest()
             self._spec(request.model_spec, signature=True)
             for name, values in columns.items():
@@ -316,7 +332,7 @@ class GrpcModelClient:
                         self.base_url,
                     ) from exc
             started = time.perf_counter()
-            response = self._rpc(self._predict, request, "Predict")
+            response = self._rpc(self._predict, request, "Predict", deadline)
             latency = time.perf_counter() - started
             version = response.model_spec.version.value
             with self._lock:
@@ -326,43 +342,45 @@ class GrpcModelClient:
             scores = scores_of(outputs, self.output_key, n_rows, self.base_url)
             return PredictResult(scores, str(version), latency, n, outputs)
 
-        return self._with_retries(f"predict on {self.model_name}", attempt)
+        return self._with_retries(f"predict on {self.model_name}", attempt, deadline)
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self, *, deadline: float | None = None) -> dict[str, Any]:
         """GetModelMetadata, as the REST API's JSON answer: ``model_spec`` and the
         SignatureDefMap under ``metadata.signature_def`` (with retries)."""
 
         def attempt(_: int) -> dict[str, Any]:
-            response = self._read_metadata()
+            response = self._read_metadata(deadline)
             sig_map = self._signature_def_map(response)
             return {
                 "model_spec": _json(response.model_spec),
                 "metadata": {"signature_def": _json(sig_map)},
             }
 
-        return self._with_retries("metadata", attempt)
+        return self._with_retries("metadata", attempt, deadline)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, deadline: float | None = None) -> dict[str, Any]:
         """GetModelStatus, as the REST API's JSON answer (with retries)."""
-        return self._with_retries("status", lambda _: _json(self._read_status(), names=False))
+        return self._with_retries(
+            "status", lambda _: _json(self._read_status(deadline), names=False), deadline
+        )
 
-    def _read_status(self) -> Any:
+    def _read_status(self, deadline: float | None = None) -> Any:
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec)
-        return self._rpc(self._status, request, "GetModelStatus")
+        return self._rpc(self._status, request, "GetModelStatus", deadline)
 
-    def current_version(self) -> str:
+    def current_version(self, *, deadline: float | None = None) -> str:
         """The highest AVAILABLE version of the model (or of the pinned version / label)."""
 
         def attempt(_: int) -> str:
-            version = _available(self._read_status())
+            version = _available(self._read_status(deadline))
             if version is None:
                 raise NoAvailableVersionError(
                     f"no AVAILABLE version of model {self.model_name} at {self.base_url}"
                 )
             return str(version)
 
-        return self._with_retries("resolve version", attempt)
+        return self._with_retries("resolve version", attempt, deadline)
 
     def wait_until_available(self, timeout_s: float = 60.0, poll_s: float = 0.2) -> str:
         """Block until the model (or pinned version/label) has an AVAILABLE version; return it.

@@ -52,7 +52,7 @@ class ConsumerConfig:
     # A card authorisation cannot wait for a model server that is down: a transaction held
     # this long gets ``fallback_decision`` (marked as a fallback, counted) and is re-scored
     # once the server answers, the re-score going to the decisions topic as a correction.
-    # None: hold without a deadline.
+    # The model calls keep to it too. None: hold without a deadline.
     decision_deadline_s: float | None = 2.0
     fallback_decision: str = c.REVIEW
     # Fallback-decided transactions kept for their re-score (about 1.5 KB each). Beyond it the
@@ -91,9 +91,10 @@ class ConsumerConfig:
             raise ValueError(f"consumer: batch size must be >= 1, got {self.batch_size}")
         if self.max_messages is not None and self.max_messages < 1:
             raise ValueError(f"consumer: max messages must be >= 1, got {self.max_messages}")
-        if self.decision_deadline_s is not None and self.decision_deadline_s < 0:
+        if self.decision_deadline_s is not None and not self.decision_deadline_s > 0:
             raise ValueError(
-                f"consumer: decision deadline must be >= 0 s, got {self.decision_deadline_s}"
+                "consumer: decision deadline must be > 0 s (it is the model call's time), "
+                f"got {self.decision_deadline_s}"
             )
         if self.fallback_decision not in c.DECISIONS:
             raise ValueError(

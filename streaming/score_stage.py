@@ -3,6 +3,9 @@ fallback decisions at the decision deadline, and the fallback backlog's re-score
 
 ``ScoreStage.score`` answers a batch with an ``Outcome``: scored (rows the model refuses become
 dead letters), or, once ``decision_deadline_s`` has passed, marked for ``fallback_decision``.
+The deadline bounds the model calls themselves, not only the waits between them: a server that
+takes a request and never answers costs a batch the deadline, not the client's timeouts and
+retries.
 Fallback-decided transactions wait in the ``FallbackBacklog`` until ``ScoreStage.rescore_due``
 scores them; the loop sends those scores as corrections.
 """
@@ -167,10 +170,15 @@ class ScoreStage:
         cfg = self.config
         delay = cfg.retry_initial_s
         held_since = time.monotonic()
+        deadline = None
+        if cfg.decision_deadline_s is not None and self._backlog_has_room(len(entries)):
+            deadline = held_since + cfg.decision_deadline_s
         try:
             while True:
                 try:
-                    scored, kept, refused = self.scorer.score_isolating(inputs, len(entries))
+                    scored, kept, refused = self.scorer.score_isolating(
+                        inputs, len(entries), deadline
+                    )
                 except ScoringUnavailable as err:
                     held_s = time.monotonic() - held_since
                     self._note_unavailable(err, len(entries), held_s)
@@ -192,9 +200,14 @@ class ScoreStage:
             return None
         cfg = self.config
         entries, features, taken = self.backlog.oldest(cfg.batch_size)
+        # A re-score runs on the loop: it may not keep new batches from their decisions for
+        # longer than a decision may wait.
+        deadline = None
+        if cfg.decision_deadline_s is not None:
+            deadline = time.monotonic() + cfg.decision_deadline_s
         try:
             scored, kept, refused = self.scorer.score_isolating(
-                self._model_inputs(entries, features), len(entries)
+                self._model_inputs(entries, features), len(entries), deadline
             )
         except ScoringUnavailable as err:
             self._note_unavailable(err, len(entries), 0.0)
@@ -264,12 +277,14 @@ class ScoreStage:
                 self.config.lag_bound_s,
             )
 
+    def _backlog_has_room(self, rows: int) -> bool:
+        # Without room, hold instead: the backlog keeps what it has, nothing is dropped.
+        return self.backlog.size + rows <= self.config.max_fallback_backlog
+
     def _may_fall_back(self, held_s: float, rows: int) -> bool:
         deadline = self.config.decision_deadline_s
-        if deadline is None:
+        if deadline is None or not self._backlog_has_room(rows):
             return False
-        if self.backlog.size + rows > self.config.max_fallback_backlog:
-            return False  # hold instead: the backlog keeps what it has, nothing is dropped
         # While earlier transactions await their re-score the server is known to be down: a
         # new batch that fails once falls back at once instead of waiting out the deadline.
         return held_s >= deadline or self.backlog.size > 0

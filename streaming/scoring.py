@@ -101,9 +101,14 @@ class PredictAnswer(Protocol):
 
 
 class Predictor(Protocol):
-    def predict(self, inputs: Mapping[str, Sequence[Any]]) -> PredictAnswer: ...
+    """A model server client; ``deadline`` (a ``time.monotonic()`` instant, None: the client's
+    own timeouts and retries) bounds a call, retries included."""
 
-    def metadata(self) -> dict[str, Any]: ...
+    def predict(
+        self, inputs: Mapping[str, Sequence[Any]], *, deadline: float | None = None
+    ) -> PredictAnswer: ...
+
+    def metadata(self, *, deadline: float | None = None) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -141,9 +146,11 @@ class Scorer:
         self._last_version: int | None = None
         self._metadata_retry_at = float("-inf")
 
-    def score(self, inputs: Mapping[str, Sequence[Any]], rows: int) -> Scored:
+    def score(
+        self, inputs: Mapping[str, Sequence[Any]], rows: int, deadline: float | None = None
+    ) -> Scored:
         try:
-            answer = self.client.predict(inputs)
+            answer = self.client.predict(inputs, deadline=deadline)
         except ScoringUnavailable:
             raise
         except Exception as err:
@@ -165,7 +172,7 @@ class Scorer:
         return Scored(scores, self.thresholds.get(version), float(answer.latency_s))
 
     def score_isolating(
-        self, inputs: Mapping[str, Sequence[Any]], rows: int
+        self, inputs: Mapping[str, Sequence[Any]], rows: int, deadline: float | None = None
     ) -> tuple[Scored | None, list[int], dict[int, str]]:
         """Score the batch, leaving out the rows the model refuses.
 
@@ -174,16 +181,17 @@ class Scorer:
         batch is split in halves until each refused row stands alone (log2 of the batch size
         extra calls per bad row), and the kept rows are then scored in one call, so that one
         version decides them all. Raises ``ScoringUnavailable`` as ``score`` does, and when
-        the server refuses the batch while accepting each of its rows alone.
+        the server refuses the batch while accepting each of its rows alone. Every call it
+        makes keeps to ``deadline``.
         """
-        refused = self.check_inputs(inputs, rows)
+        refused = self.check_inputs(inputs, rows, deadline)
         kept = [i for i in range(rows) if i not in refused]
         while kept:
             part = inputs if len(kept) == rows else _take(inputs, kept)
             try:
-                return self.score(part, len(kept)), kept, refused
+                return self.score(part, len(kept), deadline), kept, refused
             except BatchRejected as err:
-                found = self._isolate(inputs, kept, err)
+                found = self._isolate(inputs, kept, err, deadline)
                 if not found:
                     raise ScoringUnavailable(
                         f"the model server refuses the batch of {len(kept)} rows but none of "
@@ -194,7 +202,11 @@ class Scorer:
         return None, kept, refused
 
     def _isolate(
-        self, inputs: Mapping[str, Sequence[Any]], rows: list[int], err: BatchRejected
+        self,
+        inputs: Mapping[str, Sequence[Any]],
+        rows: list[int],
+        err: BatchRejected,
+        deadline: float | None,
     ) -> dict[int, str]:
         """The rows of ``rows`` (refused as a whole with ``err``) that the server refuses."""
         if len(rows) == 1:
@@ -203,16 +215,18 @@ class Scorer:
         half = len(rows) // 2
         for part in (rows[:half], rows[half:]):
             try:
-                self.score(_take(inputs, part), len(part))
+                self.score(_take(inputs, part), len(part), deadline)
             except BatchRejected as part_err:
-                found.update(self._isolate(inputs, part, part_err))
+                found.update(self._isolate(inputs, part, part_err, deadline))
         return found
 
-    def check_inputs(self, inputs: Mapping[str, Sequence[Any]], rows: int) -> dict[int, str]:
+    def check_inputs(
+        self, inputs: Mapping[str, Sequence[Any]], rows: int, deadline: float | None = None
+    ) -> dict[int, str]:
         """{row: why} for the values the served signature's input tensors cannot hold."""
         if not self.check_dtypes:
             return {}
-        dtypes = self._dtypes()
+        dtypes = self._dtypes(deadline)
         refused: dict[int, str] = {}
         for name, values in inputs.items():
             fits = _FITS.get(dtypes.get(name, ""))
@@ -223,7 +237,7 @@ class Scorer:
                     refused[i] = f"{name}: {value!r} does not fit the model input's {dtypes[name]}"
         return refused
 
-    def _dtypes(self) -> dict[str, str]:
+    def _dtypes(self, deadline: float | None) -> dict[str, str]:
         cached = self._signature
         if cached is not None and (
             self._last_version is None or cached[0] in (None, self._last_version)
@@ -232,7 +246,7 @@ class Scorer:
         if time.monotonic() < self._metadata_retry_at:
             return {}
         try:
-            version, dtypes = _signature_dtypes(self.client.metadata())
+            version, dtypes = _signature_dtypes(self.client.metadata(deadline=deadline))
         except Exception as err:
             # Without the signature the server's own 400s still isolate bad rows.
             self._metadata_retry_at = time.monotonic() + METADATA_RETRY_S
@@ -344,13 +358,13 @@ class LabelOrLatest:
         self._unlabelled_until = float("-inf")
         self._using_label: bool | None = None
 
-    def _client(self) -> Any:
+    def _client(self, deadline: float | None) -> Any:
         from serving.client import ServingHTTPError
 
         if time.monotonic() < self._unlabelled_until:
             return self.latest
         try:
-            self.labelled.current_version()
+            self.labelled.current_version(deadline=deadline)
         except ServingHTTPError as err:
             if not 400 <= err.status_code < 500:
                 raise
@@ -374,11 +388,13 @@ class LabelOrLatest:
                 why,
             )
 
-    def predict(self, inputs: Mapping[str, Sequence[Any]]) -> PredictAnswer:
-        return self._client().predict(inputs)
+    def predict(
+        self, inputs: Mapping[str, Sequence[Any]], *, deadline: float | None = None
+    ) -> PredictAnswer:
+        return self._client(deadline).predict(inputs, deadline=deadline)
 
-    def metadata(self) -> dict[str, Any]:
-        return self._client().metadata()
+    def metadata(self, *, deadline: float | None = None) -> dict[str, Any]:
+        return self._client(deadline).metadata(deadline=deadline)
 
 
 def build_model_client(

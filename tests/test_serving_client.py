@@ -24,6 +24,7 @@ from serving_fixtures import (
 )
 from stream_fixtures import ModelStore, install_version
 
+from serving._launch import free_port
 from serving.client import (
     CircuitBreaker,
     CircuitOpenError,
@@ -246,6 +247,25 @@ class _ClosingHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def test_a_deadline_ends_the_retries_and_a_passed_one_sends_nothing() -> None:
+    nothing_listens = f"http://127.0.0.1:{free_port()}"
+    client = ModelClient(nothing_listens, "fraud", timeout_s=5.0, max_retries=3, backoff_s=1.0)
+    # The first backoff (at least 0.5 s after jitter) would end past the deadline: no retry.
+    with pytest.raises(
+        ServingUnavailableError, match=r"at the caller's deadline after 1 attempt\(s\).*refused"
+    ):
+        client.predict(ROWS, deadline=time.monotonic() + 0.3)
+    with pytest.raises(ServingUnavailableError, match="deadline passed"):
+        client.metadata(deadline=time.monotonic() - 1.0)
+    # Only the refused connection counts against the server; the passed deadline sent nothing.
+    client.breaker.record_failure()
+    client.breaker.record_failure()
+    client.breaker.record_failure()
+    assert client.breaker.state == "closed"
+    client.breaker.record_failure()
+    assert client.breaker.state == "open"
 
 
 def test_a_keep_alive_connection_the_server_closed_is_replaced_without_a_retry() -> None:

@@ -479,7 +479,7 @@ class _Client:
     def __init__(self, answer: object) -> None:
         self.answer = answer
 
-    def predict(self, inputs: dict) -> _Answer:
+    def predict(self, inputs: dict, *, deadline: float | None = None) -> _Answer:
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer  # type: ignore[return-value]
