@@ -16,11 +16,12 @@ the status API (highest ``AVAILABLE`` version, or the version a pinned label poi
 for ``version_refresh_s`` and refreshed at once when the server answers 404 for it (it was
 unloaded). This uses only the public REST API, so it works against real TF Serving too.
 
-Resilience: per-request timeouts, cut to the caller's deadline when a call has one; retries with exponential backoff and jitter on connection
-errors, timeouts, 5xx and 429 (never on other 4xx: the same request would fail the same way);
-and a circuit breaker (closed -> open after ``breaker_failures`` consecutive failures -> half-open
-after ``breaker_reset_s`` -> one trial request decides) that fails fast with
-:class:`CircuitOpenError` instead of piling requests onto a server that is down.
+Resilience: per-request timeouts, cut to the caller's deadline when a call has one; retries
+with exponential backoff and jitter on connection errors, timeouts, 5xx and 429 (never on other
+4xx: the same request would fail the same way); and a circuit breaker (closed -> open after
+``breaker_failures`` consecutive failures -> half-open after ``breaker_reset_s`` -> one trial
+request decides) that fails fast with :class:`CircuitOpenError` instead of piling requests onto
+a server that is down.
 
 This module deliberately does not import TensorFlow.
 """
