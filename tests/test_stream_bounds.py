@@ -262,6 +262,23 @@ def test_consumer_config_rejects_meaningless_bounds() -> None:
             ConsumerConfig("localhost:9092", **bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
+def test_a_decision_deadline_that_leaves_the_model_call_no_time_is_refused(seconds: float) -> None:
+    import argparse
+
+    from app.consume_options import add_consume_arguments
+
+    with pytest.raises(ValueError, match=r"decision deadline must be > 0 s .* got"):
+        ConsumerConfig("localhost:9092", decision_deadline_s=seconds)
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_consume_arguments(parser)
+    with pytest.raises(argparse.ArgumentError, match="a deadline must be > 0 s"):
+        parser.parse_args(["--decision-deadline-seconds", str(seconds)])
+    assert (
+        parser.parse_args(["--decision-deadline-seconds", "off"]).decision_deadline_seconds is None
+    )
+
+
 # --- through the broker and the model server ---------------------------------------------------
 
 
