@@ -129,6 +129,18 @@ TERMINAL_FRAUD_STREAK = f"terminal_fraud_streak_{FRAUD_STREAK_WINDOW}"
 # How long ago that run began: a compromise is found and fixed after a while, and the payments on
 # a terminal fixed within the label delay are genuine while its known labels still read fraud.
 TERMINAL_STREAK_AGE = "terminal_secs_since_fraud_streak_start"
+# A compromised terminal's frauds come from cards that were defrauded nowhere else, where a stolen
+# card's frauds spread over the terminals it passes: a terminal's known fraud whose card also has
+# a known fraud at another terminal says little about the terminal. Counted over the terminal
+# windows of ISOLATED_FRAUD_WINDOWS: the known frauds whose card has no known fraud at another
+# terminal from CARD_LINK_WINDOW before it up to label_delay before now.
+CARD_LINK_WINDOW = "30d"
+ISOLATED_FRAUD_WINDOWS: tuple[str, ...] = ("7d", "30d")
+
+
+def terminal_isolated_frauds(window: str) -> str:
+    return f"terminal_isolated_fraud_count_{window}"
+
 
 STATEFUL_FEATURES: tuple[str, ...] = (
     *(customer_count(w) for w in CUSTOMER_WINDOWS),
@@ -139,6 +151,7 @@ STATEFUL_FEATURES: tuple[str, ...] = (
     *(terminal_fraud_ratio(w) for w in TERMINAL_WINDOWS),
     TERMINAL_FRAUD_STREAK,
     TERMINAL_STREAK_AGE,
+    *(terminal_isolated_frauds(w) for w in ISOLATED_FRAUD_WINDOWS),
 )
 
 # --- model inputs: what the serving signature takes ------------------------------------------
@@ -167,6 +180,11 @@ def _describe(name: str) -> str:
             return f"terminal's labelled transactions in the {w} ending label_delay before now"
         if name == terminal_fraud_ratio(w):
             return f"fraud share of the terminal's labelled transactions in that {w} window"
+        if name == terminal_isolated_frauds(w):
+            return (
+                f"terminal's known frauds in that {w} window whose card has no known fraud at "
+                f"another terminal from {CARD_LINK_WINDOW} before it"
+            )
     return {
         TIMESTAMP: "transaction time, canonical UTC ISO-8601 (YYYY-MM-DDTHH:MM:SSZ)",
         AMOUNT: "transaction amount, >= 0",

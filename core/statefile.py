@@ -109,3 +109,12 @@ def int_lists(lists: list[Any], what: str) -> list[list[int]]:
     ):
         raise ValueError(f"{what} must be lists of integers")
     return lists
+
+
+def str_lists(lists: list[Any], what: str) -> list[list[str]]:
+    """``lists`` itself if it is a list of lists of strings, else ValueError naming ``what``."""
+    if not isinstance(lists, list) or not all(
+        type(values) is list and all(type(x) is str for x in values) for values in lists
+    ):
+        raise ValueError(f"{what} must be lists of strings")
+    return lists

@@ -198,7 +198,7 @@ class PartitionState:
             self.last_ts = ts
 
     def _apply(self, label: Label) -> None:
-        self.engine.add_label(label.terminal_id, label.tx_ts, label.is_fraud)
+        self.engine.add_label(label.terminal_id, label.customer_id, label.tx_ts, label.is_fraud)
 
 
 class LabelRouter:

@@ -398,7 +398,7 @@ def reference_stream_features(df: pd.DataFrame, partitions: int = 3) -> pd.DataF
         engine, j = engines[p], applied[p]
         while j < len(order) and avail_sorted[j] <= ts[i]:
             k = order[j]
-            engine.add_label(term[k], ts[k], int(label[k]))
+            engine.add_label(term[k], cust[k], ts[k], int(label[k]))
             j += 1
         applied[p] = j
         rows.append(engine.update(cust[i], term[i], ts[i], amount[i]))

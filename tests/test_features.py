@@ -59,7 +59,7 @@ def _feed(engine, df, events, results: dict[int, dict[str, float]]) -> None:
     label = df[c.LABEL].tolist()
     for kind, i in events:
         if kind == 0:
-            engine.add_label(term[i], ts[i], label[i])
+            engine.add_label(term[i], cust[i], ts[i], label[i])
         else:
             results[i] = engine.update(cust[i], term[i], ts[i], amount[i])
 
@@ -137,9 +137,9 @@ def test_parity_on_shuffled_input_and_other_delay(parity_frame):
 def test_snapshot_format_and_version_are_checked():
     engine = StreamingFeatureEngine()
     engine.update("C1", "M1", 100, 12.5)
-    engine.add_label("M1", 50, 1)
+    engine.add_label("M1", "C1", 50, 1)
     doc = orjson.loads(engine.snapshot())
-    assert (doc["format"], doc["version"]) == ("fraud-feature-engine-state", 3)
+    assert (doc["format"], doc["version"]) == ("fraud-feature-engine-state", 4)
     assert doc["customers"]["hsum"] == [[0, 0]]
     refused = {
         "fraud-feature-engine-state version 1, this release reads version "
@@ -156,8 +156,17 @@ def test_snapshot_format_and_version_are_checked():
         "customers.ts must be lists of integers": {
             "customers": {**doc["customers"], "ts": [["100"]]}
         },
-        "terminals: ids, ts and fraud lists differ in length": {
+        "terminals: ids, ts, fraud and cards lists differ in length": {
             "terminals": {**doc["terminals"], "fraud": [[1, 0]]}
+        },
+        "terminals.cards must be lists of strings": {
+            "terminals": {**doc["terminals"], "cards": [[1]]}
+        },
+        "card_frauds: ids, ts and terminals lists differ in length": {
+            "card_frauds": {**doc["card_frauds"], "terminals": [[]]}
+        },
+        "terminals: frauds of cards missing from card_frauds: ['C1']": {
+            "card_frauds": {"ids": [], "ts": [], "terminals": []}
         },
     }
     for message, change in refused.items():
@@ -208,7 +217,9 @@ def test_eviction_bounds_memory_and_keeps_parity(monkeypatch):
     engine = StreamingFeatureEngine(DELAY)
     events = _events(df, DELAY)
     results: dict[int, dict[str, float]] = {}
-    peak = {"customers": 0, "terminals": 0, "regular_history": 0, "regular_labels": 0}
+    peak = dict.fromkeys(
+        ("customers", "terminals", "cards_with_frauds", "regular_history", "regular_labels"), 0
+    )
     for start in range(0, len(events), 500):
         _feed(engine, df, events[start : start + 500], results)
         for key, value in engine.size.items():
@@ -231,6 +242,8 @@ def test_eviction_bounds_memory_and_keeps_parity(monkeypatch):
     assert peak["customers"] <= 8 * (horizon + 4 + evict_lag) + 1
     assert peak["customers"] < n_customers / 4
     assert peak["terminals"] < n_terminals / 2
+    # A card's frauds are kept for the card-link window longer than a terminal's labels.
+    assert 0 < peak["cards_with_frauds"] < n_customers / 4
     # A long-lived customer's and terminal's state are bounded by the window too.
     assert peak["regular_history"] <= 2 * 4 * (horizon + evict_lag)
     assert peak["regular_labels"] <= 4 * (horizon + DELAY + evict_lag)
@@ -423,6 +436,42 @@ def test_terminal_fraud_streak_and_its_age_by_hand():
     shuffled = df.sample(frac=1.0, random_state=2)
     for feats in [*_both(df, DELAY), compute_features(shuffled, DELAY).loc[df.index]]:
         pairs = zip(feats[c.TERMINAL_FRAUD_STREAK], feats[c.TERMINAL_STREAK_AGE], strict=True)
+        got = dict(zip(df[c.TRANSACTION_ID], pairs, strict=True))
+        assert {tid: got[tid] for tid in expected} == expected
+
+
+def test_isolated_frauds_by_hand():
+    assert c.TERMINAL_WINDOWS[c.CARD_LINK_WINDOW] == 30 * DAY
+    assert c.ISOLATED_FRAUD_WINDOWS == ("7d", "30d")
+    at = 100 + 60 * DAY  # day 0; every day below is relative to it
+    frauds = [
+        # M1's known frauds, and the card's frauds elsewhere that link them or not.
+        ("a", 30, "A", "M1"),  # linked from day 31 on, by A's fraud on M9 then
+        ("a-elsewhere", 31, "A", "M9"),
+        ("b1", 28, "B", "M1"),  # B's frauds are all on M1: both stay isolated
+        ("b2", 29, "B", "M1"),
+        ("d", 27, "D", "M1"),  # D's other fraud is not known on day 33
+        ("d-elsewhere", 34, "D", "M9"),
+        ("e", 10, "E", "M1"),  # E's other fraud is 35 days before: outside the link window
+        ("e-elsewhere", -25, "E", "M9"),
+        ("g", 12, "G", "M1"),  # G's other fraud is exactly 30 days before: inside it
+        ("g-elsewhere", -18, "G", "M9"),
+    ]
+    rows = [(tid, at + day * DAY, card, term, 1.0, 1) for tid, day, card, term in frauds]
+    rows += [(f"genuine{d}", at + d * DAY + 7, f"g{d}", "M1", 1.0, 0) for d in range(0, 33, 4)]
+    # With the 7-day delay, a query on day q sees the labels before day q - 7.
+    queries = {"Q40": ("M1", 40), "Q38": ("M1", 38), "Q9": ("M9", 40)}
+    rows += [(tid, at + day * DAY, "q", term, 1.0, 0) for tid, (term, day) in queries.items()]
+    expected = {
+        "Q40": (3.0, 4.0),  # b1, b2, d; and e: a and g are linked
+        "Q38": (4.0, 5.0),  # A's fraud on day 31 is not known yet: a is isolated too
+        "Q9": (0.0, 0.0),  # M9's only fraud in the window, A's, is linked by A's on M1
+    }
+    df = _tx(rows)
+    names = [c.terminal_isolated_frauds(w) for w in c.ISOLATED_FRAUD_WINDOWS]
+    shuffled = df.sample(frac=1.0, random_state=4)
+    for feats in [*_both(df, DELAY), compute_features(shuffled, DELAY).loc[df.index]]:
+        pairs = zip(*(feats[n] for n in names), strict=True)
         got = dict(zip(df[c.TRANSACTION_ID], pairs, strict=True))
         assert {tid: got[tid] for tid in expected} == expected
 

@@ -199,7 +199,7 @@ def test_pending_labels_are_applied_in_availability_then_arrival_order() -> None
     applied: list[str] = []
 
     class Recorder(StreamingFeatureEngine):
-        def add_label(self, terminal_id: str, tx_ts: int, is_fraud: int) -> None:
+        def add_label(self, terminal_id: str, customer_id: str, tx_ts: int, is_fraud: int) -> None:
             applied.append(terminal_id)
 
     router = LabelRouter()
@@ -438,7 +438,7 @@ def test_pending_labels_are_bounded_and_refusals_counted() -> None:
     applied: list[str] = []
 
     class Recorder(StreamingFeatureEngine):
-        def add_label(self, terminal_id: str, tx_ts: int, is_fraud: int) -> None:
+        def add_label(self, terminal_id: str, customer_id: str, tx_ts: int, is_fraud: int) -> None:
             applied.append(terminal_id)
 
     router = LabelRouter()
@@ -706,7 +706,7 @@ def test_gc_pause_log_names_the_generation_of_a_long_collection(caplog) -> None:
 
 def test_streaming_features_come_out_in_the_contract_order() -> None:
     engine = StreamingFeatureEngine()
-    engine.add_label("T1", 1_000, 1)
+    engine.add_label("T1", "C1", 1_000, 1)
     for ts, terminal in ((1_000_000, "T1"), (1_000_060, "T2")):
         assert tuple(engine.update("C1", terminal, ts, 12.5)) == c.STATEFUL_FEATURES
 

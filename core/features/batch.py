@@ -117,7 +117,53 @@ def compute_features(df: pd.DataFrame, label_delay_days: int) -> pd.DataFrame:
         col[order] = values.astype(np.float64)
         out[name] = col
 
+    for name, values in _isolated_frauds(df, rel, label, term_code, q_end).items():
+        col = np.empty(n)
+        col[order] = values
+        out[name] = col
+
     return pd.DataFrame({name: out[name] for name in c.STATEFUL_FEATURES}, index=df.index)
+
+
+def _isolated_frauds(
+    df: pd.DataFrame, rel: np.ndarray, label: np.ndarray, term_code: np.ndarray, q_end: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The isolated-fraud counts at the terminal queries ``q_end`` (keys in terminal order).
+
+    A fraud f stops being isolated once a fraud of its card at another terminal, at or after
+    ``t_f - CARD_LINK_WINDOW``, is known: at its time ``link_f``. So f counts at the queries E of
+    its terminal with ``t_f < E <= min(t_f + w, link_f)``, an interval per fraud: the count at E
+    is the intervals begun before E minus those ended before E.
+    """
+    f = np.flatnonzero(label > 0)
+    card = pd.factorize(df[c.CUSTOMER_ID])[0].astype(np.int64)[f]
+    term, when = term_code[f], rel[f]
+    by_card = np.lexsort((when, card))
+    card, term, when = card[by_card], term[by_card], when[by_card]
+    m = len(f)
+    card_key = card * _BIG + when
+    # The card's first fraud in the link window; rel keeps that window inside the card's keys.
+    first = np.searchsorted(card_key, card_key - c.TERMINAL_WINDOWS[c.CARD_LINK_WINDOW])
+    # Past each position, the first fraud of the card at another terminal: the end of the run of
+    # (card, terminal) pairs the position is in, unless the card ends there.
+    run_start = np.ones(m, dtype=bool)
+    run_start[1:] = (card[1:] != card[:-1]) | (term[1:] != term[:-1])
+    run_end = np.flatnonzero(np.append(run_start[1:], True)) + 1
+    run_end_at = run_end[np.cumsum(run_start) - 1] if m else np.zeros(0, dtype=np.int64)
+    link = np.where(term[first] != term, first, run_end_at[first]) if m else first
+    safe = np.minimum(link, max(m - 1, 0))
+    linked = (link < m) & (card[safe] == card)
+    link_time = np.where(linked, when[safe], np.iinfo(np.int64).max // 2)
+    begun = np.sort(term * _BIG + when)
+    out = {}
+    for w in c.ISOLATED_FRAUD_WINDOWS:
+        end = np.maximum(when, np.minimum(when + c.TERMINAL_WINDOWS[w], link_time))
+        ended = np.sort(term * _BIG + end)
+        count = np.searchsorted(begun, q_end, side="left") - np.searchsorted(
+            ended, q_end, side="left"
+        )
+        out[c.terminal_isolated_frauds(w)] = count.astype(np.float64)
+    return out
 
 
 def build_feature_table(df: pd.DataFrame, label_delay_days: int) -> pd.DataFrame:

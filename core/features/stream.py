@@ -1,7 +1,8 @@
 """Streaming feature engine: the contract's stateful features, one transaction at a time.
 
 Contract:
-* ``add_label(terminal_id, tx_ts, is_fraud)`` when a label becomes known (labels topic);
+* ``add_label(terminal_id, customer_id, tx_ts, is_fraud)`` when a label becomes known (labels
+  topic);
 * ``update(tx) -> features`` for each transaction in stream order (timestamp, transaction_id);
   the current transaction is part of its own customer windows, as in the batch engine;
 * state older than the longest window (plus the label delay for terminals) is evicted, so memory
@@ -23,7 +24,7 @@ from core import statefile
 
 SNAPSHOT_FORMAT = "fraud-feature-engine-state"
 # Bumped whenever the document's fields change: a file of another version is refused.
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 _REMEDY = "move the snapshot away: the consumer then rebuilds the features from the stream"
 _EVICT_EVERY = 10_000  # transactions between eviction sweeps: amortises the sweep cost
 # The windows in seconds, and the output names in the contract's order so ``update`` can zip
@@ -34,6 +35,12 @@ _TERMINAL_SECS = tuple(c.TERMINAL_WINDOWS.values())
 _HIGH_REF = list(c.CUSTOMER_WINDOWS).index(c.HIGH_AMOUNT_REFERENCE)
 _HIGH = list(c.CUSTOMER_WINDOWS).index(c.HIGH_AMOUNT_WINDOW)
 _STREAK = list(c.TERMINAL_WINDOWS).index(c.FRAUD_STREAK_WINDOW)
+_ISOLATED_SECS = tuple(c.TERMINAL_WINDOWS[w] for w in c.ISOLATED_FRAUD_WINDOWS)
+# The terminal window holding every isolated-fraud window, by position.
+_ISOLATED_SPAN = list(c.TERMINAL_WINDOWS).index(
+    max(c.ISOLATED_FRAUD_WINDOWS, key=c.TERMINAL_WINDOWS.__getitem__)
+)
+_CARD_LINK_SECS = c.TERMINAL_WINDOWS[c.CARD_LINK_WINDOW]
 _OUTPUT_ORDER = (
     *(c.customer_count(w) for w in c.CUSTOMER_WINDOWS),
     *(c.customer_mean_amount(w) for w in c.CUSTOMER_WINDOWS),
@@ -43,6 +50,7 @@ _OUTPUT_ORDER = (
     *(c.terminal_fraud_ratio(w) for w in c.TERMINAL_WINDOWS),
     c.TERMINAL_FRAUD_STREAK,
     c.TERMINAL_STREAK_AGE,
+    *(c.terminal_isolated_frauds(w) for w in c.ISOLATED_FRAUD_WINDOWS),
 )
 if set(_OUTPUT_ORDER) != set(c.STATEFUL_FEATURES) or len(_OUTPUT_ORDER) != len(c.STATEFUL_FEATURES):
     raise ImportError("the streaming engine's outputs differ from contract.STATEFUL_FEATURES")
@@ -74,6 +82,25 @@ class _Customer:
 class _Terminal:
     ts: list[int] = field(default_factory=list)  # labelled transactions' times, sorted
     fraud: list[int] = field(default_factory=list)
+    # The card of each fraud, "" for a genuine label: the label's own string is not kept alive.
+    cards: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _CardFrauds:
+    ts: list[int] = field(default_factory=list)  # the card's known frauds' times, sorted
+    terminals: list[str] = field(default_factory=list)
+
+    def linked(self, terminal_id: str, since: int, before: int) -> bool:
+        """Whether the card has a known fraud at another terminal than ``terminal_id`` at a
+        time in [since, before)."""
+        ts, terminals = self.ts, self.terminals
+        for i in range(bisect.bisect_left(ts, since), len(ts)):
+            if ts[i] >= before:
+                return False
+            if terminals[i] != terminal_id:
+                return True
+        return False
 
 
 class StreamingFeatureEngine:
@@ -82,21 +109,23 @@ class StreamingFeatureEngine:
         self._delay = label_delay_days * c.SECONDS_PER_DAY
         self._customers: dict[str, _Customer] = {}
         self._terminals: dict[str, _Terminal] = {}
+        self._card_frauds: dict[str, _CardFrauds] = {}
         self._watermark = 0
         self._since_evict = 0
 
     # -- labels --------------------------------------------------------------------------------
-    def add_label(self, terminal_id: str, tx_ts: int, is_fraud: int) -> None:
+    def add_label(self, terminal_id: str, customer_id: str, tx_ts: int, is_fraud: int) -> None:
         term = self._terminals.get(terminal_id)
         if term is None:
             term = self._terminals[terminal_id] = _Terminal()
-        if not term.ts or tx_ts >= term.ts[-1]:
-            term.ts.append(tx_ts)
-            term.fraud.append(int(is_fraud))
-        else:  # a late label: keep the lists sorted
-            i = bisect.bisect_right(term.ts, tx_ts)
-            term.ts.insert(i, tx_ts)
-            term.fraud.insert(i, int(is_fraud))
+        fraud = int(is_fraud)
+        card = customer_id if fraud else ""
+        _insert_sorted(term.ts, tx_ts, (term.fraud, fraud), (term.cards, card))
+        if fraud:
+            frauds = self._card_frauds.get(customer_id)
+            if frauds is None:
+                frauds = self._card_frauds[customer_id] = _CardFrauds()
+            _insert_sorted(frauds.ts, tx_ts, (frauds.terminals, terminal_id))
 
     # -- transactions ----------------------------------------------------------------------------
     def update(
@@ -132,7 +161,9 @@ class StreamingFeatureEngine:
         end = ts - self._delay
         t_counts: list[float] = []
         ratios: list[float] = []
+        known: list[int] = []
         streak = age = 0
+        isolated = [0.0] * len(_ISOLATED_SECS)
         if term is None:
             t_counts = [0.0] * len(_TERMINAL_SECS)
             ratios = [0.0] * len(_TERMINAL_SECS)
@@ -142,11 +173,16 @@ class StreamingFeatureEngine:
             los = [bisect.bisect_left(t_ts, end - secs, hi=hi) for secs in _TERMINAL_SECS]
             for lo in los:
                 count = hi - lo
+                known.append(sum(fraud[lo:hi]))
                 t_counts.append(float(count))
-                ratios.append(sum(fraud[lo:hi]) / count if count else 0.0)
+                ratios.append(known[-1] / count if count else 0.0)
             start = _streak_start(t_ts, fraud, los[_STREAK], hi)
             streak = hi - start
             age = ts - t_ts[start] if streak else 0
+            if known[_ISOLATED_SPAN]:
+                self._count_isolated(
+                    term, terminal_id, end, los[_ISOLATED_SPAN], known[_ISOLATED_SPAN], isolated
+                )
 
         if ts > self._watermark:
             self._watermark = ts
@@ -165,10 +201,27 @@ class StreamingFeatureEngine:
                     *ratios,
                     float(streak),
                     float(age),
+                    *isolated,
                 ),
                 strict=True,
             )
         )
+
+    def _count_isolated(
+        self, term: _Terminal, terminal_id: str, end: int, lo: int, n: int, out: list[float]
+    ) -> None:
+        """Add each isolated one of the ``n`` frauds among the terminal's labels from ``lo`` on
+        (known before ``end``) to the ``out`` count of every window it is in."""
+        t_ts, fraud, cards = term.ts, term.fraud, term.cards
+        j = lo - 1
+        for _ in range(n):
+            j = fraud.index(1, j + 1)  # frauds are rare: jump between them in C
+            frauds = self._card_frauds[cards[j]]
+            if frauds.linked(terminal_id, t_ts[j] - _CARD_LINK_SECS, end):
+                continue
+            for k, secs in enumerate(_ISOLATED_SECS):
+                if t_ts[j] >= end - secs:
+                    out[k] += 1.0
 
     def evict(self) -> None:
         """Drop state no window can reach any more (relative to the newest time seen)."""
@@ -184,12 +237,24 @@ class StreamingFeatureEngine:
             if cut == len(term.ts):
                 del self._terminals[key]
             elif cut:
-                del term.ts[:cut], term.fraud[:cut]
+                del term.ts[:cut], term.fraud[:cut], term.cards[:cut]
+        # A fraud links those up to CARD_LINK_WINDOW after it, in the longest window.
+        card_horizon = term_horizon - _CARD_LINK_SECS
+        for key, frauds in list(self._card_frauds.items()):
+            cut = bisect.bisect_left(frauds.ts, card_horizon)
+            if cut == len(frauds.ts):
+                del self._card_frauds[key]
+            elif cut:
+                del frauds.ts[:cut], frauds.terminals[:cut]
 
     # -- state -------------------------------------------------------------------------------
     @property
     def size(self) -> dict[str, int]:
-        return {"customers": len(self._customers), "terminals": len(self._terminals)}
+        return {
+            "customers": len(self._customers),
+            "terminals": len(self._terminals),
+            "cards_with_frauds": len(self._card_frauds),
+        }
 
     def snapshot(self) -> bytes:
         """The whole state as a data-only document (``restore`` takes it back)."""
@@ -228,6 +293,12 @@ class StreamingFeatureEngine:
                 "ids": list(self._terminals),
                 "ts": [v.ts for v in terminals],
                 "fraud": [v.fraud for v in terminals],
+                "cards": [v.cards for v in terminals],
+            },
+            "card_frauds": {
+                "ids": list(self._card_frauds),
+                "ts": [v.ts for v in self._card_frauds.values()],
+                "terminals": [v.terminals for v in self._card_frauds.values()],
             },
         }
         return statefile.stamp(SNAPSHOT_FORMAT, SNAPSHOT_VERSION, body)
@@ -244,6 +315,14 @@ class StreamingFeatureEngine:
             eng._since_evict = int(state["since_evict"])
             eng._customers = _customers_from(state["customers"])
             eng._terminals = _terminals_from(state["terminals"])
+            eng._card_frauds = _card_frauds_from(state["card_frauds"])
+            missing = {k for t in eng._terminals.values() for k in t.cards if k} - set(
+                eng._card_frauds
+            )
+            if missing:
+                raise ValueError(
+                    f"terminals: frauds of cards missing from card_frauds: {sorted(missing)[:5]}"
+                )
         return eng
 
 
@@ -285,8 +364,29 @@ def _terminals_from(raw: Mapping[str, Any]) -> dict[str, _Terminal]:
     ids = raw["ids"]
     ts = statefile.int_lists(raw["ts"], "terminals.ts")
     fraud = statefile.int_lists(raw["fraud"], "terminals.fraud")
-    if not len(ids) == len(ts) == len(fraud) or any(
-        len(t) != len(f) for t, f in zip(ts, fraud, strict=True)
+    cards = statefile.str_lists(raw["cards"], "terminals.cards")
+    if not len(ids) == len(ts) == len(fraud) == len(cards) or any(
+        not len(t) == len(f) == len(k) for t, f, k in zip(ts, fraud, cards, strict=True)
     ):
-        raise ValueError("terminals: ids, ts and fraud lists differ in length")
-    return {key: _Terminal(t, f) for key, t, f in zip(ids, ts, fraud, strict=True)}
+        raise ValueError("terminals: ids, ts, fraud and cards lists differ in length")
+    return {key: _Terminal(t, f, k) for key, t, f, k in zip(ids, ts, fraud, cards, strict=True)}
+
+
+def _card_frauds_from(raw: Mapping[str, Any]) -> dict[str, _CardFrauds]:
+    ids = raw["ids"]
+    ts = statefile.int_lists(raw["ts"], "card_frauds.ts")
+    terminals = statefile.str_lists(raw["terminals"], "card_frauds.terminals")
+    if not len(ids) == len(ts) == len(terminals) or any(
+        len(t) != len(k) for t, k in zip(ts, terminals, strict=True)
+    ):
+        raise ValueError("card_frauds: ids, ts and terminals lists differ in length")
+    return {key: _CardFrauds(t, k) for key, t, k in zip(ids, ts, terminals, strict=True)}
+
+
+def _insert_sorted(ts: list[int], at: int, *columns: tuple[list[Any], Any]) -> None:
+    """Insert ``at`` into the sorted ``ts``, after its equals, and each value at the same place
+    of its column: labels mostly arrive in time order, so that is an append."""
+    i = len(ts) if not ts or at >= ts[-1] else bisect.bisect_right(ts, at)
+    ts.insert(i, at)
+    for column, value in columns:
+        column.insert(i, value)
