@@ -120,7 +120,12 @@ class StreamingFeatureEngine:
             term = self._terminals[terminal_id] = _Terminal()
         fraud = int(is_fraud)
         card = customer_id if fraud else ""
-        _insert_sorted(term.ts, tx_ts, (term.fraud, fraud), (term.cards, card))
+        if not term.ts or tx_ts >= term.ts[-1]:  # labels come about in time order
+            term.ts.append(tx_ts)
+            term.fraud.append(fraud)
+            term.cards.append(card)
+        else:
+            _insert_sorted(term.ts, tx_ts, (term.fraud, fraud), (term.cards, card))
         if fraud:
             frauds = self._card_frauds.get(customer_id)
             if frauds is None:
@@ -385,8 +390,8 @@ def _card_frauds_from(raw: Mapping[str, Any]) -> dict[str, _CardFrauds]:
 
 def _insert_sorted(ts: list[int], at: int, *columns: tuple[list[Any], Any]) -> None:
     """Insert ``at`` into the sorted ``ts``, after its equals, and each value at the same place
-    of its column: labels mostly arrive in time order, so that is an append."""
-    i = len(ts) if not ts or at >= ts[-1] else bisect.bisect_right(ts, at)
+    of its column."""
+    i = bisect.bisect_right(ts, at)
     ts.insert(i, at)
     for column, value in columns:
         column.insert(i, value)
