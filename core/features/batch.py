@@ -117,7 +117,7 @@ def compute_features(df: pd.DataFrame, label_delay_days: int) -> pd.DataFrame:
         col[order] = values.astype(np.float64)
         out[name] = col
 
-    for name, values in _isolated_frauds(df, rel, label, term_code, q_end).items():
+    for name, values in _isolated_frauds(cust_code, term_code, rel, label, q_end).items():
         col = np.empty(n)
         col[order] = values
         out[name] = col
@@ -126,7 +126,11 @@ def compute_features(df: pd.DataFrame, label_delay_days: int) -> pd.DataFrame:
 
 
 def _isolated_frauds(
-    df: pd.DataFrame, rel: np.ndarray, label: np.ndarray, term_code: np.ndarray, q_end: np.ndarray
+    cust_code: np.ndarray,
+    term_code: np.ndarray,
+    rel: np.ndarray,
+    label: np.ndarray,
+    q_end: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """The isolated-fraud counts at the terminal queries ``q_end`` (keys in terminal order).
 
@@ -136,8 +140,11 @@ def _isolated_frauds(
     is the intervals begun before E minus those ended before E.
     """
     f = np.flatnonzero(label > 0)
-    card = pd.factorize(df[c.CUSTOMER_ID])[0].astype(np.int64)[f]
-    term, when = term_code[f], rel[f]
+    if not len(f):
+        return {
+            c.terminal_isolated_frauds(w): np.zeros(len(q_end)) for w in c.ISOLATED_FRAUD_WINDOWS
+        }
+    card, term, when = cust_code[f], term_code[f], rel[f]
     by_card = np.lexsort((when, card))
     card, term, when = card[by_card], term[by_card], when[by_card]
     m = len(f)
@@ -149,9 +156,9 @@ def _isolated_frauds(
     run_start = np.ones(m, dtype=bool)
     run_start[1:] = (card[1:] != card[:-1]) | (term[1:] != term[:-1])
     run_end = np.flatnonzero(np.append(run_start[1:], True)) + 1
-    run_end_at = run_end[np.cumsum(run_start) - 1] if m else np.zeros(0, dtype=np.int64)
-    link = np.where(term[first] != term, first, run_end_at[first]) if m else first
-    safe = np.minimum(link, max(m - 1, 0))
+    run_end_at = run_end[np.cumsum(run_start) - 1]
+    link = np.where(term[first] != term, first, run_end_at[first])
+    safe = np.minimum(link, m - 1)
     linked = (link < m) & (card[safe] == card)
     link_time = np.where(linked, when[safe], np.iinfo(np.int64).max // 2)
     begun = np.sort(term * _BIG + when)
