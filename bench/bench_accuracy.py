@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         test = fold_test_rows(table, fold)
         scores = reference_scores(table, fold, test)
-        scores[CEILING] = ceiling_scores(test)
+        scores[CEILING] = ceiling_scores(table, test)
         for family in families:
             key = family or "default"
             where = work / f"fold{i + 1}" / key

@@ -139,16 +139,35 @@ def book_features(df: pd.DataFrame) -> pd.DataFrame:
 CEILING = "ceiling (oracle)"
 
 
-def ceiling_scores(test: pd.DataFrame) -> np.ndarray:
-    """An oracle's scores: 1 for every fraud but those on a compromised terminal that has no
-    fraud known yet (none labelled in its 30-day window ending the label delay before), which
-    look like genuine payments in every field and feature; 0 for those and the genuine ones.
-    Any model's expected metrics are at most this oracle's: with the book's 7-day delay the first
-    week of each terminal compromise is out of every model's sight."""
-    unseen = (test[c.FRAUD_PATTERN] == COMPROMISED_TERMINAL) & (
-        test[c.terminal_fraud_ratio("30d")] == 0
+def ceiling_scores(table: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+    """An oracle's scores for ``test`` (rows of ``table``, by index): 1 for every fraud but those
+    on a compromised terminal whose compromise is not known yet, 0 for those and the genuine ones.
+
+    Known is a compromised-terminal fraud on the same terminal in its longest window ending the
+    label delay before, as the terminal features see labels. Until one is, that terminal's frauds
+    are genuine payments of genuine cards at a terminal drawn at random: in every field and
+    feature they look like the rest, whatever other frauds (a stolen card passing by, a large
+    amount) the terminal had. Any model's expected metrics are at most this oracle's: with the
+    book's 7-day delay the first week of each terminal compromise is out of every model's sight.
+    """
+    from core.features.batch import epoch_seconds
+
+    ts = epoch_seconds(table[c.TIMESTAMP])
+    terminal = pd.factorize(table[c.TERMINAL_ID])[0].astype(np.int64)
+    # One sortable key per (terminal, time); times are epoch seconds, far below 2**40.
+    key = terminal * (1 << 40) + ts
+    compromise = (table[c.FRAUD_PATTERN] == COMPROMISED_TERMINAL).to_numpy()
+    known_keys = np.sort(key[compromise])
+    end = key - DELAY_DAYS * c.SECONDS_PER_DAY
+    window = max(c.TERMINAL_WINDOWS.values())
+    known = np.searchsorted(known_keys, end, "left") - np.searchsorted(
+        known_keys, end - window, "left"
     )
-    return ((test[c.LABEL] == 1) & ~unseen).to_numpy(dtype=np.float64)
+    rows = table.index.get_indexer(test.index)
+    if (rows < 0).any():
+        raise ValueError("ceiling_scores: test rows must be rows of the table (by index)")
+    unseen = compromise[rows] & (known[rows] == 0)
+    return ((test[c.LABEL].to_numpy() == 1) & ~unseen).astype(np.float64)
 
 
 def reference_scores(table: pd.DataFrame, fold: Fold, test: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -152,22 +152,40 @@ def test_book_features_are_fifteen_with_its_calendar_flags():
     assert set(BOOK_FEATURES) <= set(table.columns) | {c.AMOUNT}
 
 
-def test_the_ceiling_misses_only_frauds_on_terminals_with_no_fraud_known_yet():
-    ratio = c.terminal_fraud_ratio("30d")
-    rows = pd.DataFrame(
+def test_the_ceiling_misses_only_frauds_of_terminal_compromises_not_known_yet():
+    # (id, time, terminal, label, pattern). Terminal A's compromise is known once its 2018-08-01
+    # fraud is more than the 7-day delay old (the terminal features' [t - 37 d, t - 7 d));
+    # terminal B's only known fraud is a stolen card's, and C's compromise fraud of 2018-06-01
+    # is out of the 30-day window one second before C's next one.
+    rows = [
+        ("a1", "2018-08-01T10:00:00Z", "A", 1, COMPROMISED_TERMINAL),
+        ("a2", "2018-08-08T10:00:00Z", "A", 1, COMPROMISED_TERMINAL),  # exactly the delay
+        ("a3", "2018-08-08T10:00:01Z", "A", 1, COMPROMISED_TERMINAL),
+        ("b1", "2018-08-01T10:00:00Z", "B", 1, COMPROMISED_CARD),
+        ("b2", "2018-08-10T10:00:00Z", "B", 1, COMPROMISED_TERMINAL),
+        ("c1", "2018-06-01T10:00:00Z", "C", 1, COMPROMISED_TERMINAL),
+        ("c2", "2018-07-08T10:00:01Z", "C", 1, COMPROMISED_TERMINAL),
+        ("c3", "2018-07-09T10:00:00Z", "C", 1, AMOUNT_OVER_220),
+        ("c4", "2018-07-09T11:00:00Z", "C", 0, LEGIT),
+    ]
+    tx, ts, terminal, label, pattern = zip(*rows, strict=True)
+    table = pd.DataFrame(
         {
-            c.LABEL: [1, 1, 1, 1, 0, 0],
-            c.FRAUD_PATTERN: [
-                AMOUNT_OVER_220,
-                COMPROMISED_CARD,
-                COMPROMISED_TERMINAL,  # a fraud already known on the terminal: in sight
-                COMPROMISED_TERMINAL,  # none known yet: out of every model's sight
-                LEGIT,
-                LEGIT,
-            ],
-            ratio: [0.0, 0.0, 0.25, 0.0, 0.5, 0.0],
-        }
+            c.TIMESTAMP: pd.to_datetime(list(ts), utc=True),
+            c.TERMINAL_ID: list(terminal),
+            c.LABEL: list(label),
+            c.FRAUD_PATTERN: list(pattern),
+        },
+        index=list(tx),
+    ).sample(frac=1, random_state=0)
+    test = table.loc[["a2", "a3", "b1", "b2", "c2", "c3", "c4"]]
+    got = dict(zip(test.index, ceiling_scores(table, test), strict=True))
+    assert got == {
+        "a2": 0, "a3": 1, "b1": 1, "b2": 0, "c2": 0, "c3": 1, "c4": 0,
+    }  # fmt: skip
+    # Three of the six frauds first, the other three tied with the genuine row.
+    assert roc_auc_score(test[c.LABEL], ceiling_scores(table, test)) == pytest.approx(
+        (3 + 3 / 2) / 6
     )
-    assert ceiling_scores(rows).tolist() == [1, 1, 1, 0, 0, 0]
-    # Three of four frauds first, the fourth tied with the two genuine rows.
-    assert roc_auc_score(rows[c.LABEL], ceiling_scores(rows)) == pytest.approx(1 - 1 / 4 / 2)
+    with pytest.raises(ValueError, match="rows of the table"):
+        ceiling_scores(table.drop(index="b1"), test)
