@@ -152,21 +152,21 @@ def ceiling_scores(table: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
     """
     from core.features.batch import epoch_seconds
 
+    rows = table.index.get_indexer(test.index)
+    if (rows < 0).any():
+        raise ValueError("ceiling_scores: test rows must be rows of the table (by index)")
     ts = epoch_seconds(table[c.TIMESTAMP])
     terminal = pd.factorize(table[c.TERMINAL_ID])[0].astype(np.int64)
     # One sortable key per (terminal, time); times are epoch seconds, far below 2**40.
     key = terminal * (1 << 40) + ts
     compromise = (table[c.FRAUD_PATTERN] == COMPROMISED_TERMINAL).to_numpy()
     known_keys = np.sort(key[compromise])
-    end = key - DELAY_DAYS * c.SECONDS_PER_DAY
+    end = key[rows] - DELAY_DAYS * c.SECONDS_PER_DAY
     window = max(c.TERMINAL_WINDOWS.values())
     known = np.searchsorted(known_keys, end, "left") - np.searchsorted(
         known_keys, end - window, "left"
     )
-    rows = table.index.get_indexer(test.index)
-    if (rows < 0).any():
-        raise ValueError("ceiling_scores: test rows must be rows of the table (by index)")
-    unseen = compromise[rows] & (known[rows] == 0)
+    unseen = compromise[rows] & (known == 0)
     return ((test[c.LABEL].to_numpy() == 1) & ~unseen).astype(np.float64)
 
 
