@@ -68,6 +68,7 @@ def create_pipeline(image: str | None = None):
         gbt_max_depth: int = gbt.max_depth,
         gbt_shrinkage: float = gbt.shrinkage,
         gbt_min_examples: int = gbt.min_examples,
+        gbt_split_axis: str = gbt.split_axis,
         min_auc: float = gate.min_auc,
         min_average_precision: float = gate.min_average_precision,
         regression_tolerance: float = gate.regression_tolerance,
@@ -117,6 +118,7 @@ def create_pipeline(image: str | None = None):
             gbt_max_depth=gbt_max_depth,
             gbt_shrinkage=gbt_shrinkage,
             gbt_min_examples=gbt_min_examples,
+            gbt_split_axis=gbt_split_axis,
         ).set_display_name("train (Keras MLP / TF-DF GBT)")
         evaluate = ops["evaluate"](
             model=train.outputs["model"],

@@ -1,7 +1,8 @@
 """The real training pipeline, end to end on small simulated data, through kfp.local.
 
 One pipeline run, through ``fraud pipeline run`` with both model families, is shared by the tests
-of this module (it takes a few minutes on 2 cores); a second, in process, trains the trees only.
+of this module (it takes a few minutes on 2 cores); a second, in process, trains the trees only,
+with oblique splits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import pandas as pd
 import pytest
 from stream_fixtures import MODEL_NAME, start_model_server
 
+from components.train.gbt import SPARSE_OBLIQUE
+from components.train.job import TRAIN_HISTORY_FILE
 from core import contract as c
 from core.dataio import read_transactions, write_transactions
 from core.features.batch import build_feature_table
@@ -80,6 +83,7 @@ def gbt_run(data_file, tmp_path_factory):
         "model_base_path": str(base),
         "model": GBT,
         "gbt_num_trees": GBT_TREES,
+        "gbt_split_axis": SPARSE_OBLIQUE,
         **GATE,
     }
     return run_steps(params, root / "steps"), base
@@ -144,6 +148,8 @@ def test_a_trees_only_run_pushes_a_tf_df_model_the_server_answers(gbt_run, data_
     assert result["pushed"] and result["model_family"] == GBT and list(result["families"]) == [GBT]
     version_dir = base / "1"
     assert ModelMetadata.read(version_dir).model_family == GBT
+    history = json.loads((version_dir / "assets.extra" / TRAIN_HISTORY_FILE).read_text())
+    assert history["hparams"]["split_axis"] == SPARSE_OBLIQUE
     assert any(op.startswith(TFDF_OP_PREFIX) for op in saved_model_ops(version_dir))
     table = build_feature_table(read_transactions(data_file), c.DEFAULT_LABEL_DELAY_DAYS).tail(300)
     arrays = input_arrays(table)

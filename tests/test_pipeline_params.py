@@ -7,6 +7,7 @@ from dataclasses import fields
 
 import pytest
 
+from components.train.gbt import SPLIT_AXES
 from pipelines.params import parse_assignments, parse_params, typed_params
 
 
@@ -73,10 +74,22 @@ def test_pipeline_defaults_come_from_the_dataclasses_and_settings() -> None:
 @pytest.mark.parametrize(
     "bad",
     [{"num_trees": 0}, {"max_depth": 0}, {"shrinkage": 0.0}, {"shrinkage": 1.5},
-     {"min_examples": 0}],
+     {"min_examples": 0}, {"split_axis": "oblique"}],
 )  # fmt: skip
 def test_gbt_parameters_out_of_range_are_refused_with_the_rule(bad: dict) -> None:
     from components.train.gbt import GBTParams
 
-    with pytest.raises(ValueError, match=r"min_examples >= 1\)"):
+    with pytest.raises(ValueError, match=r"split_axis one of AXIS_ALIGNED, SPARSE_OBLIQUE\)"):
         GBTParams(**bad)
+
+
+@pytest.mark.parametrize("axis", SPLIT_AXES)
+def test_the_trees_split_axis_reaches_tf_df_with_its_projection_options(axis: str) -> None:
+    from components.train.gbt import OBLIQUE_OPTIONS, SPARSE_OBLIQUE, GBTParams, gbt_model
+
+    passed = gbt_model(GBTParams(split_axis=axis)).learner_params
+    assert passed["split_axis"] == axis
+    oblique = {k: passed.get(k) for k in OBLIQUE_OPTIONS}
+    assert oblique == (
+        OBLIQUE_OPTIONS if axis == SPARSE_OBLIQUE else dict.fromkeys(OBLIQUE_OPTIONS)
+    )

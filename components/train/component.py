@@ -21,6 +21,7 @@ def train(
     gbt_max_depth: int,
     gbt_shrinkage: float,
     gbt_min_examples: int,
+    gbt_split_axis: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -44,6 +45,7 @@ def train(
         "max_depth": gbt_max_depth,
         "shrinkage": gbt_shrinkage,
         "min_examples": gbt_min_examples,
+        "split_axis": gbt_split_axis,
         "seed": seed,
     }
     families = parse_model_families(model_families)

@@ -20,6 +20,13 @@ from core import contract as c
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TF-DF's models are Keras 2 (tf_keras) models
 
 
+AXIS_ALIGNED, SPARSE_OBLIQUE = SPLIT_AXES = ("AXIS_ALIGNED", "SPARSE_OBLIQUE")
+OBLIQUE_OPTIONS = {
+    "sparse_oblique_normalization": "MIN_MAX",
+    "sparse_oblique_num_projections_exponent": 1.0,
+}
+
+
 @dataclass(frozen=True)
 class GBTParams:
     num_trees: int = 300
@@ -28,6 +35,9 @@ class GBTParams:
     # Leaves of at least this many training examples: with ~0.8 % fraud, smaller leaves fit a
     # handful of frauds each and early stopping cuts the trees off after a few dozen.
     min_examples: int = 50
+    # SPARSE_OBLIQUE splits on weighted sums of a few features (both sides of a ratio at once),
+    # with the projection options of TF-DF's benchmark_rank1 template (OBLIQUE_OPTIONS).
+    split_axis: str = AXIS_ALIGNED
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -36,10 +46,12 @@ class GBTParams:
             or self.max_depth < 1
             or not 0 < self.shrinkage <= 1
             or self.min_examples < 1
+            or self.split_axis not in SPLIT_AXES
         ):
             raise ValueError(
                 f"invalid gradient-boosted trees parameters: {self} (num_trees >= 1, "
-                "max_depth >= 1, 0 < shrinkage <= 1, min_examples >= 1)"
+                "max_depth >= 1, 0 < shrinkage <= 1, min_examples >= 1, split_axis one of "
+                f"{', '.join(SPLIT_AXES)})"
             )
 
 
@@ -60,17 +72,20 @@ def _dataset(df: pd.DataFrame):
     return tf.data.Dataset.from_tensor_slices((features, labels)).batch(65_536)
 
 
-def _model(params: GBTParams, **options):
+def gbt_model(params: GBTParams, **options):
+    """The TF-DF model ``params`` describe, unfitted (``options``: further TF-DF arguments)."""
     import tensorflow_decision_forests as tfdf
 
+    oblique = OBLIQUE_OPTIONS if params.split_axis == SPARSE_OBLIQUE else {}
     return tfdf.keras.GradientBoostedTreesModel(
         task=tfdf.keras.Task.CLASSIFICATION,
         max_depth=params.max_depth,
         shrinkage=params.shrinkage,
         min_examples=params.min_examples,
+        split_axis=params.split_axis,
         random_seed=params.seed,
         verbose=0,
-        **{"num_trees": params.num_trees, **options},
+        **{"num_trees": params.num_trees, **oblique, **options},
     )
 
 
@@ -80,7 +95,7 @@ def train_gbt(train_df: pd.DataFrame, valid_df: pd.DataFrame, params: GBTParams)
 
     if not train_df[c.LABEL].any():
         raise ValueError("training split has no frauds")
-    model = _model(params)
+    model = gbt_model(params)
     model.fit(_dataset(train_df), validation_data=_dataset(valid_df), verbose=0)
     scores = model.predict(_dataset(valid_df), verbose=0).reshape(-1)
     y = valid_df[c.LABEL].to_numpy()
@@ -94,6 +109,6 @@ def train_gbt(train_df: pd.DataFrame, valid_df: pd.DataFrame, params: GBTParams)
 def refit_gbt(train_df: pd.DataFrame, valid_df: pd.DataFrame, params: GBTParams, num_trees: int):
     """``num_trees`` trees (the count early stopping kept) grown on both splits, the whole
     training window, with nothing held out."""
-    model = _model(params, num_trees=num_trees, validation_ratio=0.0, early_stopping="NONE")
+    model = gbt_model(params, num_trees=num_trees, validation_ratio=0.0, early_stopping="NONE")
     model.fit(_dataset(pd.concat([train_df, valid_df], ignore_index=True)), verbose=0)
     return model

@@ -18,6 +18,9 @@ import numpy as np
 
 from core.metadata import GBT, MLP, MODEL_FAMILIES
 
+# Each family's parameters and fitting history, in its export's assets.extra/.
+TRAIN_HISTORY_FILE = "train_history.json"
+
 
 def family_dirs(model_dir: str | Path) -> dict[str, Path]:
     """The families a train step exported under ``model_dir``, in ``MODEL_FAMILIES`` order."""
@@ -60,7 +63,7 @@ def train_step(
 
 def _record(export_dir: Path, params: Any, history: Mapping[str, Any]) -> None:
     (export_dir / "assets.extra").mkdir(parents=True, exist_ok=True)
-    (export_dir / "assets.extra" / "train_history.json").write_text(
+    (export_dir / "assets.extra" / TRAIN_HISTORY_FILE).write_text(
         json.dumps({"hparams": asdict(params), "history": history})
     )
 
