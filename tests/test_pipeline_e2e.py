@@ -148,7 +148,7 @@ def test_a_trees_only_run_pushes_a_tf_df_model_the_server_answers(gbt_run, data_
     assert result["pushed"] and result["model_family"] == GBT and list(result["families"]) == [GBT]
     version_dir = base / "1"
     assert ModelMetadata.read(version_dir).model_family == GBT
-    history = json.loads((version_dir / "assets.extra" / TRAIN_HISTORY_FILE).read_text())
+    history = json.loads((version_dir / TRAIN_HISTORY_FILE).read_text())
     assert history["hparams"]["split_axis"] == SPARSE_OBLIQUE
     assert any(op.startswith(TFDF_OP_PREFIX) for op in saved_model_ops(version_dir))
     table = build_feature_table(read_transactions(data_file), c.DEFAULT_LABEL_DELAY_DAYS).tail(300)

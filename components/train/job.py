@@ -18,8 +18,8 @@ import numpy as np
 
 from core.metadata import GBT, MLP, MODEL_FAMILIES
 
-# Each family's parameters and fitting history, in its export's assets.extra/.
-TRAIN_HISTORY_FILE = "train_history.json"
+# Each family's parameters and fitting history, in its export (beside core.metadata's file).
+TRAIN_HISTORY_FILE = "assets.extra/train_history.json"
 
 
 def family_dirs(model_dir: str | Path) -> dict[str, Path]:
@@ -62,10 +62,9 @@ def train_step(
 
 
 def _record(export_dir: Path, params: Any, history: Mapping[str, Any]) -> None:
-    (export_dir / "assets.extra").mkdir(parents=True, exist_ok=True)
-    (export_dir / "assets.extra" / TRAIN_HISTORY_FILE).write_text(
-        json.dumps({"hparams": asdict(params), "history": history})
-    )
+    path = export_dir / TRAIN_HISTORY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"hparams": asdict(params), "history": history}))
 
 
 def _train_mlp(splits, transform_fn: Path, out: Path, hparams: Mapping[str, Any]) -> dict:
